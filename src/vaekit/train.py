@@ -1,0 +1,359 @@
+"""The training loop: data in memory as one tensor, batches as index slices, a checkpoint every epoch.
+
+The blog post iterates a ``DataLoader`` that converts every image from PIL to a tensor in Python; here
+the whole split is one uint8 tensor on the training device and a batch is ``data[perm[i:i + B]]``, so
+the loop does no per-sample Python work. Everything needed to continue a run exactly (weights, Adam
+moments, both random generators, the position inside the epoch, the metrics so far) goes into
+``checkpoint.safetensors``, written atomically, so a killed run resumes bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from . import runs, viz
+from .config import ConfigError, TrainConfig
+from .data import Splits, load_splits
+from .errors import Interrupted, NonFiniteError, RunFolderError
+from .evaluate import evaluate_elbo, to_unit
+from .models import VAE, model_config, n_params
+from .objectives import elbo_terms
+
+# Settings a resumed run may change; everything else must match the stored run.
+RESUMABLE = ("epochs", "device", "progress", "checkpoint_every", "detect_anomaly")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if name.startswith("mps") and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in the checkpoint's metadata."""
+
+    epoch: int = 0  # completed epochs
+    step_in_epoch: int = 0  # optimizer steps done in the current (incomplete) epoch
+    global_step: int = 0
+    epoch_loss_sum: float = 0.0  # sum of per-image losses so far in the current epoch
+    epoch_seconds: float = 0.0  # training seconds so far in the current epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _checkpoint_tensors(model: VAE, opt: torch.optim.Optimizer, gens: dict[str, torch.Generator],
+                        epoch_shuffle_state: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    sd = opt.state_dict()
+    scalars: dict[str, Any] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{idx}.{k}"] = v
+            else:
+                scalars[f"{idx}.{k}"] = v
+    for name, g in gens.items():
+        tensors[f"rng.{name}"] = g.get_state()
+    tensors["rng.epoch_shuffle"] = epoch_shuffle_state
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def batch_loss(model: VAE, x_u8: torch.Tensor, config: TrainConfig, noise: torch.Generator) -> torch.Tensor:
+    """Negative ELBO of one batch, summed over its images as the blog post's loss is.
+
+    Summing rather than averaging keeps the post's objective exactly; Adam's updates barely depend on
+    the scale of the loss, and reported numbers are divided by the number of images.
+    """
+    x = to_unit(x_u8)
+    logits, mu, logvar = model(x, generator=noise)
+    return elbo_terms(logits, x, mu, logvar, config.likelihood, config.sigma).loss.sum()
+
+
+def save_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer, gens: dict[str, torch.Generator],
+                    epoch_shuffle_state: torch.Tensor, state: TrainState) -> None:
+    tensors, optim_meta = _checkpoint_tensors(model, opt, gens, epoch_shuffle_state)
+    meta = {
+        "format": str(runs.FORMAT_VERSION),
+        "state": json.dumps({k: v for k, v in state.__dict__.items()}),
+        "optimizer": json.dumps(optim_meta),
+    }
+    runs.write_tensors(run_dir / runs.CHECKPOINT, tensors, meta)
+
+
+def load_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
+                    gens: dict[str, torch.Generator]) -> tuple[TrainState, torch.Tensor]:
+    """Restore weights, optimizer and generators; returns the state and the epoch's shuffle seed state."""
+    path = run_dir / runs.CHECKPOINT
+    tensors, meta = runs.read_tensors(path)
+    runs.load_state_into(model, tensors, path, prefix="model.")
+    try:
+        state = TrainState(**json.loads(meta["state"]))
+        optim_meta = json.loads(meta["optimizer"])
+        per_param: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, name = k.split(".", 2)
+                per_param.setdefault(int(idx), {})[name] = v
+        for key, v in optim_meta["scalars"].items():
+            idx, name = key.split(".", 1)
+            per_param.setdefault(int(idx), {})[name] = v
+        params = dict(model.named_parameters())
+        for idx, st in per_param.items():
+            p = list(params.values())[idx]
+            for name, v in st.items():
+                if torch.is_tensor(v) and v.dim() > 0 and v.shape != p.shape:
+                    raise ValueError(f"optimizer tensor {idx}.{name} has shape {tuple(v.shape)}")
+        opt.load_state_dict({"state": per_param, "param_groups": optim_meta["param_groups"]})
+        for name, g in gens.items():
+            g.set_state(tensors[f"rng.{name}"])
+        epoch_shuffle = tensors["rng.epoch_shuffle"]
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError, json.JSONDecodeError) as e:
+        raise RunFolderError(f"{path} is not a valid vaekit checkpoint ({e}); "
+                             "start again with --force or restore the file") from e
+    return state, epoch_shuffle
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag checked between optimizer steps, so an interrupt never lands
+    in the middle of an update and the checkpoint written on the way out is consistent."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _default_out() -> Path:
+    return Path("runs") / time.strftime("vae-%Y%m%d-%H%M%S")
+
+
+def _check_fresh_folder(run_dir: Path, force: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"--out {run_dir} exists and is not a folder")
+    if run_dir.is_dir() and any(p.name != runs.LOCK for p in run_dir.iterdir()) and not force:
+        raise RunFolderError(f"run folder {run_dir} already exists; use --resume to continue it, "
+                             "--force to train into it anyway, or another --out")
+    parent = run_dir if run_dir.exists() else run_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise RunFolderError(f"cannot create run folder {run_dir}: {parent} is not writable")
+
+
+def _make_folder(run_dir: Path) -> list[Path]:
+    """Create ``run_dir`` and missing parents; returns the folders created, outermost first."""
+    missing = [p for p in [run_dir, *run_dir.parents] if not p.exists()][::-1]
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunFolderError(f"cannot create run folder {run_dir}: {e.strerror}; choose another --out") from e
+    return missing
+
+
+def _merge_resume(stored: TrainConfig, requested: TrainConfig) -> TrainConfig:
+    return replace(stored, **{k: getattr(requested, k) for k in RESUMABLE})
+
+
+def train(config: TrainConfig | None = None, out: str | os.PathLike | None = None, *,
+          resume: bool = False, force: bool = False) -> runs.Run:
+    """Train a VAE as ``config`` says and return the finished :class:`~vaekit.runs.Run`.
+
+    ``out`` is the run folder (default ``runs/vae-<time>``). With ``resume=True`` the folder's own
+    config is used, with ``epochs``, ``device``, ``progress``, ``checkpoint_every`` and
+    ``detect_anomaly`` taken from ``config`` (so ``epochs`` may grow).
+    """
+    config = config or TrainConfig()
+    config.validate()
+    run_dir = Path(out) if out is not None else _default_out()
+    if resume:
+        if not (run_dir / runs.CONFIG).exists():
+            raise RunFolderError(f"nothing to resume at {run_dir}: it has no {runs.CONFIG}")
+        _, stored, _ = runs.read_config(run_dir)
+        config = _merge_resume(stored, config)
+        config.validate()
+    else:
+        _check_fresh_folder(run_dir, force)
+    device = resolve_device(config.device)
+    model_config(config.model, config.zdim, config.hidden, config.activation)  # bad settings fail before data
+
+    created = _make_folder(run_dir)  # early, so an unwritable --out fails before the data is read
+    try:
+        splits = load_splits(config.dataset, config.data_dir, progress=config.progress)
+        image_shape = tuple(splits.train_images.shape[1:])
+        mcfg = model_config(config.model, config.zdim, config.hidden, config.activation, image_shape)
+    except BaseException:
+        for folder in reversed(created):  # leave no empty folder behind
+            folder.rmdir()
+        raise
+    with runs.RunLock(run_dir):
+        return _train_locked(config, mcfg, splits, run_dir, device, resume)
+
+
+def _data_info(splits: Splits) -> dict[str, Any]:
+    return {"dataset": splits.name, "source": splits.source, "n_train": int(len(splits.train_images)),
+            "n_test": int(len(splits.test_images)), "image_shape": list(splits.train_images.shape[1:])}
+
+
+def _train_locked(config: TrainConfig, mcfg, splits: Splits, run_dir: Path, device: torch.device,
+                  resume: bool) -> runs.Run:
+    torch.manual_seed(config.seed)
+    model = VAE(mcfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    gens = {
+        "shuffle": torch.Generator().manual_seed(config.seed),
+        "noise": torch.Generator(device=device).manual_seed(config.seed + 1),
+    }
+    state = TrainState()
+    epoch_shuffle = gens["shuffle"].get_state()
+    if resume and (run_dir / runs.CHECKPOINT).exists():
+        state, epoch_shuffle = load_checkpoint(run_dir, model, opt, gens)
+        if state.epoch >= config.epochs:
+            raise ConfigError(f"{run_dir} already has {state.epoch} epochs; pass a larger --epochs to train on")
+        _log(config, f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
+    data_info = _data_info(splits)
+    runs.write_config(run_dir, mcfg, config, data_info)
+
+    x_train = torch.from_numpy(splits.train_images.reshape(len(splits.train_images), -1)).to(device)
+    x_test = torch.from_numpy(splits.test_images.reshape(len(splits.test_images), -1)).to(device)
+    n = x_train.shape[0]
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    check_every = 1 if device.type == "cpu" else 50  # reading a GPU value forces a sync: do it rarely
+
+    with _StopFlag() as stop, torch.autograd.set_detect_anomaly(config.detect_anomaly):
+        for epoch in range(state.epoch + 1, config.epochs + 1):
+            gens["shuffle"].set_state(epoch_shuffle)
+            perm = torch.randperm(n, generator=gens["shuffle"]).to(device)
+            bar = tqdm(total=steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {epoch}/{config.epochs}",
+                       ascii=" >=", disable=not config.progress, leave=False, dynamic_ncols=True)
+            loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=device)
+            t0 = time.perf_counter()
+            step = state.step_in_epoch
+            while step < steps_per_epoch:
+                x = x_train[perm[step * config.batch_size : (step + 1) * config.batch_size]]
+                opt.zero_grad(set_to_none=True)
+                loss = batch_loss(model, x, config, gens["noise"])
+                loss.backward()
+                step += 1
+                if step % check_every == 0 or step == steps_per_epoch:
+                    _check_finite(loss, model, epoch, step, run_dir)
+                opt.step()
+                state.global_step += 1
+                loss_sum += loss.detach()
+                bar.update(1)
+                if step % 20 == 0 or step == steps_per_epoch:
+                    bar.set_postfix(loss=f"{loss.item() / x.shape[0]:.6f}")
+                due = config.checkpoint_every and state.global_step % config.checkpoint_every == 0
+                if (due or stop.signal is not None) and step < steps_per_epoch:
+                    partial = replace(state, step_in_epoch=step, epoch_loss_sum=loss_sum.item(),
+                                      epoch_seconds=state.epoch_seconds + time.perf_counter() - t0)
+                    save_checkpoint(run_dir, model, opt, gens, epoch_shuffle, partial)
+                if stop.signal is not None:
+                    bar.close()
+                    if step == steps_per_epoch:
+                        break  # the epoch is complete: finish it and save at its end, as usual
+                    raise Interrupted(f"interrupted at epoch {epoch}, step {step}; checkpoint saved; "
+                                      f"continue with: vaekit train --resume --out {run_dir}")
+            bar.close()
+            seconds = state.epoch_seconds + time.perf_counter() - t0
+            metrics = evaluate_elbo(model, x_test, config.likelihood, config.sigma, config.eval_batch_size)
+            row = {"epoch": epoch, "train_loss": loss_sum.item() / n, **metrics, "seconds": seconds}
+            state = replace(state, epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_seconds=0.0,
+                            history=[*state.history, row])
+            epoch_shuffle = gens["shuffle"].get_state()
+            save_checkpoint(run_dir, model, opt, gens, epoch_shuffle, state)
+            runs.save_weights(run_dir, model)
+            runs.write_metrics(run_dir / runs.METRICS, state.history)
+            _log(config, f"epoch {epoch}/{config.epochs}  train {row['train_loss']:.3f}  test {row['test_loss']:.3f}"
+                         f" (recon {row['test_recon']:.3f}, kl {row['test_kl']:.3f})  {seconds:.1f}s")
+            if stop.signal is not None and epoch < config.epochs:
+                raise Interrupted(f"interrupted after epoch {epoch}; checkpoint saved; "
+                                  f"continue with: vaekit train --resume --out {run_dir}")
+
+    summary = _summary(config, model, state, data_info, device)
+    runs.save_weights(run_dir, model)
+    runs.write_metrics(run_dir / runs.METRICS, state.history)
+    runs.write_json(run_dir / runs.SUMMARY, summary)
+    viz.plot_run(run_dir, model, splits, state.history, config)
+    _log(config, f"done: test loss {summary['test_loss']:.3f} nats/image on {summary['dataset']}; "
+                 f"run folder {run_dir}")
+    return runs.load_run(run_dir, device)
+
+
+def _check_finite(loss: torch.Tensor, model: VAE, epoch: int, step: int, run_dir: Path) -> None:
+    """Stop before a non-finite update reaches the weights; nothing written so far is touched."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads) if hasattr(torch.nn.utils, "get_total_norm") else \
+        torch.norm(torch.stack([g.norm() for g in grads]))
+    if bool(torch.isfinite(loss)) and bool(torch.isfinite(norm)):
+        return
+    what = "loss" if not bool(torch.isfinite(loss)) else "gradient"
+    saved = run_dir / runs.CHECKPOINT
+    kept = f"the last good checkpoint {saved} is kept" if saved.exists() else "no checkpoint had been written yet"
+    raise NonFiniteError(
+        f"the {what} became {loss.item() if what == 'loss' else norm.item()} at epoch {epoch}, step {step}; "
+        f"{kept}. Likely causes: a learning rate too high (try a smaller --lr), input pixels outside [0, 1] "
+        "for the bernoulli likelihood, or reduced precision overflow; --detect-anomaly finds the operation"
+    )
+
+
+def _summary(config: TrainConfig, model: VAE, state: TrainState, data_info: dict[str, Any],
+             device: torch.device) -> dict[str, Any]:
+    last = state.history[-1]
+    train_seconds = sum(r["seconds"] for r in state.history)
+    return {
+        "test_loss": last["test_loss"],
+        "test_recon": last["test_recon"],
+        "test_kl": last["test_kl"],
+        "train_loss": last["train_loss"],
+        "train_samples_per_s": data_info["n_train"] * len(state.history) / max(train_seconds, 1e-9),
+        "train_seconds": train_seconds,
+        "n_params": n_params(model),
+        "dataset": data_info["dataset"],
+        "data_source": data_info["source"],
+        "epochs": state.epoch,
+        "likelihood": config.likelihood,
+        "model": config.model,
+        "zdim": model.zdim,
+        "device": str(device),
+        "metric": "negative ELBO per test image in nats, one reparametrized sample per image",
+    }
+
+
+def _log(config: TrainConfig, msg: str) -> None:
+    if config.progress:
+        tqdm.write(msg, file=sys.stderr)

@@ -1,0 +1,54 @@
+"""Shared fixtures: a hermetic data environment and small generated IDX datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(autouse=True)
+def hermetic_data(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No test reads the user's cache, the machine's dataset copies or the network unless it asks to."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("VAEKIT_DATA", str(cache))
+    monkeypatch.setenv("VAEKIT_SEARCH_PATH", "")
+    monkeypatch.setenv("VAEKIT_OFFLINE", "1")
+    return cache
+
+
+def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic 28x28 uint8 images of 10 classes (a bar at a label-dependent angle) with noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    yy, xx = np.mgrid[-13.5:14.5, -13.5:14.5]
+    imgs = np.empty((n, 28, 28), dtype=np.uint8)
+    for i, lab in enumerate(labels):
+        angle = np.pi * lab / 10 + rng.normal(0, 0.05)
+        dist = np.abs(np.cos(angle) * yy - np.sin(angle) * xx)
+        img = np.clip(1.5 - dist / 1.5, 0, 1) * (np.hypot(xx, yy) < 11)
+        imgs[i] = np.clip(img * 255 + rng.normal(0, 10, (28, 28)), 0, 255).astype(np.uint8)
+    return imgs, labels
+
+
+def write_dataset(folder: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """Write the four MNIST-named IDX files of a generated dataset into ``folder``."""
+    from vaekit.data import write_idx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tr_x, tr_y = make_digits(n_train, seed)
+    te_x, te_y = make_digits(n_test, seed + 1)
+    write_idx(folder / "train-images-idx3-ubyte.gz", tr_x)
+    write_idx(folder / "train-labels-idx1-ubyte.gz", tr_y)
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", te_x)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", te_y)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """600 training and 200 test images in MNIST's file layout."""
+    return write_dataset(tmp_path_factory.mktemp("tiny") / "data", 600, 200)

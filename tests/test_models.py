@@ -1,0 +1,46 @@
+"""Model presets: the blog post's exact architecture and the configurable MLP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from vaekit.config import ConfigError
+from vaekit.models import VAE, model_config, n_params
+
+
+def test_seed_preset_is_the_posts_model() -> None:
+    model = VAE(model_config("seed"))
+    assert n_params(model) == 439_956
+    enc = [m.out_features for m in model.encoder if isinstance(m, nn.Linear)]
+    dec = [m.out_features for m in model.decoder if isinstance(m, nn.Linear)]
+    assert enc == [256, 64, 32, 4] and dec == [32, 64, 256, 784]
+    kinds = [type(m).__name__ for m in model.decoder]
+    # no activation between the decoder's first two layers, and logits out (no Sigmoid)
+    assert kinds == ["Linear", "Linear", "ELU", "Linear", "ELU", "Linear"]
+    assert [type(m).__name__ for m in model.encoder].count("ELU") == 3
+
+
+def test_forward_shapes_and_reparameterization() -> None:
+    model = VAE(model_config("seed", zdim=3))
+    x = torch.rand(5, 784)
+    logits, mu, logvar = model(x, generator=torch.Generator().manual_seed(0))
+    assert logits.shape == (5, 784) and mu.shape == (5, 3) and logvar.shape == (5, 3)
+    z = VAE.reparameterize(mu, logvar, torch.zeros_like(mu))
+    torch.testing.assert_close(z, mu)
+
+
+def test_mlp_preset_is_configurable() -> None:
+    cfg = model_config("mlp", zdim=8, hidden=[100, 50], activation="tanh")
+    model = VAE(cfg)
+    assert [m.out_features for m in model.encoder if isinstance(m, nn.Linear)] == [100, 50, 16]
+    assert [m.out_features for m in model.decoder if isinstance(m, nn.Linear)] == [50, 100, 784]
+    assert any(isinstance(m, nn.Tanh) for m in model.decoder)
+
+
+@pytest.mark.parametrize("kwargs", [dict(preset="nope"), dict(preset="seed", zdim=0),
+                                    dict(preset="mlp", activation="sigmoidish"), dict(preset="seed", hidden=[5])])
+def test_bad_model_settings_are_config_errors(kwargs: dict) -> None:
+    with pytest.raises(ConfigError):
+        model_config(**kwargs)
