@@ -73,7 +73,9 @@ def test_zero_sized_dimension_is_valid() -> None:
     assert out.shape == (0, 28, 28) and out.dtype == np.uint8
 
 
-@pytest.mark.parametrize("bad", [np.zeros(3, dtype=np.float32), np.zeros((), dtype=np.uint8), np.zeros((1,) * 5, np.uint8)])
+@pytest.mark.parametrize(
+    "bad", [np.zeros(3, dtype=np.float32), np.zeros((), dtype=np.uint8), np.zeros((1,) * 5, np.uint8)]
+)
 def test_write_rejects_what_idx_reader_would_not_read(tmp_path: Path, bad: np.ndarray) -> None:
     with pytest.raises(ValueError):
         write_idx(tmp_path / "x.gz", bad)

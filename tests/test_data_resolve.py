@@ -1,8 +1,9 @@
-"""Dataset resolution: user folder, cache, search path, offline errors, embedded fallback and ``vaekit data``."""
+"""Dataset resolution: user folder, cache, search path, offline errors, embedded fallback, ``vaekit data``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -194,6 +195,14 @@ def test_cache_accepts_recompressed_and_raw_by_sha256(isolated: Path, tiny) -> N
     assert_same(load_splits("tiny"), tiny)
 
 
+def test_bad_copy_does_not_hide_a_good_one(isolated: Path, tiny, capsys) -> None:
+    folder = write_set(isolated / "tiny", tiny)
+    (folder / NAMES["train_labels"][:-3]).write_bytes(encode_idx(tiny["train_labels"]))  # good, uncompressed
+    write_idx(folder / NAMES["train_labels"], make_arrays(seed=6)["train_labels"])  # bad, preferred name
+    assert_same(load_splits("tiny"), tiny)
+    assert "ignoring this cached copy" in capsys.readouterr().err
+
+
 def test_tampered_cache_file_is_rejected(isolated: Path, tiny, capsys) -> None:
     folder = write_set(isolated / "tiny", tiny)
     tampered = folder / NAMES["test_images"]
@@ -207,7 +216,8 @@ def test_tampered_cache_file_is_rejected(isolated: Path, tiny, capsys) -> None:
 
 def test_unverifiable_file_in_cache_is_rejected(isolated: Path) -> None:
     arrays = make_arrays()
-    register(spec_for("tiny", arrays, sha=False))  # only .gz MD5s known: an uncompressed copy can't be checked
+    # Only the .gz MD5s are known, so an uncompressed copy cannot be checked.
+    register(spec_for("tiny", arrays, sha=False))
     write_set(isolated / "tiny", arrays, raw=True)
     with pytest.raises(DatasetNotFoundError, match="cannot be verified"):
         load_splits("tiny")
@@ -253,7 +263,8 @@ def test_search_path_replaces_defaults(tmp_path: Path, tiny, monkeypatch: pytest
     write_set(tmp_path / "TINY" / "raw", tiny)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("VAEKIT_SEARCH_PATH")
-    assert load_splits("tiny").source == str(tmp_path / "TINY" / "raw")  # the current folder is a default root
+    # The current folder is one of the default roots.
+    assert load_splits("tiny").source == str(tmp_path / "TINY" / "raw")
     monkeypatch.setenv("VAEKIT_SEARCH_PATH", "")
     with pytest.raises(DatasetNotFoundError, match=r"\$VAEKIT_SEARCH_PATH is empty"):
         load_splits("tiny")
@@ -268,8 +279,14 @@ def test_offline_error_lists_what_was_tried(isolated: Path, tiny, tmp_path: Path
         load_splits("tiny")
     message = str(info.value)
     assert "\n" not in message
-    for needle in (str(isolated / "tiny"), str(tmp_path / "somewhere"), "VAEKIT_OFFLINE", "--data-dir",
-                   "vaekit data fetch tiny", "VAEKIT_DATA"):
+    for needle in (
+        str(isolated / "tiny"),
+        str(tmp_path / "somewhere"),
+        "VAEKIT_OFFLINE",
+        "--data-dir",
+        "vaekit data fetch tiny",
+        "VAEKIT_DATA",
+    ):
         assert needle in message
 
 
@@ -364,12 +381,12 @@ def test_builtin_registry() -> None:
 def test_register_validates_and_replaces() -> None:
     arrays = make_arrays()
     spec = spec_for("tiny", arrays)
-    register(DatasetSpec(**{**spec.__dict__, "mirrors": ("http://example.invalid/a",)}))
+    register(dataclasses.replace(spec, mirrors=("http://example.invalid/a",)))
     assert DATASETS["tiny"].mirrors == ("http://example.invalid/a/",)
     with pytest.raises(DataError, match="reserved"):
-        register(DatasetSpec(**{**spec.__dict__, "name": "mnist-embedded"}))
+        register(dataclasses.replace(spec, name="mnist-embedded"))
     with pytest.raises(DataError, match="md5"):
-        register(DatasetSpec(**{**spec.__dict__, "train_images": FileSpec("x.gz", md5="xyz")}))
+        register(dataclasses.replace(spec, train_images=FileSpec("x.gz", md5="xyz")))
 
 
 # --- vaekit data ----------------------------------------------------------------------------------------
@@ -378,7 +395,11 @@ def test_register_validates_and_replaces() -> None:
 def test_add_data_parser_sets_handlers() -> None:
     parser = argparse.ArgumentParser()
     add_data_parser(parser.add_subparsers(dest="command"))
-    for argv in (["data", "list"], ["data", "fetch", "mnist"], ["data", "verify", "mnist", "--data-dir", "x"]):
+    for argv in (
+        ["data", "list"],
+        ["data", "fetch", "mnist"],
+        ["data", "verify", "mnist", "--data-dir", "x"],
+    ):
         assert callable(parser.parse_args(argv).func)
 
 
@@ -417,7 +438,9 @@ def test_cli_unknown_name_exits_2(capsys) -> None:
         assert err.startswith("vaekit: error: unknown dataset 'nope'") and "\n" not in err
 
 
-def test_cli_fetch_copies_verified_local_copy(isolated: Path, tiny, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_cli_fetch_copies_verified_local_copy(
+    isolated: Path, tiny, tmp_path: Path, monkeypatch, capsys
+) -> None:
     write_set(tmp_path / "root" / "TINY" / "raw", tiny)
     monkeypatch.setenv("VAEKIT_SEARCH_PATH", str(tmp_path / "root"))
     assert data_main(["data", "fetch", "tiny", "--no-progress"]) == 0
@@ -451,7 +474,9 @@ def test_real_mnist_test_files_verify() -> None:
     from vaekit.data import read_image_label_pair
 
     spec = DATASETS["mnist"]
-    images, labels = read_image_label_pair(SHARED_MNIST / NAMES["test_images"], SHARED_MNIST / NAMES["test_labels"])
+    images, labels = read_image_label_pair(
+        SHARED_MNIST / NAMES["test_images"], SHARED_MNIST / NAMES["test_labels"]
+    )
     assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
     assert images.dtype == np.uint8 and int(labels.max()) == 9
     for role in ("test_images", "test_labels", "train_labels"):

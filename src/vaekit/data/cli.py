@@ -89,7 +89,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 print(f"  {shown:<28} {verdict:<10} {detail}".rstrip())
                 continue
             check = report.check
-            print(f"  {shown:<28} {verdict:<10} md5 {check.md5_status():<18} sha256 {check.sha256_status()}")
+            print(f"  {shown:<28} {verdict:<10} md5 {check.md5_status():<22} sha256 {check.sha256_status()}")
             print(f"  {'':<28} {'':<10} md5 {check.md5}  sha256 {check.sha256}")
     return 1 if failed else 0
 

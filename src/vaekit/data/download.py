@@ -66,15 +66,43 @@ def _short_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+class _ProgressBar:
+    """The progress-bar protocol pooch expects (``total``, ``update``, ``reset``, ``close``) over tqdm.
+
+    A bare tqdm cannot be handed to pooch: pooch tests the bar's truthiness, which tqdm refuses to define
+    before its total is known.
+    """
+
+    def __init__(self, desc: str) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(
+            desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False, file=sys.stderr
+        )
+
+    @property
+    def total(self) -> float | None:
+        return self._bar.total
+
+    @total.setter
+    def total(self, value: float) -> None:
+        self._bar.total = value or None  # 0 means the server sent no length
+        self._bar.refresh()
+
+    def update(self, n: float) -> None:
+        self._bar.update(n)
+
+    def reset(self) -> None:
+        self._bar.reset(total=self._bar.total)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
 def _fetch_url(url: str, output: Path, *, progress: bool, timeout: float, desc: str) -> None:
     import pooch
-    from tqdm.auto import tqdm
 
-    bar = (
-        tqdm(desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False)
-        if progress
-        else None
-    )
+    bar = _ProgressBar(desc) if progress else None
     try:
         downloader = pooch.HTTPDownloader(
             progressbar=bar if bar is not None else False,

@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from .download import download_file, offline
-from .embedded import load_embedded
+from .embedded import EMBEDDED_SOURCE, embedded_csv_path, load_embedded
 from .errors import DataError, DatasetNotFoundError, IDXError
 from .registry import EMBEDDED_NAME, ROLES, DatasetSpec, FileSpec, cache_dir, get_spec, normalise_name
 from .splits import Splits, make_splits
-from .verify import FileCheck, check_file, find_file
+from .verify import FileCheck, check_file, find_file, find_files
 
 __all__ = [
     "default_search_roots",
@@ -126,33 +126,47 @@ class _FolderScan:
 
 
 def _scan(folder: Path, spec: DatasetSpec, *, strict: bool, warn_rejects: bool = False) -> _FolderScan:
-    """Load what ``folder`` holds of ``spec``. In strict mode broken or unverified files count as absent."""
+    """Load what ``folder`` holds of ``spec``. In strict mode broken or unverified files count as absent.
+
+    In strict mode every copy of a file (``.gz``, uncompressed, ...) is tried, so one bad copy does not hide a
+    good one next to it; otherwise the preferred copy is the one the user gets.
+    """
     scan = _FolderScan(folder)
     for role, fspec in spec.files().items():
-        path = find_file(folder, fspec)
-        if path is None:
+        paths = find_files(folder, fspec)
+        if not paths:
             scan.missing.append(fspec.filename)
             continue
-        try:
-            array, check = check_file(path, fspec)
-        except IDXError as exc:
-            if not strict:
-                raise
-            reason = str(exc).split(";")[0]
-            scan.problems.append(reason)
-            if warn_rejects:
-                warn(f"{reason}; ignoring this cached copy")
-            continue
-        if not check.verified:
-            if strict:
-                scan.problems.append(f"{path}: {check.problem()}")
-                if warn_rejects:
-                    warn(f"{path}: {check.problem()}; ignoring this cached copy")
-                continue
-            warn(f"{path}: {check.problem()}; using it anyway because it was passed as the data folder")
-        scan.arrays[role] = array
-        scan.names[role] = str(path)
+        for path in paths if strict else paths[:1]:
+            if _scan_one(scan, role, path, fspec, strict=strict, warn_rejects=warn_rejects):
+                break
     return scan
+
+
+def _scan_one(
+    scan: _FolderScan, role: str, path: Path, fspec: FileSpec, *, strict: bool, warn_rejects: bool
+) -> bool:
+    """Load one file into ``scan``; return whether it was accepted."""
+    try:
+        array, check = check_file(path, fspec)
+    except IDXError as exc:
+        if not strict:
+            raise
+        reason = str(exc).split(";")[0]
+        scan.problems.append(reason)
+        if warn_rejects:
+            warn(f"{reason}; ignoring this cached copy")
+        return False
+    if not check.verified:
+        if strict:
+            scan.problems.append(f"{path}: {check.problem()}")
+            if warn_rejects:
+                warn(f"{path}: {check.problem()}; ignoring this cached copy")
+            return False
+        warn(f"{path}: {check.problem()}; using it anyway because it was passed as the data folder")
+    scan.arrays[role] = array
+    scan.names[role] = str(path)
+    return True
 
 
 def _splits_or_problem(spec: DatasetSpec, scan: _FolderScan, source: str) -> Splits | None:
@@ -234,12 +248,13 @@ def _download_missing(
 
 
 def _download_blocker(spec: DatasetSpec, download: bool) -> str | None:
+    """Why no download may be attempted (``None``: it may)."""
     if not download:
-        return "download: disabled (download=False)"
+        return "disabled (download=False)"
     if offline():
-        return "download: skipped ($VAEKIT_OFFLINE is set)"
+        return "skipped ($VAEKIT_OFFLINE is set)"
     if not spec.mirrors:
-        return "download: no mirrors registered"
+        return "impossible (no mirrors registered)"
     return None
 
 
@@ -260,7 +275,7 @@ def _resolve(spec: DatasetSpec, *, download: bool, progress: bool) -> Splits:
         return splits
     blocker = _download_blocker(spec, download)
     if blocker is not None:
-        attempts.append(blocker)
+        attempts.append(f"download: {blocker}")
         raise _not_found(spec, attempts)
     have, names = dict(cache_scan.arrays), dict(cache_scan.names)
     failures = _download_missing(spec, cache_dir() / spec.name, have, names, progress)
@@ -311,12 +326,10 @@ def locate(name: str) -> str | None:
     key = normalise_name(name)
     if key == EMBEDDED_NAME:
         try:
-            from .embedded import EMBEDDED_SOURCE, embedded_csv_path
-
             embedded_csv_path()
-            return EMBEDDED_SOURCE
         except DataError:
             return None
+        return EMBEDDED_SOURCE
     splits, _ = _find_local(get_spec(key))
     return None if splits is None else splits.source
 
@@ -337,8 +350,7 @@ def _copy_into(src: Path, dest_dir: Path) -> Path:
 def fetch(
     name: str, data_dir: str | os.PathLike[str] | None = None, *, progress: bool = True
 ) -> dict[str, Path]:
-    """Make sure a verified copy of every file of ``name`` is in ``data_dir`` (default: the cache); return
-    paths.
+    """Put a verified copy of every file of ``name`` in ``data_dir`` (default: the cache); return the paths.
 
     Files already there and verified are kept; others are copied from a verified copy elsewhere on the machine
     (cache or search folders) or downloaded. In the cache an unverified file is replaced; in a user's folder
@@ -353,20 +365,23 @@ def fetch(
     elsewhere = [folder for folder in [cache_dir() / spec.name, *search_folders(spec)] if folder != dest]
     paths: dict[str, Path] = {}
     for role, fspec in spec.files().items():
-        existing = find_file(dest, fspec)
-        if existing is not None:
-            try:
-                _, check = check_file(existing, fspec)
-                problem = check.problem()
-            except IDXError as exc:
-                problem = str(exc).split(";")[0].removeprefix(f"{existing}: ")
+        good, bad = None, []
+        for path in find_files(dest, fspec):
+            problem = _problem(path, fspec)
             if not problem:
-                paths[role] = existing
-                continue
-            if not managed:
-                raise DataError(
-                    f"{existing}: {problem}; it was not overwritten, move it away and run the fetch again"
-                )
+                good = path
+                break
+            bad.append((path, problem))
+        if good is not None:
+            paths[role] = good
+            continue
+        if bad and not managed:
+            path, problem = bad[0]
+            raise DataError(
+                f"{path}: {problem}; it was not overwritten, move it away and run the fetch again"
+            )
+        for path, _ in bad:
+            path.unlink()  # a bad copy in the cache would shadow the good one fetched next
         copied = _copy_verified(fspec, elsewhere, dest)
         if copied is not None:
             paths[role] = copied
@@ -375,7 +390,8 @@ def fetch(
         if blocker is not None:
             raise DatasetNotFoundError(
                 f"cannot fetch {fspec.filename} of {spec.name}: no verified copy on this machine and "
-                f"{blocker}; unset VAEKIT_OFFLINE on a connected machine"
+                f"download {blocker}; run the fetch on a connected machine (without VAEKIT_OFFLINE) and copy "
+                f"the files into {dest}"
             )
         result = download_file(fspec, spec.mirrors, dest, progress=progress)
         if result.path is None:
@@ -387,18 +403,21 @@ def fetch(
     return paths
 
 
+def _problem(path: Path, fspec: FileSpec) -> str:
+    """Why ``path`` is not a verified copy of ``fspec`` (empty string: it is)."""
+    try:
+        _, check = check_file(path, fspec)
+    except IDXError as exc:
+        return str(exc).split(";")[0].removeprefix(f"{path}: ")
+    return check.problem()
+
+
 def _copy_verified(fspec: FileSpec, folders: list[Path], dest: Path) -> Path | None:
     """Copy the first verified copy of ``fspec`` found in ``folders`` into ``dest``."""
     for folder in folders:
-        path = find_file(folder, fspec)
-        if path is None:
-            continue
-        try:
-            _, check = check_file(path, fspec)
-        except IDXError:
-            continue
-        if check.verified:
-            return _copy_into(path, dest)
+        for path in find_files(folder, fspec):
+            if not _problem(path, fspec):
+                return _copy_into(path, dest)
     return None
 
 

@@ -13,7 +13,7 @@ from .registry import DatasetSpec
 __all__ = ["Splits", "make_splits"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # field-wise == on arrays is ambiguous, so Splits compare by identity
 class Splits:
     """A dataset's train and test split as ``uint8`` arrays: images (N, H, W), labels (N,).
 

@@ -16,7 +16,7 @@ import numpy as np
 from .idx import load_idx
 from .registry import FileSpec
 
-__all__ = ["FileCheck", "check_file", "find_file"]
+__all__ = ["FileCheck", "check_file", "find_file", "find_files"]
 
 
 @dataclass(frozen=True)
@@ -83,10 +83,12 @@ def check_file(
     return contents.array, check
 
 
+def find_files(folder: Path, spec: FileSpec) -> list[Path]:
+    """Every copy of the file in ``folder``, under any of its accepted names, in order of preference."""
+    return [folder / name for name in spec.candidate_names() if (folder / name).is_file()]
+
+
 def find_file(folder: Path, spec: FileSpec) -> Path | None:
-    """The first of the spec's accepted file names present in ``folder`` (``None`` if none is)."""
-    for name in spec.candidate_names():
-        candidate = folder / name
-        if candidate.is_file():
-            return candidate
-    return None
+    """The preferred copy of the file in ``folder`` (``None`` if there is none)."""
+    found = find_files(folder, spec)
+    return found[0] if found else None
