@@ -18,7 +18,6 @@ from vaekit.objectives import (
 )
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     """References in double precision; the default is restored for the other test modules."""

@@ -152,9 +152,9 @@ def test_nan_mid_run_keeps_the_last_good_checkpoint(tiny_data: Path, tmp_path: P
     real = train_mod.batch_loss
     calls = []
 
-    def poisoned(model, x, config, noise):
+    def poisoned(model, x, config, noise, *args):
         calls.append(1)
-        loss = real(model, x, config, noise)
+        loss = real(model, x, config, noise, *args)
         return loss * float("nan") if len(calls) == 3 else loss
 
     monkeypatch.setattr(train_mod, "batch_loss", poisoned)

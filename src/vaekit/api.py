@@ -3,40 +3,97 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import viz
+from . import runs, viz
+from .binarize import binarize_splits, protocol
+from .config import BINARIZE, ConfigError
 from .data import Splits, load_splits
-from .errors import RunFolderError
+from .errors import RunFolderError, VaekitError
 from .evaluate import evaluate_elbo
 from .runs import Run, load_run
 from .train import resolve_device
 
+# The keys an importance-sampled evaluation adds to the evaluate output and merges into summary.json.
+NLL_KEYS = ("nll", "nll_stderr", "nll_test_set_stderr", "bits_per_dim", "nll_samples", "nll_neg_elbo", "active_units",
+            "kl_per_dim", "nll_protocol")
 
-def load_run_data(run: Run, data_dir: str | os.PathLike | None = None) -> Splits:
-    """The dataset a run was trained on, found the same way training found it (``data_dir`` overrides)."""
+
+def load_run_data(run: Run, data_dir: str | os.PathLike | None = None, binarize: str | None = None) -> Splits:
+    """The dataset a run was trained on, found the same way training found it (``data_dir`` overrides).
+
+    The test images are those the run is evaluated on: the binarized copy (drawn with the run's recorded
+    ``binarize_seed``) when the run was trained with ``--binarize`` dynamic or static, or when ``binarize``
+    asks for one; the training images are left as found.
+    """
     name = run.data.get("dataset") or run.train_config.dataset
     splits = load_splits(name, data_dir or run.train_config.data_dir, progress=False)
     if tuple(splits.test_images.shape[1:]) != tuple(run.model_config.image_shape):
         raise RunFolderError(f"the data found for {run.path} has images of shape {splits.test_images.shape[1:]}, "
                              f"but the model expects {tuple(run.model_config.image_shape)}")
-    return splits
+    mode = binarize or run.train_config.binarize
+    return binarize_splits(splits, mode, run.train_config.binarize_seed, train=False)
 
 
-def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-                 device: str = "cpu") -> dict[str, Any]:
-    """Test-set metrics of a run: the keys of ``summary.json``'s ``test_*`` entries and more."""
+def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = None, device: str = "cpu", *,
+                 nll: bool = False, samples: int = 5000, binarize: str | None = None, save: bool = True,
+                 progress: bool = False) -> dict[str, Any]:
+    """Test-set metrics of a run: the keys of ``summary.json``'s ``test_*`` entries and more.
+
+    ``protocol`` says which data and likelihood the numbers belong to. With ``nll`` it adds the
+    importance-sampled test log-likelihood with K = ``samples`` draws per image (see
+    :mod:`vaekit.likelihood`): ``nll`` (nats per image), ``nll_stderr``, ``bits_per_dim``,
+    ``nll_samples``, ``active_units``, ``kl_per_dim`` and more (``NLL_KEYS``), and, with ``save``, merges
+    them into the run's ``summary.json``. ``binarize`` evaluates under another protocol than the run's.
+    """
+    if binarize is not None and binarize not in BINARIZE:
+        raise ConfigError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE)}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"--samples must be a positive integer (got {samples!r})")
     run = load_run(path, resolve_device(device))
-    splits = load_run_data(run, data_dir)
+    cfg = run.train_config
+    mode = binarize or cfg.binarize
+    splits = load_run_data(run, data_dir, mode)
     x_test = torch.from_numpy(splits.test_images.reshape(len(splits.test_images), -1))
-    metrics = evaluate_elbo(run.model, x_test, run.train_config.likelihood, run.train_config.sigma,
-                            run.train_config.eval_batch_size)
-    return {**metrics, "dataset": splits.name, "n_test": len(x_test),
-            "n_params": sum(p.numel() for p in run.model.parameters()),
-            "epochs": run.summary.get("epochs", len(run.metrics))}
+    metrics = evaluate_elbo(run.model, x_test, cfg.likelihood, cfg.sigma, cfg.eval_batch_size)
+    proto = protocol(mode, cfg.binarize_seed, cfg.likelihood, cfg.learn_sigma, cfg.sigma)
+    result = {**metrics, "dataset": splits.name, "n_test": len(x_test),
+              "n_params": sum(p.numel() for p in run.model.parameters()),
+              "epochs": run.summary.get("epochs", len(run.metrics)), "protocol": proto}
+    if not nll:
+        return result
+    from .likelihood import NLL_SEED, latent_statistics, model_log_px
+
+    est = model_log_px(run.model, x_test, samples, cfg.likelihood, cfg.sigma, progress=progress).summary()
+    stats = latent_statistics(run.model, x_test, cfg.eval_batch_size)
+    extra = {
+        "nll": est["nll"], "nll_stderr": est["nll_stderr"], "nll_test_set_stderr": est["nll_test_set_stderr"],
+        "bits_per_dim": est["bits_per_dim"], "nll_samples": samples, "nll_neg_elbo": est["neg_elbo"],
+        "active_units": stats["active_units"], "kl_per_dim": stats["kl_per_dim"],
+        "nll_protocol": {**proto, "samples": samples, "draw_seed": NLL_SEED, "dataset": splits.name,
+                         "n_test": len(x_test)},
+    }
+    result.update(extra)
+    if save:
+        _store(Path(path), extra)
+    return result
+
+
+def _store(run_dir: Path, extra: dict[str, Any]) -> None:
+    """Merge an evaluation into ``summary.json`` (atomically, under the run's lock); a failure is a warning."""
+    try:
+        with runs.RunLock(run_dir):
+            path = run_dir / runs.SUMMARY
+            summary = runs.read_json(path) if path.exists() else {}
+            runs.write_json(path, {**(summary if isinstance(summary, dict) else {}), **extra})
+    except VaekitError as e:
+        message = " ".join(str(e).split())
+        print(f"vaekit: warning: the evaluation was not stored in {run_dir / runs.SUMMARY}: {message}",
+              file=sys.stderr, flush=True)
 
 
 def plot_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = None, grid_size: int | None = None,

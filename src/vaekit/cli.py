@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -22,6 +23,7 @@ class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (``vaekit train: error: ...``) with exit code 2."""
 
     def error(self, message: str) -> NoReturn:
+        message = " ".join(message.split())  # an argument may hold line breaks; the message stays one line
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -55,6 +57,13 @@ def _hidden(text: str) -> list[int]:
     return sizes
 
 
+def _sigma(text: str) -> float | str:
+    """A positive number, or ``learned`` for a per-pixel standard deviation learned with the weights."""
+    if text.strip().lower() == "learned":
+        return "learned"
+    return positive_float(text)
+
+
 def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a VAE (defaults: the blog post's model and settings on MNIST)",
                        description="Train a VAE and write a run folder with weights, metrics and figures. "
@@ -68,11 +77,25 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, help="images per optimizer step (default 128)")
     p.add_argument("--lr", type=positive_float, help="Adam learning rate (default 3e-4)")
     p.add_argument("--zdim", type=positive_int, help="latent dimensions (default: the preset's, 2 for seed)")
-    p.add_argument("--model", help="model preset: seed (the post's MLP) or mlp (default seed)")
+    p.add_argument("--model", help="model preset: seed (the post's MLP, default), mlp, burda (the IWAE paper's "
+                                   "2x200 tanh, zdim 50) or pytorch-example (400 ReLU, zdim 20)")
     p.add_argument("--hidden", type=_hidden, help="hidden sizes of the mlp preset, e.g. 512,256")
     p.add_argument("--activation", help="activation of the mlp preset (elu, relu, tanh, gelu, silu, leaky_relu)")
-    p.add_argument("--likelihood", help="bernoulli (the post's BCE, default) or gaussian")
-    p.add_argument("--sigma", type=positive_float, help="standard deviation of the gaussian likelihood (default 1)")
+    p.add_argument("--likelihood", help="bernoulli (the post's BCE, default), gaussian or continuous-bernoulli "
+                                        "(the normalized density on [0, 1])")
+    p.add_argument("--sigma", type=_sigma, help="standard deviation of the gaussian likelihood (default 1), or "
+                                                "'learned' for a learned per-pixel one")
+    p.add_argument("--learn-sigma", action="store_true", default=None,
+                   help="learn a per-pixel gaussian standard deviation, starting at --sigma")
+    p.add_argument("--objective", choices=["elbo", "iwae"], help="elbo (default) or iwae, the k-sample "
+                                                                 "importance-weighted bound")
+    p.add_argument("--k", type=positive_int, help="samples per image of the objective (default 1)")
+    p.add_argument("--beta", type=_number(float, 0.0, what="a number >= 0"), help="weight on the KL (default 1)")
+    p.add_argument("--kl-warmup", type=nonnegative_int, metavar="EPOCHS",
+                   help="raise the KL weight linearly from 0 to --beta over this many epochs (default 0: none)")
+    p.add_argument("--binarize", choices=["none", "dynamic", "static"],
+                   help="none (grey levels, default), dynamic (pixels redrawn as Bernoulli(grey) every batch) or "
+                        "static (one fixed binarized copy); evaluation uses one binarized test copy of fixed seed")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=nonnegative_int, help="random seed; same seed, same weights on CPU (default 0)")
     p.add_argument("--out", help="run folder to create (default runs/vae-<date>-<time>)")
@@ -93,13 +116,17 @@ _FLAG_TO_FIELD = {
     "zdim": "zdim", "model": "model", "hidden": "hidden", "activation": "activation",
     "likelihood": "likelihood", "sigma": "sigma", "device": "device", "seed": "seed",
     "checkpoint_every": "checkpoint_every", "grid_size": "grid_size", "grid_spacing": "grid_spacing",
-    "detect_anomaly": "detect_anomaly",
+    "detect_anomaly": "detect_anomaly", "learn_sigma": "learn_sigma", "objective": "objective", "k": "k",
+    "beta": "beta", "kl_warmup": "kl_warmup", "binarize": "binarize",
 }
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
     """The TrainConfig the flags describe, and the subset of fields the user set explicitly."""
     given = {field: getattr(args, flag) for flag, field in _FLAG_TO_FIELD.items() if getattr(args, flag) is not None}
+    if given.get("sigma") == "learned":  # --sigma learned: a learned sigma starting at 1
+        del given["sigma"]
+        given["learn_sigma"] = True
     config = TrainConfig(**given)
     config.progress = not args.quiet
     return config, given
@@ -134,15 +161,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .api import evaluate_run
+    from .binarize import describe
 
-    result = evaluate_run(args.run, data_dir=args.data_dir, device=args.device or "cpu")
+    result = evaluate_run(args.run, data_dir=args.data_dir, device=args.device or "cpu", nll=args.nll,
+                          samples=args.samples, binarize=args.binarize, save=not args.no_save,
+                          progress=not args.json)
     if args.json:
         print(json.dumps(result, sort_keys=True))
-    else:
-        width = max(map(len, result))
-        for k, v in result.items():
-            print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+        return 0
+    proto = describe(result.get("nll_protocol", result["protocol"]))
+    k = f", K={result['nll_samples']}" if "nll_samples" in result else ""
+    width = max(map(len, result))
+    for key, v in result.items():
+        if key in ("protocol", "nll_protocol", "nll_samples"):
+            continue
+        if isinstance(v, list):
+            v = "[" + ", ".join(f"{x:.3f}" for x in v) + "]"
+        elif isinstance(v, float):
+            v = f"{v:.4f}"
+        tag = f"  [{proto}{k if key.startswith(('nll', 'bits')) else ''}]" if key in _PROTOCOL_KEYS else ""
+        print(f"{key:<{width}}  {v}{tag}")
     return 0
+
+
+# Numbers of the evaluate output that depend on the data protocol: printed with it beside them.
+_PROTOCOL_KEYS = ("test_loss", "test_recon", "test_kl", "nll", "nll_stderr", "nll_test_set_stderr", "bits_per_dim",
+                  "nll_neg_elbo", "active_units", "kl_per_dim")
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -165,6 +209,14 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--data-dir", help="folder with the dataset's IDX files, if not where training found them")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--nll", action="store_true",
+                   help="also estimate the test log-likelihood by importance sampling (stored in summary.json)")
+    p.add_argument("--samples", type=positive_int, default=5000, metavar="K",
+                   help="importance samples per test image for --nll (default 5000, as in the IWAE paper)")
+    p.add_argument("--binarize", choices=["none", "dynamic", "static"],
+                   help="evaluate on this data protocol instead of the run's own (dynamic and static both use "
+                        "the fixed-seed binarized test copy)")
+    p.add_argument("--no-save", action="store_true", help="do not store the --nll evaluation in summary.json")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("plot", help="(re)draw a run's figures", description="Write the five figures of a run.")
@@ -175,6 +227,12 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_plot)
 
     add_data_parser(sub)
+
+    from .explore import add_explore_parser
+    from .report import add_report_parser
+
+    add_explore_parser(sub)
+    add_report_parser(sub)
     return parser
 
 
@@ -192,6 +250,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        asked = re.search(r"tried to allocate ([\d.]+ ?[A-Za-z]*)", str(e))
+        reason = f" (it tried to allocate {asked.group(1)})" if asked else ""
+        print(f"{prog}: error: out of memory{reason}; the sizes asked for do not fit this machine: try a "
+              "smaller model (--hidden, --zdim), --batch-size or --samples", file=sys.stderr)
+        return 1
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is memory exhaustion: Python's, the CPU allocator's or a GPU's."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return isinstance(e, MemoryError) or (oom is not None and isinstance(e, oom)) or \
+        "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
 
 
 if __name__ == "__main__":

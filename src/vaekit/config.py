@@ -35,6 +35,10 @@ class ModelConfig:
     decoder_hidden: list[int] = field(default_factory=lambda: [32, 64, 256])
     activation: str = "elu"
     skip_first_decoder_activation: bool = True
+    # A per-pixel decoder log standard deviation, a weight of the model (gaussian likelihood only),
+    # starting at log(sigma_init); stored here so config.json alone rebuilds the parameter.
+    learn_sigma: bool = False
+    sigma_init: float = 1.0
 
     @property
     def input_dim(self) -> int:
@@ -51,6 +55,8 @@ class ModelConfig:
                 raise ConfigError(f"{name} must be a non-empty list of positive integers (got {sizes!r})")
         if len(self.image_shape) != 2 or any(int(s) < 1 for s in self.image_shape):
             raise ConfigError(f"image_shape must be two positive integers (got {self.image_shape!r})")
+        if not (isinstance(self.sigma_init, (int, float)) and 0 < self.sigma_init < float("inf")):
+            raise ConfigError(f"sigma_init must be a positive finite number (got {self.sigma_init!r})")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -61,8 +67,16 @@ class ModelConfig:
         return cfg
 
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+OBJECTIVES = ("elbo", "iwae")
+BINARIZE = ("none", "dynamic", "static")
+# Seed of the one binarized copy of the test set that every binarized evaluation uses (and, plus one, of
+# the static training copy): fixed so that numbers of different runs are on the same test images.
+BINARIZE_SEED = 20230802
+PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("constant", "cosine")
+RECIPES = ("post", "fast")  # defined in vaekit.recipes
 
 
 @dataclass
@@ -79,7 +93,14 @@ class TrainConfig:
     hidden: list[int] | None = None  # hidden sizes of the `mlp` preset (encoder order)
     activation: str | None = None
     likelihood: str = "bernoulli"
-    sigma: float = 1.0  # fixed decoder standard deviation of the gaussian likelihood
+    sigma: float = 1.0  # fixed decoder standard deviation of the gaussian likelihood (the start when learned)
+    learn_sigma: bool = False  # gaussian only: learn a per-pixel standard deviation
+    objective: str = "elbo"  # elbo or iwae (the importance-weighted bound)
+    k: int = 1  # samples per image of the objective (elbo: averaged; iwae: the bound's k)
+    beta: float = 1.0  # weight on the KL term (on log p(z) - log q(z|x) for iwae)
+    kl_warmup: int = 0  # epochs over which the KL weight rises linearly from 0 to beta (0: none)
+    binarize: str = "none"  # none (grey levels), dynamic (redrawn every batch) or static (one fixed copy)
+    binarize_seed: int = BINARIZE_SEED  # seed of the test set's binarized copy (and of the static training copy)
     device: str = "auto"
     seed: int = 0
     checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends)
@@ -87,6 +108,12 @@ class TrainConfig:
     grid_size: int = 20
     grid_spacing: str = "linear"
     detect_anomaly: bool = False
+    # How the step is computed (see README "Speed and scale"); the defaults are the post's fp32 eager step.
+    precision: str = "fp32"  # fp32, bf16 (autocast; CPUs with AVX-512 BF16 or AMX, and CUDA) or fp16 (CUDA)
+    compile: bool = False  # torch.compile the loss, falling back to eager where it cannot compile
+    lr_schedule: str = "constant"  # constant (the post's) or cosine (decays to 0 at the last step)
+    lr_warmup: float = 0.0  # epochs of linear learning-rate warm-up before the schedule
+    recipe: str | None = None  # the named recipe these settings came from (recorded only)
     progress: bool = True
 
     def validate(self) -> None:
@@ -102,6 +129,19 @@ class TrainConfig:
             raise ConfigError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
         if not (self.sigma > 0 and self.sigma < float("inf")):
             raise ConfigError(f"sigma must be a positive finite number (got {self.sigma!r})")
+        if self.learn_sigma and self.likelihood != "gaussian":
+            raise ConfigError(f"a learned sigma needs --likelihood gaussian (got {self.likelihood!r})")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        _positive_int("k", self.k)
+        if not (isinstance(self.beta, (int, float)) and 0 <= self.beta < float("inf")):
+            raise ConfigError(f"beta must be a finite number >= 0 (got {self.beta!r})")
+        if isinstance(self.kl_warmup, bool) or not isinstance(self.kl_warmup, int) or self.kl_warmup < 0:
+            raise ConfigError(f"kl_warmup must be an integer number of epochs >= 0 (got {self.kl_warmup!r})")
+        if self.binarize not in BINARIZE:
+            raise ConfigError(f"unknown binarize mode {self.binarize!r}; choose one of {', '.join(BINARIZE)}")
+        if isinstance(self.binarize_seed, bool) or not isinstance(self.binarize_seed, int) or self.binarize_seed < 0:
+            raise ConfigError(f"binarize_seed must be an integer >= 0 (got {self.binarize_seed!r})")
         if self.device not in DEVICES and not self.device.startswith(("cuda:", "mps:")):
             raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)} or cuda:N")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
@@ -110,6 +150,14 @@ class TrainConfig:
             raise ConfigError(f"grid_spacing must be 'linear' or 'normal' (got {self.grid_spacing!r})")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be an integer >= 0 (got {self.seed!r})")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if not (isinstance(self.lr_warmup, (int, float)) and 0 <= self.lr_warmup < float("inf")):
+            raise ConfigError(f"lr_warmup must be a finite number of epochs >= 0 (got {self.lr_warmup!r})")
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

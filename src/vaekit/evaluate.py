@@ -33,6 +33,7 @@ def evaluate_elbo(
     """Mean negative ELBO, reconstruction and KL per image over ``images`` (uint8, flattened).
 
     Sums are accumulated in float64 so the mean does not depend on the batch size beyond rounding.
+    A model with a learned per-pixel sigma uses it in place of ``sigma``.
     """
     was_training = model.training
     model.eval()
@@ -43,7 +44,7 @@ def evaluate_elbo(
     for i in range(0, n, batch_size):
         x = to_unit(images[i : i + batch_size].to(device, non_blocking=True))
         logits, mu, logvar = model(x, generator=gen)
-        t = elbo_terms(logits, x, mu, logvar, likelihood, sigma)
+        t = elbo_terms(logits, x, mu, logvar, likelihood, sigma, model.log_sigma)
         totals += torch.stack([t.loss.sum(), t.recon.sum(), t.kl.sum()]).double()
     model.train(was_training)
     loss, recon, kl = (totals / n).tolist()

@@ -8,6 +8,7 @@ pixels, which is where the blog's ``Sigmoid`` + ``BCE`` pair clamps its log at -
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -43,6 +44,23 @@ PRESETS: dict[str, dict] = {
         activation="elu",
         skip_first_decoder_activation=False,
     ),
+    # The one-stochastic-layer model of the IWAE paper (Burda, Grosse and Salakhutdinov, 2016): two
+    # deterministic tanh layers of 200 units each way around a 50-dimensional latent.
+    "burda": dict(
+        zdim=50,
+        encoder_hidden=[200, 200],
+        decoder_hidden=[200, 200],
+        activation="tanh",
+        skip_first_decoder_activation=False,
+    ),
+    # The VAE of PyTorch's examples repository: one ReLU layer of 400 units each way, zdim 20.
+    "pytorch-example": dict(
+        zdim=20,
+        encoder_hidden=[400],
+        decoder_hidden=[400],
+        activation="relu",
+        skip_first_decoder_activation=False,
+    ),
 }
 
 
@@ -52,8 +70,13 @@ def model_config(
     hidden: list[int] | None = None,
     activation: str | None = None,
     image_shape: tuple[int, int] = (28, 28),
+    learn_sigma: bool = False,
+    sigma_init: float = 1.0,
 ) -> ModelConfig:
-    """Resolve a preset name and optional overrides into a validated :class:`ModelConfig`."""
+    """Resolve a preset name and optional overrides into a validated :class:`ModelConfig`.
+
+    ``learn_sigma`` adds a per-pixel decoder log standard deviation starting at ``log(sigma_init)``.
+    """
     if preset not in PRESETS:
         raise ConfigError(f"unknown model preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
     spec = dict(PRESETS[preset])
@@ -66,7 +89,8 @@ def model_config(
         spec["activation"] = activation
     if zdim is not None:
         spec["zdim"] = zdim
-    cfg = ModelConfig(preset=preset, image_shape=tuple(image_shape), **spec)
+    cfg = ModelConfig(preset=preset, image_shape=tuple(image_shape), learn_sigma=learn_sigma,
+                      sigma_init=float(sigma_init) if learn_sigma else 1.0, **spec)
     cfg.validate()
     return cfg
 
@@ -95,6 +119,13 @@ class VAE(nn.Module):
         self.decoder = _mlp(
             [config.zdim, *config.decoder_hidden, d], config.activation, config.skip_first_decoder_activation
         )
+        # The learned per-pixel log standard deviation of a gaussian p(x|z); None (and absent from the
+        # state dict) otherwise, so models without it keep their exact weights file.
+        self.log_sigma: nn.Parameter | None
+        if config.learn_sigma:
+            self.log_sigma = nn.Parameter(torch.full((d,), math.log(config.sigma_init)))
+        else:
+            self.register_parameter("log_sigma", None)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior parameters ``(mu, logvar)`` for flattened images ``x`` in [0, 1]."""

@@ -23,13 +23,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import runs, viz
+from . import explore, report, runs, viz
+from .binarize import binarize_batch, binarize_splits, protocol
 from .config import ConfigError, TrainConfig
 from .data import Splits, load_splits
 from .errors import Interrupted, NonFiniteError, RunFolderError
 from .evaluate import evaluate_elbo, to_unit
 from .models import VAE, model_config, n_params
-from .objectives import elbo_terms
+from .objectives import elbo_terms, gaussian_kl, iwae_bound, log_importance_weights, log_likelihood
 
 # Settings a resumed run may change; everything else must match the stored run.
 RESUMABLE = ("epochs", "device", "progress", "checkpoint_every", "detect_anomaly")
@@ -79,15 +80,42 @@ def _checkpoint_tensors(model: VAE, opt: torch.optim.Optimizer, gens: dict[str, 
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def batch_loss(model: VAE, x_u8: torch.Tensor, config: TrainConfig, noise: torch.Generator) -> torch.Tensor:
-    """Negative ELBO of one batch, summed over its images as the blog post's loss is.
+def kl_weight(config: TrainConfig, progress: float) -> float:
+    """The weight on the KL: ``beta``, ramped linearly from 0 over the first ``kl_warmup`` epochs.
+
+    ``progress`` counts epochs done, fractionally (1.5 = half-way through the second), so the ramp is
+    smooth per step and a resumed run recomputes exactly the weight it would have used.
+    """
+    if config.kl_warmup <= 0:
+        return float(config.beta)
+    return float(config.beta) * min(1.0, progress / config.kl_warmup)
+
+
+def batch_loss(model: VAE, x_u8: torch.Tensor, config: TrainConfig, noise: torch.Generator,
+               progress: float = 0.0, binarize: torch.Generator | None = None) -> torch.Tensor:
+    """The training objective of one batch, summed over its images as the blog post's loss is.
 
     Summing rather than averaging keeps the post's objective exactly; Adam's updates barely depend on
-    the scale of the loss, and reported numbers are divided by the number of images.
+    the scale of the loss, and reported numbers are divided by the number of images. The default
+    (elbo, k 1, beta 1, no warm-up) is the post's negative ELBO with the closed-form KL; ``elbo`` with
+    k > 1 averages the reconstruction over k draws; ``iwae`` is minus the k-sample importance-weighted
+    bound. ``binarize`` (dynamic binarization) redraws the batch's pixels as Bernoulli(grey level).
     """
     x = to_unit(x_u8)
-    logits, mu, logvar = model(x, generator=noise)
-    return elbo_terms(logits, x, mu, logvar, config.likelihood, config.sigma).loss.sum()
+    if binarize is not None:
+        x = binarize_batch(x, binarize)
+    weight = kl_weight(config, progress)
+    if config.objective == "elbo" and config.k == 1:
+        logits, mu, logvar = model(x, generator=noise)
+        t = elbo_terms(logits, x, mu, logvar, config.likelihood, config.sigma, model.log_sigma)
+        return (t.recon + weight * t.kl).sum()  # weight 1.0: bit for bit the plain negative ELBO
+    mu, logvar = model.encode(x)
+    eps = torch.randn((config.k, *mu.shape), generator=noise, device=mu.device, dtype=mu.dtype)
+    z = model.reparameterize(mu, logvar, eps)
+    log_px_z = log_likelihood(config.likelihood, x, model.decode(z), config.sigma, model.log_sigma)
+    if config.objective == "elbo":
+        return (weight * gaussian_kl(mu, logvar) - log_px_z.mean(dim=0)).sum()
+    return -iwae_bound(log_importance_weights(log_px_z, eps, logvar, z, weight)).sum()
 
 
 def save_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer, gens: dict[str, torch.Generator],
@@ -108,7 +136,7 @@ def load_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
     tensors, meta = runs.read_tensors(path)
     runs.load_state_into(model, tensors, path, prefix="model.")
     try:
-        state = TrainState(**json.loads(meta["state"]))
+        state = TrainState(**runs.check_train_state(json.loads(meta["state"]), path))
         optim_meta = json.loads(meta["optimizer"])
         per_param: dict[int, dict[str, Any]] = {}
         for k, v in tensors.items():
@@ -118,17 +146,13 @@ def load_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
         for key, v in optim_meta["scalars"].items():
             idx, name = key.split(".", 1)
             per_param.setdefault(int(idx), {})[name] = v
-        params = dict(model.named_parameters())
-        for idx, st in per_param.items():
-            p = list(params.values())[idx]
-            for name, v in st.items():
-                if torch.is_tensor(v) and v.dim() > 0 and v.shape != p.shape:
-                    raise ValueError(f"optimizer tensor {idx}.{name} has shape {tuple(v.shape)}")
+        runs.check_optimizer_state(opt, per_param, optim_meta["param_groups"], path)
         opt.load_state_dict({"state": per_param, "param_groups": optim_meta["param_groups"]})
         for name, g in gens.items():
             g.set_state(tensors[f"rng.{name}"])
         epoch_shuffle = tensors["rng.epoch_shuffle"]
-    except (KeyError, ValueError, TypeError, IndexError, RuntimeError, json.JSONDecodeError) as e:
+        torch.Generator().set_state(epoch_shuffle)  # a bad state fails here, not at the next epoch
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError, json.JSONDecodeError) as e:
         raise RunFolderError(f"{path} is not a valid vaekit checkpoint ({e}); "
                              "start again with --force or restore the file") from e
     return state, epoch_shuffle
@@ -165,7 +189,7 @@ def _default_out() -> Path:
 def _check_fresh_folder(run_dir: Path, force: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"--out {run_dir} exists and is not a folder")
-    if run_dir.is_dir() and any(p.name != runs.LOCK for p in run_dir.iterdir()) and not force:
+    if run_dir.is_dir() and not runs.is_unstarted(run_dir) and not force:
         raise RunFolderError(f"run folder {run_dir} already exists; use --resume to continue it, "
                              "--force to train into it anyway, or another --out")
     parent = run_dir if run_dir.exists() else run_dir.parent
@@ -200,9 +224,11 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
     config = config or TrainConfig()
     config.validate()
     run_dir = Path(out) if out is not None else _default_out()
-    if resume:
-        if not (run_dir / runs.CONFIG).exists():
+    if resume and not (run_dir / runs.CONFIG).exists():
+        if not (run_dir.is_dir() and runs.is_unstarted(run_dir)):
             raise RunFolderError(f"nothing to resume at {run_dir}: it has no {runs.CONFIG}")
+        resume = False  # killed before it wrote its config: nothing was done, so start it afresh
+    if resume:
         _, stored, _ = runs.read_config(run_dir)
         config = _merge_resume(stored, config)
         config.validate()
@@ -210,17 +236,21 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
         _check_fresh_folder(run_dir, force)
     device = resolve_device(config.device)
     model_config(config.model, config.zdim, config.hidden, config.activation)  # bad settings fail before data
+    sigma_kw = {"learn_sigma": config.learn_sigma, "sigma_init": config.sigma}
 
     created = _make_folder(run_dir)  # early, so an unwritable --out fails before the data is read
     try:
         splits = load_splits(config.dataset, config.data_dir, progress=config.progress)
+        splits = binarize_splits(splits, config.binarize, config.binarize_seed)
         image_shape = tuple(splits.train_images.shape[1:])
-        mcfg = model_config(config.model, config.zdim, config.hidden, config.activation, image_shape)
+        mcfg = model_config(config.model, config.zdim, config.hidden, config.activation, image_shape, **sigma_kw)
     except BaseException:
         for folder in reversed(created):  # leave no empty folder behind
             folder.rmdir()
         raise
     with runs.RunLock(run_dir):
+        if not resume:  # --force: no file of the replaced run may be mistaken for one of this run
+            runs.remove_run_files(run_dir, (*viz.FIGURES, explore.EXPLORER, report.REPORT))
         return _train_locked(config, mcfg, splits, run_dir, device, resume)
 
 
@@ -238,13 +268,20 @@ def _train_locked(config: TrainConfig, mcfg, splits: Splits, run_dir: Path, devi
         "shuffle": torch.Generator().manual_seed(config.seed),
         "noise": torch.Generator(device=device).manual_seed(config.seed + 1),
     }
+    if config.binarize == "dynamic":  # redraws every batch's pixels; checkpointed like the others
+        gens["binarize"] = torch.Generator(device=device).manual_seed(config.seed + 2)
     state = TrainState()
     epoch_shuffle = gens["shuffle"].get_state()
     if resume and (run_dir / runs.CHECKPOINT).exists():
         state, epoch_shuffle = load_checkpoint(run_dir, model, opt, gens)
-        if state.epoch >= config.epochs:
+        if state.step_in_epoch >= math.ceil(len(splits.train_images) / config.batch_size):
+            raise RunFolderError(f"{run_dir / runs.CHECKPOINT} stands at step {state.step_in_epoch} of an epoch, "
+                                 "but an epoch of this data has fewer steps; the checkpoint does not belong to it")
+        # A run killed after its last checkpoint but before its summary resumes to write what it missed.
+        if state.epoch > config.epochs or (state.epoch == config.epochs and runs.is_complete(run_dir, state.epoch)):
             raise ConfigError(f"{run_dir} already has {state.epoch} epochs; pass a larger --epochs to train on")
-        _log(config, f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
+        _log(config, f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step_in_epoch}"
+             if state.epoch < config.epochs else f"finishing {run_dir}: writing its weights, summary and figures")
     data_info = _data_info(splits)
     runs.write_config(run_dir, mcfg, config, data_info)
 
@@ -266,7 +303,8 @@ def _train_locked(config: TrainConfig, mcfg, splits: Splits, run_dir: Path, devi
             while step < steps_per_epoch:
                 x = x_train[perm[step * config.batch_size : (step + 1) * config.batch_size]]
                 opt.zero_grad(set_to_none=True)
-                loss = batch_loss(model, x, config, gens["noise"])
+                loss = batch_loss(model, x, config, gens["noise"], epoch - 1 + step / steps_per_epoch,
+                                  gens.get("binarize"))
                 loss.backward()
                 step += 1
                 if step % check_every == 0 or step == steps_per_epoch:
@@ -309,6 +347,8 @@ def _train_locked(config: TrainConfig, mcfg, splits: Splits, run_dir: Path, devi
     runs.write_metrics(run_dir / runs.METRICS, state.history)
     runs.write_json(run_dir / runs.SUMMARY, summary)
     viz.plot_run(run_dir, model, splits, state.history, config)
+    explore.write_explorer(run_dir, model=model, splits=splits)  # before the report, which links to it
+    report.write_report(run_dir)
     _log(config, f"done: test loss {summary['test_loss']:.3f} nats/image on {summary['dataset']}; "
                  f"run folder {run_dir}")
     return runs.load_run(run_dir, device)
@@ -347,6 +387,12 @@ def _summary(config: TrainConfig, model: VAE, state: TrainState, data_info: dict
         "data_source": data_info["source"],
         "epochs": state.epoch,
         "likelihood": config.likelihood,
+        "objective": config.objective,
+        "k": config.k,
+        "beta": config.beta,
+        "kl_warmup": config.kl_warmup,
+        "protocol": protocol(config.binarize, config.binarize_seed, config.likelihood, config.learn_sigma,
+                             config.sigma),
         "model": config.model,
         "zdim": model.zdim,
         "device": str(device),

@@ -1,0 +1,317 @@
+"""The run report: one self-contained HTML page with everything a run folder records.
+
+``RUN/report.html`` shows the configuration, the data and evaluation protocol, the metrics of every
+epoch, the loss curves, all figures (embedded as PNG data URIs, so the file can be mailed or archived
+alone), the log-likelihood when the run has been evaluated, and a link to the latent explorer. Every
+piece of text from the run folder is escaped, so a run folder cannot inject markup into the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import __version__, runs, viz
+from .errors import RunFolderError
+
+REPORT = "report.html"
+EVALUATION = "evaluation.json"
+EXPLORER = "explorer.html"  # written by vaekit.explore; linked relatively
+
+RESULT_ORDER = ("test_loss", "test_recon", "test_kl", "train_loss", "epochs", "dataset", "model", "zdim",
+                "likelihood", "n_params", "train_samples_per_s", "train_seconds", "device")
+
+# Log-likelihood keys written by the importance-sampled evaluation, in display order; any other key
+# starting with "nll" or listed in LL_EXTRA also belongs to that section.
+NLL_KEYS = ("nll", "nll_stderr", "bits_per_dim", "nll_samples")
+LL_EXTRA = ("active_units", "kl_per_dim")
+
+
+def _is_ll_key(key: str) -> bool:
+    return key in NLL_KEYS or key in LL_EXTRA or key.startswith("nll")
+
+CAPTIONS = {
+    "latent_grid.png": "Decoder means over a grid of the latent square (the blog post's figure).",
+    "latent_scatter.png": "Posterior means of the test set coloured by label (PCA when zdim > 2).",
+    "reconstructions.png": "Test images (top) and their reconstructions from the posterior means (bottom).",
+    "samples.png": "Decoder means of latents drawn from the prior N(0, I).",
+    "loss_curve.png": "Negative ELBO per image over the epochs.",
+}
+
+STYLE = """
+body { margin: 0 auto; max-width: 1080px; padding: 20px 24px 40px; color: #1d2126; background: #fff;
+       font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; }
+h1 { font-size: 22px; margin-bottom: 2px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #e3e6ea; }
+.muted { color: #5c6670; }
+table { border-collapse: collapse; margin: 6px 0; font-size: 13px; }
+th, td { border: 1px solid #e3e6ea; padding: 3px 8px; text-align: left; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.kv th { background: #f6f7f9; font-weight: 600; }
+.metrics th { background: #f6f7f9; position: sticky; top: 0; }
+.scroll { max-height: 420px; overflow-y: auto; display: inline-block; }
+figure { margin: 14px 0; } figure img { max-width: 100%; border: 1px solid #eceef1; }
+figcaption { color: #5c6670; font-size: 13px; }
+.explorer { display: inline-block; padding: 6px 12px; background: #1f77b4; color: #fff; border-radius: 4px;
+            text-decoration: none; font-weight: 600; }
+.note { background: #fff7e0; border: 1px solid #f0dca0; padding: 6px 10px; border-radius: 4px; }
+svg text { font: 11px system-ui, sans-serif; fill: #5c6670; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any) -> str:
+    """Numbers with sensible precision; everything else as text (escaped)."""
+    if isinstance(value, bool) or value is None:
+        return _e(value)
+    if isinstance(value, int):
+        return _e(f"{value:,}")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return _e(value)
+        return _e(f"{value:.6g}" if abs(value) < 1e-3 or abs(value) >= 1e6 else f"{value:.4f}")
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value) if value else "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{_e(k)}={_fmt(v)}" for k, v in value.items())
+    return _e(value)
+
+
+def _kv_table(rows: dict[str, Any]) -> str:
+    body = "".join(f"<tr><th>{_e(k)}</th><td{' class=num' if _is_num(v) else ''}>{_fmt(v)}</td></tr>"
+                   for k, v in rows.items())
+    return f'<table class="kv">{body}</table>'
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
+    """Nested objects one level deep as ``outer.inner`` rows, so a table shows everything a file records."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{sk}": sv for sk, sv in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def _metrics_table(rows: list[dict[str, float]]) -> str:
+    if not rows:
+        return '<p class="muted">No epochs recorded yet.</p>'
+    cols = list(runs.METRIC_COLUMNS)
+    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td class=num>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>"
+                   for r in rows)
+    return f'<div class="scroll"><table class="metrics"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>' \
+           "</table></div>"
+
+
+def loss_curves_svg(rows: list[dict[str, float]], width: int = 640, height: int = 300) -> str:
+    """Train and test loss over the epochs as an inline SVG (crisp at any size, no image file needed)."""
+    series = [("train_loss", "train", "#1f77b4"), ("test_loss", "test", "#ff7f0e")]
+    pts = [(r["epoch"], r[k]) for r in rows for k, _, _ in series if math.isfinite(r.get(k, math.nan))]
+    if not pts:
+        return '<p class="muted">No finite losses to plot.</p>'
+    left, right, top, bottom = 64, 110, 12, 36
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    pad = (y1 - y0) * 0.05 or abs(y1) * 0.05 or 1.0
+    y0, y1 = y0 - pad, y1 + pad
+    pw, ph = width - left - right, height - top - bottom
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
+
+    def sy(y: float) -> float:
+        return top + (y1 - y) / (y1 - y0) * ph
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             'aria-label="loss curves">',
+             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#c9ced4"/>']
+    for i in range(5):
+        y = y0 + (y1 - y0) * i / 4
+        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eef0f2"/>'
+                     f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.1f}</text>')
+    epochs = sorted({int(r["epoch"]) for r in rows})
+    step = max(1, math.ceil(len(epochs) / 10))
+    for ep in epochs[::step]:
+        parts.append(f'<text x="{sx(ep):.1f}" y="{top + ph + 16}" text-anchor="middle">{ep}</text>')
+    parts.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">epoch</text>')
+    parts.append(f'<text x="14" y="{top + ph / 2}" text-anchor="middle" '
+                 f'transform="rotate(-90 14 {top + ph / 2})">nats per image</text>')
+    for n, (key, name, color) in enumerate(series):
+        line = [(r["epoch"], r[key]) for r in rows if math.isfinite(r.get(key, math.nan))]
+        if not line:
+            continue
+        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in line)
+        parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>')
+        parts.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}"/>' for x, y in line)
+        ly = top + 14 + 18 * n
+        parts.append(f'<line x1="{left + pw + 12}" x2="{left + pw + 32}" y1="{ly}" y2="{ly}" stroke="{color}" '
+                     f'stroke-width="2"/><text x="{left + pw + 38}" y="{ly + 4}">{_e(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _figures(run_dir: Path) -> str:
+    """Every PNG of the run folder, the standard figures first, embedded as data URIs."""
+    names = [f for f in viz.FIGURES if (run_dir / f).is_file()]
+    names += sorted(p.name for p in run_dir.glob("*.png") if p.name not in names and not p.name.startswith("."))
+    if not names:
+        return '<p class="muted">No figures in the run folder; <code>vaekit plot RUN</code> draws them.</p>'
+    out = []
+    for name in names:
+        try:
+            data = (run_dir / name).read_bytes()
+        except OSError as e:
+            out.append(f'<p class="note">{_e(name)} could not be read: {_e(e.strerror or e)}</p>')
+            continue
+        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        caption = CAPTIONS.get(name, "")
+        out.append(f'<figure><img src="{uri}" alt="{_e(name)}"><figcaption><b>{_e(name)}</b> '
+                   f"{_e(caption)}</figcaption></figure>")
+    return "".join(out)
+
+
+def _evaluation(run_dir: Path, summary: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The log-likelihood numbers from ``summary.json`` and ``evaluation.json``, whichever hold them.
+
+    A corrupt ``evaluation.json`` does not stop the report; it is named in a note instead.
+    """
+    found = {k: v for k, v in summary.items() if _is_ll_key(k)}
+    note = ""
+    path = run_dir / EVALUATION
+    if path.exists():
+        try:
+            extra = runs.read_json(path)
+        except RunFolderError as e:
+            return found, str(e)
+        if isinstance(extra, dict):
+            found.update(extra)
+        else:
+            note = f"{path} does not hold a JSON object; it is ignored"
+    return found, note
+
+
+def _log_likelihood(values: dict[str, Any], note: str) -> str:
+    parts = []
+    nll = values.get("nll")
+    if _is_num(nll):
+        line = f"log p(x) \u2248 {-nll:.2f}"
+        if _is_num(values.get("nll_stderr")):
+            line += f" \u00b1 {values['nll_stderr']:.2f}"
+        line += " nats per test image"
+        if _is_num(values.get("bits_per_dim")):
+            line += f" ({values['bits_per_dim']:.4f} bits per dimension)"
+        if "nll_samples" in values:
+            ns = values["nll_samples"]
+            line += f", importance sampled with {f'{ns:,}' if _is_num(ns) else ns} samples per image"
+        parts.append(f"<p><b>{_e(line)}</b></p>")
+    if values:
+        ordered = {k: values[k] for k in NLL_KEYS if k in values}
+        ordered.update({k: v for k, v in values.items() if k not in ordered})
+        parts.append(_kv_table(_flat(ordered)))
+    if note:
+        parts.append(f'<p class="note">{_e(note)}</p>')
+    if not parts:
+        parts.append('<p class="muted">Not evaluated yet: the test loss above is the ELBO bound; the '
+                     "importance-sampled log-likelihood appears here once the run is evaluated.</p>")
+    return "".join(parts)
+
+
+def _protocol(run: runs.Run) -> str:
+    t, m = run.train_config, run.model_config
+    lik = {"bernoulli": "Bernoulli (binary cross-entropy on the logits, the blog post's loss)",
+           "gaussian": f"Gaussian with sigma {t.sigma:g}, constants included"}.get(t.likelihood, t.likelihood)
+    # Settings other versions of the training loop may add; shown only where they differ from the post's.
+    extra = {k: getattr(t, k) for k in ("objective", "k", "beta", "kl_warmup", "binarize", "learn_sigma")
+             if hasattr(t, k)}
+    defaults = {"objective": "elbo", "k": 1, "beta": 1.0, "kl_warmup": 0, "binarize": "none", "learn_sigma": False}
+    changed = ", ".join(f"{k} {v}" for k, v in extra.items() if v != defaults[k])
+    items = [
+        f"Model: {m.preset} preset, encoder {m.input_dim}-{'-'.join(map(str, m.encoder_hidden))}-2x{m.zdim}, "
+        f"decoder {m.zdim}-{'-'.join(map(str, m.decoder_hidden))}-{m.input_dim}, {m.activation} activations"
+        + (", none between the decoder's first two layers" if m.skip_first_decoder_activation else "") + ".",
+        f"Likelihood: {lik}; prior N(0, I); diagonal Gaussian posterior; closed-form KL.",
+        f"Optimisation: Adam, learning rate {t.lr:g}, batch {t.batch_size}, {t.epochs} epochs, seed {t.seed}; "
+        "the loss is the negative ELBO summed over the batch, reported per image"
+        + (f" (changed from the post's objective: {changed})." if changed else "."),
+        "Test loss: negative ELBO per test image in nats with one reparametrized sample per image, drawn from "
+        "a fixed seed, so re-evaluating the run reproduces it.",
+    ]
+    return "<ul>" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"
+
+
+def build_report(run_dir: str | os.PathLike) -> str:
+    """The report page of a run folder as HTML text."""
+    run = runs.load_run(run_dir)
+    run_dir = run.path
+    summary = run.summary if isinstance(run.summary, dict) else {}
+    ll_values, ll_note = _evaluation(run_dir, summary)
+    name = run_dir.resolve().name
+    if (run_dir / EXPLORER).is_file():
+        explorer = (f'<p><a class="explorer" href="{EXPLORER}">Open the latent explorer</a> '
+                    '<span class="muted">move through the latent space with the decoder running in the page'
+                    "</span></p>")
+    else:
+        explorer = (f'<p class="muted">No explorer page yet: <code>vaekit explore {_e(run_dir)}</code> writes '
+                    f'<a href="{EXPLORER}">{EXPLORER}</a> next to this report.</p>')
+    shown = _flat({k: v for k, v in summary.items() if not _is_ll_key(k)})
+    results = {k: shown.pop(k) for k in RESULT_ORDER if k in shown} | shown  # the headline numbers first
+    data = _flat(run.data)
+    sections = [
+        f"<h1>vaekit run report: {_e(name)}</h1>",
+        f'<p class="muted">{_e(run_dir.resolve())} \u00b7 written {_e(time.strftime("%Y-%m-%d %H:%M"))} '
+        f"by vaekit {_e(__version__)}</p>",
+        explorer,
+        "<h2>Results</h2>", _kv_table(results) if results else '<p class="muted">No summary.json yet.</p>',
+        "<h2>Log-likelihood</h2>", _log_likelihood(ll_values, ll_note),
+        "<h2>Data and protocol</h2>", _kv_table(data) if data else "", _protocol(run),
+        "<h2>Metrics per epoch</h2>", _metrics_table(run.metrics),
+        "<h2>Loss curves</h2>", loss_curves_svg(run.metrics) if run.metrics else '<p class="muted">No epochs.</p>',
+        "<h2>Figures</h2>", _figures(run_dir),
+        "<h2>Configuration</h2>", "<h3>Model</h3>", _kv_table(asdict(run.model_config)),
+        "<h3>Training</h3>", _kv_table(asdict(run.train_config)),
+    ]
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
+            f"<title>{_e('vaekit report: ' + name)}</title><style>{STYLE}</style></head><body>\n"
+            + "\n".join(sections) + "\n</body></html>\n")
+
+
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write the report (default ``RUN/report.html``) atomically; returns its path."""
+    path = Path(out) if out is not None else Path(run_dir) / REPORT
+    runs.write_bytes(path, build_report(run_dir).encode("utf-8"))
+    return path
+
+
+def add_report_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("report", help="write a run's HTML report",
+                       description="Write RUN/report.html: configuration, data and protocol, metrics per epoch, "
+                                   "loss curves, all figures, the log-likelihood when evaluated and a link to "
+                                   "the latent explorer, in one self-contained file.")
+    p.add_argument("run", help="run folder written by vaekit train")
+    p.add_argument("--out", help=f"file to write (default RUN/{REPORT})")
+    p.set_defaults(func=cmd_report)
+    return p
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(write_report(args.run, args.out))
+    return 0
