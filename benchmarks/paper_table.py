@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_device = "cuda" if device.type == "cuda" else "cpu"
 
     lines = [
-        "| model | data | protocol | epochs | test -ELBO | test NLL (K) | published NLL | run time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | data | protocol | epochs | test -ELBO | test NLL (K) | active units | published NLL | run time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     commands, results = [], []
     for i, row in enumerate(r for r in rows(post_data) if r.group in groups):
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         data_label = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
                       "mnist-embedded": "MNIST subset (4,000 train / 1,000 test digits)"}[row.dataset]
         if row.needs and not available(row.needs):
-            lines.append(f"| {row.label} | {data_label} | {protocol_text(cfg)} | - | not run | not run "
+            lines.append(f"| {row.label} | {data_label} | {protocol_text(cfg)} | - | not run | not run | - "
                          f"| {row.published or '-'} | full {data_label} training set not found on this machine |")
             commands.append((row.label, data_label, cmd + "   # needs the full MNIST files (vaekit data fetch mnist)"))
             print(f"skip: {row.label} on {data_label}: the dataset is not on this machine", file=sys.stderr)
@@ -138,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         result = vaekit.evaluate_run(run_dir, device=eval_device, nll=True, samples=args.samples, progress=True)
         seconds = time.perf_counter() - t0
         density = result["nll_protocol"]["density"]
-        nll = f"{fmt(result['nll'])} ± {fmt(result['nll_stderr'], 2)} (K={args.samples})"
+        nll = f"{fmt(result['nll'])} ± {fmt(result['nll_stderr'], 3)} (K={args.samples})"
         if not density:
             nll += " (cross-entropy of grey levels, not a likelihood)"
+        units = f"{result['active_units']} / {len(result['kl_per_dim'])}"
         lines.append(f"| {row.label} | {data_label} | {protocol_text(cfg)} | {args.epochs} "
-                     f"| {fmt(result['nll_neg_elbo'])} | {nll} | {row.published or '-'} | {seconds:.0f} s |")
+                     f"| {fmt(result['nll_neg_elbo'])} | {nll} | {units} | {row.published or '-'} | {seconds:.0f} s |")
         commands.append((row.label, data_label, cmd))
         results.append({"row": row.label, "data": data_label, "command": cmd, "seconds": seconds,
                         **{k: result[k] for k in ("nll", "nll_stderr", "nll_neg_elbo", "test_loss", "active_units",

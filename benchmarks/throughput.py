@@ -1,18 +1,28 @@
-"""Training throughput: vaekit's loop against a faithful re-creation of the blog post's pipeline.
+"""Training throughput and memory: vaekit's loop against a faithful re-creation of the blog post's pipeline.
 
-Both train the post's model (seed preset, zdim 2) with Adam lr 3e-4 and batch 128 on the same images,
-in the same process, alternating rounds so machine noise hits both alike. The post's pipeline is a
-per-sample dataset that turns each uint8 image into a PIL image and then a float tensor (what
+Both train the post's model (seed preset, zdim 2) with Adam lr 3e-4 and batch 128 on the same images, in
+the same process, alternating rounds so machine noise hits both alike. The post's pipeline is a per-sample
+dataset that turns each uint8 image into a PIL image and then a float tensor (what
 ``transforms.ToTensor`` does), a ``DataLoader(batch_size=128, shuffle=True)``, a model ending in
 ``Sigmoid`` with ``F.binary_cross_entropy(reduction='sum')``, and a tqdm bar updated every step.
 
-    python benchmarks/throughput.py [--dataset fashion-mnist] [--data-dir DIR] [--rounds 3]
+It also prints how close vaekit gets to the arithmetic floor: the model's FLOPs per image (forward and
+backward matrix products) times vaekit's images/s, over the rate at which this machine multiplies
+matrices, measured here both for one large product and for the model's own products at the batch size.
+With ``--memory`` it measures the peak resident memory (VmHWM) of a whole one-epoch training process of
+each kind, each in a fresh subprocess on the full training set.
+
+    python benchmarks/throughput.py [--dataset fashion-mnist] [--data-dir DIR] [--rounds 5] [--memory]
+                                    [--device cpu|cuda] [--batch-size 128] [--precision fp32] [--compile]
+                                    [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,50 +75,236 @@ class PostVAE(nn.Module):
         return F.binary_cross_entropy(rx, x, reduction="sum") - 0.5 * (1 + logvar - mu * mu - std * std).sum()
 
 
-def post_epoch(images: np.ndarray) -> float:
-    """One epoch of the post's loop; returns images per second."""
-    model = PostVAE()
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+CPU = torch.device("cpu")
+
+
+def post_epoch(images: np.ndarray, device: torch.device = CPU, model: PostVAE | None = None) -> float:
+    """One epoch of the post's loop (batches moved to ``device`` as the post does); returns images per second."""
+    model = model or PostVAE().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     loader = torch.utils.data.DataLoader(PostDataset(images), batch_size=128, shuffle=True)
+    _sync(device)
     t0 = time.perf_counter()
     bar = tqdm(loader, ascii=" >=", leave=False, file=sys.stderr)
     for x, _ in bar:
+        x = x.to(device)
         opt.zero_grad()
         loss = model.loss(x)
         loss.backward()
         opt.step()
         bar.set_postfix({"loss": f"{loss.item():.6f}"})
+    _sync(device)
     return len(images) / (time.perf_counter() - t0)
 
 
-def vaekit_epochs(data_dir: str | None, dataset: str | None, epochs: int) -> list[float]:
+def vaekit_epochs(args: argparse.Namespace, epochs: int) -> list[float]:
     """vaekit's own training loop (the real ``vaekit.train``); images per second of each epoch."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = vaekit.TrainConfig(dataset=dataset, data_dir=data_dir, epochs=epochs, device="cpu")
+        cfg = vaekit.TrainConfig(dataset=args.dataset, data_dir=args.data_dir, epochs=epochs, device=args.device,
+                                 batch_size=args.batch_size, precision=args.precision, compile=args.compile)
         run = vaekit.train(cfg, Path(tmp) / "run")
         n = run.data["n_train"]
         return [n / row["seconds"] for row in read_metrics(run.path)]
+
+
+# ------------------------------------------------------------------------------------------ the floor
+
+
+def model_flops_per_image(model: nn.Module) -> int:
+    """Multiply-add FLOPs of one training image through the Linear layers: 2*in*out forward, the same for the
+    weight gradient, and the same again for the input gradient except at the first layer (its input, the
+    data, needs none). Elementwise work is left out: the floor is the matrix products."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    total = 0
+    for i, m in enumerate(linears):
+        mac = m.in_features * m.out_features
+        total += 2 * mac * (2 if i == 0 else 3)
+    return total
+
+
+def _time_it(fn, device: torch.device, min_seconds: float = 0.5) -> float:
+    """Seconds per call of ``fn``: best of 5 repeats of enough calls to last ``min_seconds`` / 5."""
+    fn()
+    _sync(device)
+    reps = 1
+    while True:
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        _sync(device)
+        dt = time.perf_counter() - t
+        if dt > min_seconds / 5:
+            break
+        reps *= 2
+    best = dt / reps
+    for _ in range(4):
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        _sync(device)
+        best = min(best, (time.perf_counter() - t) / reps)
+    return best
+
+
+def matmul_rates(model: nn.Module, batch: int, device: torch.device) -> tuple[float, float]:
+    """FLOP/s of (a) one large fp32 product (2048^3 on a CPU, 8192^3 on a GPU) and (b) the model's own
+    forward and backward products at ``batch``, run back to back, nothing else."""
+    size = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    big = 2 * size**3 / _time_it(lambda: torch.mm(a, b), device)
+    shapes = []
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for i, m in enumerate(linears):
+        x = torch.randn(batch, m.in_features, device=device)
+        w = torch.randn(m.out_features, m.in_features, device=device)
+        g = torch.randn(batch, m.out_features, device=device)
+        shapes.append((x, w, g, i == 0))
+
+    def step() -> None:
+        for x, w, g, first in shapes:
+            torch.mm(x, w.t())  # forward
+            torch.mm(g.t(), x)  # weight gradient
+            if not first:
+                torch.mm(g, w)  # input gradient
+
+    own = model_flops_per_image(model) * batch / _time_it(step, device)
+    return big, own
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+_HWM = re.compile(r"VmHWM:\s+(\d+)\s+kB")
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (VmHWM), in MiB."""
+    try:
+        return int(_HWM.search(Path("/proc/self/status").read_text()).group(1)) / 1024
+    except (OSError, AttributeError):  # not Linux: getrusage's peak (kB on Linux, bytes on macOS)
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _child_post(args: argparse.Namespace) -> None:
+    """The post's whole script in one process: load, one epoch, the latent-grid figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = load_splits(args.dataset, args.data_dir)
+    model = PostVAE()
+    post_epoch(splits.train_images, model=model)
+    with torch.no_grad():
+        grid = torch.stack(torch.meshgrid(torch.linspace(-2, 2, 20), torch.linspace(-2, 2, 20), indexing="xy"), -1)
+        images = model.decoder(grid.reshape(-1, 2)).reshape(20, 20, 28, 28).permute(0, 2, 1, 3).reshape(560, 560)
+    with tempfile.TemporaryDirectory() as tmp:
+        plt.imshow(images.numpy(), cmap="gray")
+        plt.savefig(Path(tmp) / "grid.png")
+    print(f"PEAK_RSS_MIB {peak_rss_mib():.1f}")
+
+
+def _child_vaekit(args: argparse.Namespace) -> None:
+    """``vaekit train`` for one epoch, figures and all, as a user runs it."""
+    from vaekit.cli import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = ["train", "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(Path(tmp) / "run")]
+        argv += ["--dataset", args.dataset] if args.dataset else []
+        argv += ["--data-dir", args.data_dir] if args.data_dir else []
+        if main(argv) != 0:
+            raise SystemExit(1)
+    print(f"PEAK_RSS_MIB {peak_rss_mib():.1f}")
+
+
+def measure_peak(kind: str, args: argparse.Namespace) -> float:
+    cmd = [sys.executable, __file__, "--child", kind]
+    cmd += ["--dataset", args.dataset] if args.dataset else []
+    cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"PEAK_RSS_MIB ([\d.]+)", out).group(1))
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default=None, help="default: whatever vaekit train would use")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (post: 1 epoch, vaekit: 2 epochs)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--batch-size", type=int, default=128, help="vaekit's batch size (the post's is 128)")
+    ap.add_argument("--precision", default="fp32", help="vaekit's precision (the post's is fp32)")
+    ap.add_argument("--compile", action="store_true", help="vaekit with --compile")
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory of whole CPU runs")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for both (default: torch's, one per core); 1 resists noisy neighbours")
+    ap.add_argument("--child", choices=["post", "vaekit"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        (_child_post if args.child == "post" else _child_vaekit)(args)
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     splits = load_splits(args.dataset, args.data_dir)
     print(f"data: {splits.name} ({len(splits.train_images)} training images, from {splits.source}); "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    post, ours = [], []
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; device {device_name(device)}", flush=True)
+    print(f"vaekit settings: batch {args.batch_size}, {args.precision}{', compiled' if args.compile else ''}; "
+          "post: batch 128, fp32", flush=True)
+    post, ours, ratios = [], [], []
     for r in range(args.rounds):
-        post.append(post_epoch(splits.train_images))
-        ours.extend(vaekit_epochs(args.data_dir, args.dataset, epochs=2))
-        print(f"round {r + 1}: post {post[-1]:,.0f} img/s, vaekit {ours[-2]:,.0f} / {ours[-1]:,.0f} img/s",
-              flush=True)
+        post.append(post_epoch(splits.train_images, device))
+        mine = vaekit_epochs(args, epochs=2)
+        ours.extend(mine)
+        ratios.append(statistics.median(mine) / post[-1])
+        print(f"round {r + 1}: post {post[-1]:,.0f} img/s, vaekit {mine[0]:,.0f} / {mine[1]:,.0f} img/s "
+              f"(ratio {ratios[-1]:.2f}x)", flush=True)
     p, o = statistics.median(post), statistics.median(ours)
     print(f"post pipeline (DataLoader + ToTensor): {p:,.0f} images/s (median of {len(post)} epochs)")
     print(f"vaekit loop (in-memory, index slices): {o:,.0f} images/s (median of {len(ours)} epochs)")
-    print(f"ratio: {o / p:.2f}x")
+    print(f"ratio: {o / p:.2f}x (ratio of medians); median of per-round ratios {statistics.median(ratios):.2f}x")
+
+    model = vaekit.VAE(vaekit.model_config("seed"))
+    flops = model_flops_per_image(model)
+    big, own = matmul_rates(model, args.batch_size, device)
+    print(f"floor: {flops / 1e6:.3f} MFLOP per training image (matrix products); this machine multiplies "
+          f"{big / 1e9:,.1f} GFLOP/s (one large fp32 product) and {own / 1e9:,.1f} GFLOP/s (the model's own "
+          f"products at batch {args.batch_size})")
+    print(f"vaekit reaches {flops * o / 1e9:,.1f} GFLOP/s: {flops * o / big:.0%} of the large-product floor, "
+          f"{flops * o / own:.0%} of the model's-products floor; the post's pipeline {flops * p / own:.0%}")
+    if args.memory:
+        peaks = {k: [] for k in ("post", "vaekit")}
+        for _ in range(2):
+            for kind in peaks:
+                peaks[kind].append(measure_peak(kind, args))
+        pp, vp = min(peaks["post"]), min(peaks["vaekit"])
+        print(f"peak resident memory of a whole one-epoch CPU run on {len(splits.train_images):,} images: "
+              f"post {pp:,.0f} MiB, vaekit {vp:,.0f} MiB ({vp - pp:+,.0f} MiB); "
+              f"runs: post {peaks['post']}, vaekit {peaks['vaekit']}")
 
 
 if __name__ == "__main__":

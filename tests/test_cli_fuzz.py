@@ -206,9 +206,9 @@ def test_conflicting_and_meaningless_flags(in_scratch: Path, capsys: pytest.Capt
         assert sorted(p.name for p in in_scratch.iterdir()) == before, f"{argv} left files behind"
 
 
-@pytest.mark.parametrize("argv", [["train", "--epochs", "zero"], ["data", "fetch"], ["evaluate", "x", "--zz-\nflag"]])
-def test_a_real_process_prints_one_line_and_exits_2(argv: list[str], tmp_path: Path) -> None:
+def test_a_real_process_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    """The same through ``python -m vaekit``, with a line break inside an argument."""
     env = {**os.environ, "VAEKIT_OFFLINE": "1", "VAEKIT_SEARCH_PATH": ""}
-    r = subprocess.run([sys.executable, "-m", "vaekit", *argv], capture_output=True, text=True, env=env,
-                       cwd=tmp_path, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "vaekit", "train", "--epochs", "zero", "--zz-\nflag"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr

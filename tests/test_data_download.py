@@ -288,3 +288,30 @@ def test_unnamed_dataset_falls_back_after_failed_download(online: Path, server, 
     assert seen == ["/bad/train-images-idx3-ubyte.gz"]
     assert "vaekit: warning: MNIST was not found" in capsys.readouterr().err
     assert cache_listing(online) == []
+
+
+def test_checksum_mismatch_tries_the_next_mirror_once_then_errors(online: Path, server, arrays) -> None:
+    """Two mirrors serving the wrong data: each is asked once for the first file, then the load stops with one
+    line naming both mismatches, and nothing lands in the cache."""
+    base, root, seen = server
+    for name in NAMES.values():
+        (_mkdir(root / "bad2") / name).write_bytes((root / "bad" / name).read_bytes())
+    register_tiny(base, arrays, "bad", "bad2")
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_splits("tiny", progress=False)
+    assert seen == ["/bad/train-images-idx3-ubyte.gz", "/bad2/train-images-idx3-ubyte.gz"]
+    message = str(info.value)
+    assert "\n" not in message and message.count("checksum mismatch") == 2
+    assert cache_listing(online) == []
+
+
+def test_leftover_of_a_killed_download_is_never_used(online: Path, server, arrays) -> None:
+    """A download killed mid-body leaves only its hidden ``.part`` file; it is never taken for the real file."""
+    base, root, _ = server
+    register_tiny(base, arrays, "good")
+    cached = _mkdir(online / "tiny")
+    for name in NAMES.values():
+        (cached / f".{name}.k1ll3d.part").write_bytes((root / "bad" / name).read_bytes()[:100])
+    assert_same(load_splits("tiny", progress=False), arrays)
+    assert sorted(p for p in cache_listing(online) if not p.split("/")[-1].startswith(".")) == \
+        sorted(f"tiny/{n}" for n in NAMES.values())

@@ -127,7 +127,7 @@ def test_a_failed_write_during_training_keeps_the_old_file(target: str, trained,
     _assert_clean_failure(run_copy, before, target, capsys.readouterr().err, errno.ENOSPC)
 
 
-@pytest.mark.parametrize("code", list(ERRORS))
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
 def test_a_full_disk_at_fsync_mid_epoch_keeps_the_last_checkpoint_and_loses_nothing(
         code: int, trained, run_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """The mid-epoch checkpoint cannot be written; resuming later still ends bit for bit where an

@@ -106,6 +106,17 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--grid-spacing", choices=["linear", "normal"], help="even spacing or normal quantiles")
     p.add_argument("--detect-anomaly", action="store_true", default=None,
                    help="find the operation that produced a NaN (slow; for debugging)")
+    p.add_argument("--recipe", choices=["post", "fast"],
+                   help="post (the blog post's settings, default) or fast (batch 256, lr 5e-3 with a 1-epoch "
+                        "warm-up and cosine decay, 16 epochs, bf16 where native); flags given as well override it")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="fp32 (default), bf16 (autocast; CUDA, or CPUs with AVX-512 BF16/AMX) or fp16 (CUDA)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the training step (falls back to eager with a message where it cannot)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"],
+                   help="constant (default) or cosine (decays to 0 at the last step)")
+    p.add_argument("--lr-warmup", type=_number(float, 0.0, what="a number of epochs >= 0"),
+                   help="epochs of linear learning-rate warm-up (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(func=cmd_train)
     return p
@@ -118,6 +129,8 @@ _FLAG_TO_FIELD = {
     "checkpoint_every": "checkpoint_every", "grid_size": "grid_size", "grid_spacing": "grid_spacing",
     "detect_anomaly": "detect_anomaly", "learn_sigma": "learn_sigma", "objective": "objective", "k": "k",
     "beta": "beta", "kl_warmup": "kl_warmup", "binarize": "binarize",
+    "precision": "precision", "compile": "compile", "lr_schedule": "lr_schedule", "lr_warmup": "lr_warmup",
+    "recipe": "recipe",
 }
 
 
@@ -127,7 +140,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, A
     if given.get("sigma") == "learned":  # --sigma learned: a learned sigma starting at 1
         del given["sigma"]
         given["learn_sigma"] = True
-    config = TrainConfig(**given)
+    from .recipes import recipe_config
+
+    config = recipe_config(given.get("recipe"), given)  # a recipe's settings, under the flags given
     config.progress = not args.quiet
     return config, given
 

@@ -10,11 +10,11 @@ reads the flag only every N steps; a non-finite value still never reaches the we
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -163,11 +163,7 @@ def lr_at(schedule: str, base_lr: float, warmup_steps: int, total_steps: int, st
         return base_lr * (step + 1) / warmup_steps
     if schedule == "constant":
         return base_lr
-    import math
-
     span = max(1, total_steps - warmup_steps)
     t = min(1.0, (step - warmup_steps) / span)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * t))
 
-
-Any_ = Any

@@ -163,7 +163,7 @@ def _pid_alive(pid: int, start: str = "") -> bool:
         return False
     except PermissionError:
         pass
-    except OSError:
+    except (OSError, OverflowError):  # OverflowError: a number no PID can be, from a damaged lock file
         return False
     stat = _proc_stat(pid)
     if stat is None:
@@ -254,6 +254,8 @@ class RunLock:
             return None
         host = parts[1] if len(parts) > 1 else ""
         start = parts[2] if len(parts) > 2 else ""
+        if pid <= 0:
+            return None  # no process has such a PID: a damaged lock
         if host and host != socket.gethostname():
             return pid  # another machine's process: cannot check, assume alive
         return pid if pid != os.getpid() and _pid_alive(pid, start) else None
@@ -544,17 +546,18 @@ def is_unstarted(run_dir: Path) -> bool:
         return False
 
 
-def is_complete(run_dir: Path, epochs: int) -> bool:
-    """True once a run's last step, writing ``summary.json`` for ``epochs`` epochs, is done.
+def is_complete(run_dir: Path, epochs: int, outputs: tuple[str, ...] = ()) -> bool:
+    """True once a run of ``epochs`` epochs has written its summary and every file of ``outputs``.
 
-    A run killed after its final checkpoint but before its summary is not complete: resuming it writes
-    the weights, metrics, summary and figures it did not get to.
+    A run killed after its final checkpoint but before it finished these is not complete: resuming it
+    writes the weights, metrics, summary and figures it did not get to. (Every file is written atomically,
+    so one that exists is whole.)
     """
     try:
         summary = read_summary(run_dir)
     except RunFolderError:
         return False
-    return summary.get("epochs") == epochs
+    return summary.get("epochs") == epochs and all((Path(run_dir) / name).exists() for name in outputs)
 
 
 def remove_run_files(run_dir: Path, names: tuple[str, ...] = ()) -> None:
@@ -597,6 +600,9 @@ def check_train_state(state: Any, path: Path) -> dict[str, Any]:
     for key in ("epoch_loss_sum", "epoch_seconds"):
         if key in state and not _finite_number(state[key]):
             raise bad(f"{key} is {state[key]!r:.40}, expected a finite number")
+    scaler = state.get("scaler")
+    if scaler is not None and not (isinstance(scaler, dict) and all(_finite_number(v) for v in scaler.values())):
+        raise bad("its loss scaler state is not a set of finite numbers")
     if state.get("step_in_epoch", 0) > state.get("global_step", 0):
         raise bad("step_in_epoch is larger than global_step")
     history = state.get("history", [])
@@ -625,6 +631,13 @@ def _same_kind(saved: Any, fresh: Any) -> bool:
     return False
 
 
+def _plain_json(value: Any) -> bool:
+    """A flat JSON value (a scalar or a list of scalars): what an optimizer setting can be."""
+    if isinstance(value, (list, tuple)):
+        return all(v is None or isinstance(v, (bool, str)) or _finite_number(v) for v in value)
+    return value is None or isinstance(value, (bool, str)) or _finite_number(value)
+
+
 # Per-parameter state an optimizer cannot step without (others: all parameters alike is checked).
 _REQUIRED_OPTIMIZER_STATE: dict[type, tuple[str, ...]] = {
     torch.optim.Adam: ("step", "exp_avg", "exp_avg_sq"),
@@ -648,13 +661,16 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, per_param: dict[int,
     if not isinstance(param_groups, list) or len(param_groups) != len(fresh):
         raise bad(f"expected {len(fresh)} parameter group(s)")
     for saved, ref in zip(param_groups, fresh, strict=True):
-        if not isinstance(saved, dict) or set(saved) != set(ref):
-            raise bad("the parameter group settings differ from this optimizer's")
-        if saved["params"] != ref["params"]:
+        if not isinstance(saved, dict) or saved.get("params") != ref["params"]:
             raise bad("the parameter group lists other parameters")
+        # Settings this optimizer knows must be of its kind; one written by another torch version that
+        # this one lacks (or the reverse) is torch's to reconcile.
         for key, value in ref.items():
-            if key != "params" and not _same_kind(saved[key], value):
+            if key != "params" and key in saved and not _same_kind(saved[key], value):
                 raise bad(f"setting {key} is {saved[key]!r:.40}")
+        for key, value in saved.items():
+            if key not in ref and not _plain_json(value):
+                raise bad(f"setting {key} is {value!r:.40}")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if not per_param:
         return

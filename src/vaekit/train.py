@@ -9,6 +9,9 @@ moments, both random generators, the position inside the epoch, the metrics so f
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import json
 import math
 import os
@@ -16,24 +19,29 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import explore, report, runs, viz
-from .binarize import binarize_batch, binarize_splits, protocol
+from . import distributed, explore, precision, report, runs, viz
+from .binarize import binarize_batch, binarize_splits, describe, protocol
 from .config import ConfigError, TrainConfig
 from .data import Splits, load_splits
+from .engine import CompiledForward, FiniteGuard, lr_at, make_adam
 from .errors import Interrupted, NonFiniteError, RunFolderError
 from .evaluate import evaluate_elbo, to_unit
 from .models import VAE, model_config, n_params
 from .objectives import elbo_terms, gaussian_kl, iwae_bound, log_importance_weights, log_likelihood
 
 # Settings a resumed run may change; everything else must match the stored run.
-RESUMABLE = ("epochs", "device", "progress", "checkpoint_every", "detect_anomaly")
+# precision and compile change how a step is computed, not what it computes, so a run may switch them
+# (bit-for-bit continuation holds when they stay as they were).
+RESUMABLE = ("epochs", "device", "progress", "checkpoint_every", "detect_anomaly", "precision", "compile")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,6 +69,7 @@ class TrainState:
     epoch_loss_sum: float = 0.0  # sum of per-image losses so far in the current epoch
     epoch_seconds: float = 0.0  # training seconds so far in the current epoch
     history: list[dict[str, float]] = field(default_factory=list)
+    scaler: dict[str, Any] | None = None  # the fp16 loss scaler's state (scale, growth tracker)
 
 
 def _checkpoint_tensors(model: VAE, opt: torch.optim.Optimizer, gens: dict[str, torch.Generator],
@@ -223,7 +232,16 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
     """
     config = config or TrainConfig()
     config.validate()
+    with distributed.session(config.device) as ctx:  # joins the process group when started by torchrun
+        return _train(config, out, resume, force, ctx)
+
+
+def _train(config: TrainConfig, out: str | os.PathLike | None, resume: bool, force: bool,
+           ctx: distributed.DistContext) -> runs.Run:
+    """:func:`train` in one process of the job; only rank 0 checks, locks and writes the run folder."""
     run_dir = Path(out) if out is not None else _default_out()
+    if ctx.enabled and out is None:
+        raise ConfigError("training with torchrun needs --out: every process must name the same run folder")
     if resume and not (run_dir / runs.CONFIG).exists():
         if not (run_dir.is_dir() and runs.is_unstarted(run_dir)):
             raise RunFolderError(f"nothing to resume at {run_dir}: it has no {runs.CONFIG}")
@@ -232,13 +250,17 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
         _, stored, _ = runs.read_config(run_dir)
         config = _merge_resume(stored, config)
         config.validate()
-    else:
+    elif ctx.is_main:
         _check_fresh_folder(run_dir, force)
-    device = resolve_device(config.device)
+    if not ctx.is_main:
+        config = replace(config, progress=False)  # one progress bar and one log: rank 0's
+    device = ctx.device or resolve_device(config.device)
+    precision.resolve(config.precision, device)  # fp16 away from CUDA fails here, before the data is read
     model_config(config.model, config.zdim, config.hidden, config.activation)  # bad settings fail before data
     sigma_kw = {"learn_sigma": config.learn_sigma, "sigma_init": config.sigma}
 
-    created = _make_folder(run_dir)  # early, so an unwritable --out fails before the data is read
+    # early, so an unwritable --out fails before the data is read
+    created = _make_folder(run_dir) if ctx.is_main else []
     try:
         splits = load_splits(config.dataset, config.data_dir, progress=config.progress)
         splits = binarize_splits(splits, config.binarize, config.binarize_seed)
@@ -248,10 +270,42 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
         for folder in reversed(created):  # leave no empty folder behind
             folder.rmdir()
         raise
-    with runs.RunLock(run_dir):
+    # Handed over in a list the callee empties, so that no frame here keeps the training images alive:
+    # training releases them before drawing the figures, which keeps the run's peak memory down.
+    handoff = [splits]
+    del splits
+    if not ctx.is_main:
+        ctx.barrier()  # wait until rank 0 has checked and locked the folder
+        with _anomaly_as_error(config, run_dir):
+            return _train_locked(config, mcfg, handoff.pop(), run_dir, device, resume, ctx)
+    with runs.RunLock(run_dir), _anomaly_as_error(config, run_dir):
         if not resume:  # --force: no file of the replaced run may be mistaken for one of this run
-            runs.remove_run_files(run_dir, (*viz.FIGURES, explore.EXPLORER, report.REPORT))
-        return _train_locked(config, mcfg, splits, run_dir, device, resume)
+            runs.remove_run_files(run_dir, _final_outputs())
+        ctx.barrier()
+        return _train_locked(config, mcfg, handoff.pop(), run_dir, device, resume, ctx)
+
+
+@contextlib.contextmanager
+def _anomaly_as_error(config: TrainConfig, run_dir: Path) -> Iterator[None]:
+    """Report the error autograd raises under ``--detect-anomaly`` like any non-finite stop: one line.
+
+    Anomaly mode raises inside the backward pass, at the operation whose gradient became NaN, before
+    vaekit's own check sees it; torch has already printed the forward call that created that operation.
+    """
+    try:
+        yield
+    except RuntimeError as e:
+        if not (config.detect_anomaly and "returned nan values" in str(e)):
+            raise
+        saved = run_dir / runs.CHECKPOINT
+        kept = f"the last good checkpoint {saved} is kept" if saved.exists() else "no checkpoint had been written yet"
+        raise NonFiniteError(f"--detect-anomaly stopped training: {str(e).splitlines()[0].rstrip('.')} "
+                             f"(the forward call that produced it is printed above); {kept}") from e
+
+
+def _final_outputs() -> tuple[str, ...]:
+    """Files a run writes after its summary; a run is finished only once they all exist."""
+    return (*viz.FIGURES, explore.EXPLORER, report.REPORT)
 
 
 def _data_info(splits: Splits) -> dict[str, Any]:
@@ -259,68 +313,159 @@ def _data_info(splits: Splits) -> dict[str, Any]:
             "n_test": int(len(splits.test_images)), "image_shape": list(splits.train_images.shape[1:])}
 
 
+class _Objective(torch.nn.Module):
+    """The loss of one batch as a module around the VAE.
+
+    DistributedDataParallel synchronizes the gradients of what runs inside its wrapped module's forward,
+    and torch.compile fuses what it sees, so both must see the whole objective (likelihood and KL as well
+    as the network), not only the VAE. ``batch_loss`` is looked up at call time, so it stays replaceable.
+    """
+
+    def __init__(self, model: VAE, config: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+
+    def forward(self, x_u8: torch.Tensor, noise: torch.Generator, progress: float,
+                binarize: torch.Generator | None) -> torch.Tensor:
+        return batch_loss(self.model, x_u8, self.config, noise, progress, binarize)
+
+
 def _train_locked(config: TrainConfig, mcfg, splits: Splits, run_dir: Path, device: torch.device,
-                  resume: bool) -> runs.Run:
+                  resume: bool, ctx: distributed.DistContext | None = None) -> runs.Run:
+    ctx = ctx or distributed.DistContext()
     torch.manual_seed(config.seed)
     model = VAE(mcfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    opt = make_adam(model.parameters(), config.lr)
+    opt_flags = {k: opt.param_groups[0][k] for k in ("fused", "foreach") if k in opt.param_groups[0]}
     gens = {
         "shuffle": torch.Generator().manual_seed(config.seed),
         "noise": torch.Generator(device=device).manual_seed(config.seed + 1),
     }
     if config.binarize == "dynamic":  # redraws every batch's pixels; checkpointed like the others
         gens["binarize"] = torch.Generator(device=device).manual_seed(config.seed + 2)
+    prec_name, why = precision.resolve(config.precision, device)
+    if why and ctx.is_main:
+        _warn(f"--precision {config.precision}: {why}")
+    prec = precision.Precision.create(prec_name, device)
     state = TrainState()
     epoch_shuffle = gens["shuffle"].get_state()
     if resume and (run_dir / runs.CHECKPOINT).exists():
         state, epoch_shuffle = load_checkpoint(run_dir, model, opt, gens)
+        for group in opt.param_groups:  # keep this run's Adam implementation, whichever wrote the checkpoint
+            group.update(opt_flags)
+        prec.load_state(state.scaler)
         if state.step_in_epoch >= math.ceil(len(splits.train_images) / config.batch_size):
             raise RunFolderError(f"{run_dir / runs.CHECKPOINT} stands at step {state.step_in_epoch} of an epoch, "
                                  "but an epoch of this data has fewer steps; the checkpoint does not belong to it")
         # A run killed after its last checkpoint but before its summary resumes to write what it missed.
-        if state.epoch > config.epochs or (state.epoch == config.epochs and runs.is_complete(run_dir, state.epoch)):
+        if state.epoch > config.epochs or (state.epoch == config.epochs
+                                           and runs.is_complete(run_dir, state.epoch, _final_outputs())):
             raise ConfigError(f"{run_dir} already has {state.epoch} epochs; pass a larger --epochs to train on")
         _log(config, f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step_in_epoch}"
              if state.epoch < config.epochs else f"finishing {run_dir}: writing its weights, summary and figures")
     data_info = _data_info(splits)
-    runs.write_config(run_dir, mcfg, config, data_info)
+    if ctx.is_main:
+        runs.write_config(run_dir, mcfg, config, data_info)
+        if state.history:  # a kill between a checkpoint and the metrics left metrics.csv behind: catch up
+            runs.write_metrics(run_dir / runs.METRICS, state.history)
 
-    x_train = torch.from_numpy(splits.train_images.reshape(len(splits.train_images), -1)).to(device)
-    x_test = torch.from_numpy(splits.test_images.reshape(len(splits.test_images), -1)).to(device)
-    n = x_train.shape[0]
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    check_every = 1 if device.type == "cpu" else 50  # reading a GPU value forces a sync: do it rarely
+    # The whole training split as one uint8 tensor (4x smaller than float); on the device for a single
+    # process, on the host for data-parallel ranks, which gather their shard onto the device each epoch.
+    x_all = torch.from_numpy(splits.train_images.reshape(len(splits.train_images), -1))
+    x_train = None if ctx.enabled else x_all.to(device)
+    x_test = torch.from_numpy(splits.test_images.reshape(len(splits.test_images), -1)).to(device) \
+        if ctx.is_main else None
+    n = x_all.shape[0]
+    bs = config.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+    params = list(model.parameters())
+    fused = bool(opt_flags.get("fused"))
+    every = _sync_every(device, fused)
+    guard = FiniteGuard(params, device, every, check_grads=prec.scaler is None)
+    objective = _Objective(model, config)
+    trainer: torch.nn.Module = objective
+    noise_mode = None
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
 
+        trainer = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+        noise_mode = distributed.RowSlicedNoise([g for k, g in gens.items() if k != "shuffle"])
+    prec.attach(model)
+    step_gens = list(gens.values())
+    forward = CompiledForward(trainer, device, step_gens, params, _warn if ctx.is_main else lambda _: None,
+                              enabled=config.compile)
+    loss_factor = float(ctx.world_size)  # DDP averages gradients over ranks; the post's loss is a sum
+    warmup_steps = round(config.lr_warmup * steps_per_epoch)
+    total_steps = config.epochs * steps_per_epoch
+    scheduled = config.lr_schedule != "constant" or warmup_steps > 0
+
+    def forward_backward(fwd: Any, x: torch.Tensor, progress: float) -> torch.Tensor:
+        with prec.autocast(), (noise_mode if noise_mode is not None else contextlib.nullcontext()):
+            loss = fwd(x, gens["noise"], progress, gens.get("binarize"))
+        prec.backward(loss * loss_factor if ctx.enabled else loss)
+        return loss
+
+    perm = x_src = None
     with _StopFlag() as stop, torch.autograd.set_detect_anomaly(config.detect_anomaly):
         for epoch in range(state.epoch + 1, config.epochs + 1):
             gens["shuffle"].set_state(epoch_shuffle)
-            perm = torch.randperm(n, generator=gens["shuffle"]).to(device)
+            perm = torch.randperm(n, generator=gens["shuffle"])
+            if ctx.enabled:  # this rank's slices of every global batch, gathered onto the device in step order
+                positions, offsets = distributed.shard_rows(n, bs, ctx.world_size, ctx.rank)
+                x_src = x_all.index_select(0, perm[positions]).to(device)
+            else:
+                perm = perm.to(device)
+                x_src = x_train
             bar = tqdm(total=steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {epoch}/{config.epochs}",
                        ascii=" >=", disable=not config.progress, leave=False, dynamic_ncols=True)
             loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=device)
             t0 = time.perf_counter()
             step = state.step_in_epoch
+            stopping = False
             while step < steps_per_epoch:
-                x = x_train[perm[step * config.batch_size : (step + 1) * config.batch_size]]
+                if ctx.enabled:
+                    x = x_src[offsets[step] : offsets[step + 1]]
+                    rows = min(bs, n - step * bs)
+                    noise_mode.set_rows(rows, rows * ctx.rank // ctx.world_size, x.shape[0])
+                else:
+                    x = x_src.index_select(0, perm[step * bs : (step + 1) * bs])  # rows copied with memcpy
+                if scheduled:
+                    lr = lr_at(config.lr_schedule, config.lr, warmup_steps, total_steps, state.global_step)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
-                loss = batch_loss(model, x, config, gens["noise"], epoch - 1 + step / steps_per_epoch,
-                                  gens.get("binarize"))
-                loss.backward()
+                progress = epoch - 1 + step / steps_per_epoch
+                loss = forward.run(lambda fwd, x=x, progress=progress: forward_backward(fwd, x, progress))
                 step += 1
-                if step % check_every == 0 or step == steps_per_epoch:
-                    _check_finite(loss, model, epoch, step, run_dir)
-                opt.step()
+                guard.observe(loss, step)
+                due = bool(config.checkpoint_every) and (state.global_step + 1) % config.checkpoint_every == 0
+                if step % every == 0 or step == steps_per_epoch or due:
+                    bad = guard.first_bad()
+                    stopping = stop.signal is not None
+                    if ctx.enabled:  # every rank must agree to stop, and on the flag the optimizer honours
+                        flags = torch.tensor([float(bad is not None), float(stopping)], device=device)
+                        bad_anywhere, stopping = (v > 0 for v in ctx.all_reduce_(flags, "max").tolist())
+                        if bad_anywhere and bad is None:
+                            bad = (step, 0.0)  # the loss was finite here; it was not on another rank
+                    if bad is not None:
+                        raise _nonfinite_error(guard, bad, step, epoch, run_dir)
+                elif not ctx.enabled:
+                    stopping = stop.signal is not None
+                prec.step(opt, guard.found if fused and every > 1 else None)
                 state.global_step += 1
                 loss_sum += loss.detach()
                 bar.update(1)
-                if step % 20 == 0 or step == steps_per_epoch:
+                if config.progress and (step % (20 if every == 1 else every) == 0 or step == steps_per_epoch):
                     bar.set_postfix(loss=f"{loss.item() / x.shape[0]:.6f}")
-                due = config.checkpoint_every and state.global_step % config.checkpoint_every == 0
-                if (due or stop.signal is not None) and step < steps_per_epoch:
-                    partial = replace(state, step_in_epoch=step, epoch_loss_sum=loss_sum.item(),
-                                      epoch_seconds=state.epoch_seconds + time.perf_counter() - t0)
-                    save_checkpoint(run_dir, model, opt, gens, epoch_shuffle, partial)
-                if stop.signal is not None:
+                if (due or stopping) and step < steps_per_epoch:
+                    partial = replace(state, step_in_epoch=step,
+                                      epoch_loss_sum=ctx.all_reduce_(loss_sum.clone()).item(),
+                                      epoch_seconds=state.epoch_seconds + time.perf_counter() - t0,
+                                      scaler=prec.state())
+                    if ctx.is_main:
+                        save_checkpoint(run_dir, model, opt, gens, epoch_shuffle, partial)
+                if stopping:
                     bar.close()
                     if step == steps_per_epoch:
                         break  # the epoch is complete: finish it and save at its end, as usual
@@ -328,48 +473,88 @@ def _train_locked(config: TrainConfig, mcfg, splits: Splits, run_dir: Path, devi
                                       f"continue with: vaekit train --resume --out {run_dir}")
             bar.close()
             seconds = state.epoch_seconds + time.perf_counter() - t0
-            metrics = evaluate_elbo(model, x_test, config.likelihood, config.sigma, config.eval_batch_size)
-            row = {"epoch": epoch, "train_loss": loss_sum.item() / n, **metrics, "seconds": seconds}
+            train_loss = ctx.all_reduce_(loss_sum.clone()).item() / n
+            if ctx.is_main:
+                metrics = evaluate_elbo(model, x_test, config.likelihood, config.sigma, config.eval_batch_size)
+            else:  # only rank 0 evaluates and records; the others go on to the next epoch
+                metrics = {"test_loss": math.nan, "test_recon": math.nan, "test_kl": math.nan}
+            row = {"epoch": epoch, "train_loss": train_loss, **metrics, "seconds": seconds}
             state = replace(state, epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_seconds=0.0,
-                            history=[*state.history, row])
+                            history=[*state.history, row], scaler=prec.state())
             epoch_shuffle = gens["shuffle"].get_state()
-            save_checkpoint(run_dir, model, opt, gens, epoch_shuffle, state)
-            runs.save_weights(run_dir, model)
-            runs.write_metrics(run_dir / runs.METRICS, state.history)
+            if ctx.is_main:
+                save_checkpoint(run_dir, model, opt, gens, epoch_shuffle, state)
+                runs.save_weights(run_dir, model)
+                runs.write_metrics(run_dir / runs.METRICS, state.history)
             _log(config, f"epoch {epoch}/{config.epochs}  train {row['train_loss']:.3f}  test {row['test_loss']:.3f}"
                          f" (recon {row['test_recon']:.3f}, kl {row['test_kl']:.3f})  {seconds:.1f}s")
-            if stop.signal is not None and epoch < config.epochs:
+            if stopping and epoch < config.epochs:
                 raise Interrupted(f"interrupted after epoch {epoch}; checkpoint saved; "
                                   f"continue with: vaekit train --resume --out {run_dir}")
+    prec.detach()
+    # Training is over: let go of the training images and the optimizer before the figures are drawn (they
+    # use the test split only), and hand the freed heap back, so drawing does not raise the peak memory.
+    compiled = forward.active
+    x_all = x_train = x_src = perm = opt = forward = trainer = objective = None  # noqa: F841
+    splits = replace(splits, train_images=np.empty((0, *splits.train_images.shape[1:]), np.uint8),
+                     train_labels=np.empty(0, splits.train_labels.dtype))  # not views: they would keep the data
+    _release_free_memory()
 
-    summary = _summary(config, model, state, data_info, device)
-    runs.save_weights(run_dir, model)
-    runs.write_metrics(run_dir / runs.METRICS, state.history)
-    runs.write_json(run_dir / runs.SUMMARY, summary)
-    viz.plot_run(run_dir, model, splits, state.history, config)
-    explore.write_explorer(run_dir, model=model, splits=splits)  # before the report, which links to it
-    report.write_report(run_dir)
-    _log(config, f"done: test loss {summary['test_loss']:.3f} nats/image on {summary['dataset']}; "
-                 f"run folder {run_dir}")
+    if ctx.is_main:
+        summary = _summary(config, model, state, data_info, device)
+        summary.update(precision=prec_name, compiled=compiled, world_size=ctx.world_size)
+        runs.save_weights(run_dir, model)
+        runs.write_metrics(run_dir / runs.METRICS, state.history)
+        runs.write_json(run_dir / runs.SUMMARY, summary)
+        viz.plot_run(run_dir, model, splits, state.history, config)
+        explore.write_explorer(run_dir, model=model, splits=splits)  # before the report, which links to it
+        report.write_report(run_dir)
+        _log(config, f"done: test loss {summary['test_loss']:.3f} nats/image on {summary['dataset']} "
+                     f"[{describe(summary['protocol'])}]; run folder {run_dir}")
+    ctx.barrier()  # the other ranks return the run rank 0 has finished writing
     return runs.load_run(run_dir, device)
 
 
-def _check_finite(loss: torch.Tensor, model: VAE, epoch: int, step: int, run_dir: Path) -> None:
-    """Stop before a non-finite update reaches the weights; nothing written so far is touched."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads) if hasattr(torch.nn.utils, "get_total_norm") else \
-        torch.norm(torch.stack([g.norm() for g in grads]))
-    if bool(torch.isfinite(loss)) and bool(torch.isfinite(norm)):
-        return
-    what = "loss" if not bool(torch.isfinite(loss)) else "gradient"
+def _sync_every(device: torch.device, fused: bool) -> int:
+    """How often (in steps) the host reads the non-finite flag and the loss back from the device.
+
+    Every step on the CPU, where reading is free; every 50 steps on an accelerator, where a read stalls the
+    queue of kernels. In between, the fused optimizer skips any update the flag marks, so non-finite values
+    never reach the weights either way (an optimizer without that ability is checked every step).
+    """
+    return 1 if device.type == "cpu" or not fused else 50
+
+
+def _nonfinite_error(guard: FiniteGuard, bad: tuple[int, float], step: int, epoch: int,
+                     run_dir: Path) -> NonFiniteError:
+    """The one-line error for a non-finite loss or gradient; nothing written so far has been touched."""
+    bad_step, loss = bad
+    if not math.isfinite(loss):
+        what = f"the loss became {loss}"
+    elif bad_step == step:
+        what = f"the gradient became {guard.grad_norm()}"
+    else:
+        what = "the gradient became non-finite"
     saved = run_dir / runs.CHECKPOINT
     kept = f"the last good checkpoint {saved} is kept" if saved.exists() else "no checkpoint had been written yet"
-    raise NonFiniteError(
-        f"the {what} became {loss.item() if what == 'loss' else norm.item()} at epoch {epoch}, step {step}; "
+    return NonFiniteError(
+        f"{what} at epoch {epoch}, step {bad_step}; "
         f"{kept}. Likely causes: a learning rate too high (try a smaller --lr), input pixels outside [0, 1] "
         "for the bernoulli likelihood, or reduced precision overflow; --detect-anomaly finds the operation"
     )
 
+
+def _release_free_memory() -> None:
+    """Return the C heap's free pages to the operating system (glibc only; elsewhere nothing to do)."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl): it returns memory on its own
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _warn(msg: str) -> None:
+    """A one-line warning on stderr, shown even with --quiet: it says the run differs from what was asked."""
+    print(f"vaekit train: warning: {' '.join(msg.split())}", file=sys.stderr, flush=True)
 
 def _summary(config: TrainConfig, model: VAE, state: TrainState, data_info: dict[str, Any],
              device: torch.device) -> dict[str, Any]:
