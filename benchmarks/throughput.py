@@ -254,7 +254,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default=None, help="default: whatever vaekit train would use")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (post: 1 epoch, vaekit: 2 epochs)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="alternating rounds (post: 1 epoch, vaekit: 2 epochs); 0: memory only")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--batch-size", type=int, default=128, help="vaekit's batch size (the post's is 128)")
     ap.add_argument("--precision", default="fp32", help="vaekit's precision (the post's is fp32)")
@@ -275,6 +276,14 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; device {device_name(device)}", flush=True)
     print(f"vaekit settings: batch {args.batch_size}, {args.precision}{', compiled' if args.compile else ''}; "
           "post: batch 128, fp32", flush=True)
+    if args.rounds > 0:
+        measure_speed(args, splits, device)
+    if args.memory:
+        measure_memory(args, len(splits.train_images))
+
+
+def measure_speed(args: argparse.Namespace, splits, device: torch.device) -> None:
+    """Alternating rounds of the post's pipeline (one epoch) and vaekit (two epochs), then the floor."""
     post, ours, ratios = [], [], []
     for r in range(args.rounds):
         post.append(post_epoch(splits.train_images, device))
@@ -296,15 +305,18 @@ def main() -> None:
           f"products at batch {args.batch_size})")
     print(f"vaekit reaches {flops * o / 1e9:,.1f} GFLOP/s: {flops * o / big:.0%} of the large-product floor, "
           f"{flops * o / own:.0%} of the model's-products floor; the post's pipeline {flops * p / own:.0%}")
-    if args.memory:
-        peaks = {k: [] for k in ("post", "vaekit")}
-        for _ in range(2):
-            for kind in peaks:
-                peaks[kind].append(measure_peak(kind, args))
-        pp, vp = min(peaks["post"]), min(peaks["vaekit"])
-        print(f"peak resident memory of a whole one-epoch CPU run on {len(splits.train_images):,} images: "
-              f"post {pp:,.0f} MiB, vaekit {vp:,.0f} MiB ({vp - pp:+,.0f} MiB); "
-              f"runs: post {peaks['post']}, vaekit {peaks['vaekit']}")
+
+
+def measure_memory(args: argparse.Namespace, n: int) -> None:
+    """Peak memory of each kind of whole run, twice each, alternating; the smaller of each pair is printed."""
+    peaks: dict[str, list[float]] = {k: [] for k in ("post", "vaekit")}
+    for _ in range(2):
+        for kind in peaks:
+            peaks[kind].append(measure_peak(kind, args))
+    pp, vp = min(peaks["post"]), min(peaks["vaekit"])
+    print(f"peak resident memory of a whole one-epoch CPU run on {n:,} images: "
+          f"post {pp:,.0f} MiB, vaekit {vp:,.0f} MiB ({vp - pp:+,.0f} MiB); "
+          f"runs: post {peaks['post']}, vaekit {peaks['vaekit']}")
 
 
 if __name__ == "__main__":

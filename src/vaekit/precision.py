@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError
+from .engine import adam_step
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -123,9 +124,7 @@ class Precision:
             self.scaler.step(opt)
             self.scaler.update()
             return
-        if found_inf is not None:
-            opt.found_inf = found_inf  # the protocol GradScaler uses with fused optimizers
-        opt.step()
+        adam_step(opt, found_inf)
 
     def state(self) -> dict[str, Any] | None:
         """The loss scaler's state, for the checkpoint (None without one)."""

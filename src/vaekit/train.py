@@ -434,7 +434,8 @@ def _train_locked(config: TrainConfig, mcfg, splits: Splits, run_dir: Path, devi
                     lr = lr_at(config.lr_schedule, config.lr, warmup_steps, total_steps, state.global_step)
                     for group in opt.param_groups:
                         group["lr"] = lr
-                opt.zero_grad(set_to_none=True)
+                for p in params:  # zero_grad(set_to_none=True) without Optimizer.zero_grad's 30 us of wrapping
+                    p.grad = None
                 progress = epoch - 1 + step / steps_per_epoch
                 loss = forward.run(lambda fwd, x=x, progress=progress: forward_backward(fwd, x, progress))
                 step += 1
