@@ -83,23 +83,33 @@ def _sync(device: torch.device) -> None:
 CPU = torch.device("cpu")
 
 
-def post_epoch(images: np.ndarray, device: torch.device = CPU, model: PostVAE | None = None) -> float:
-    """One epoch of the post's loop (batches moved to ``device`` as the post does); returns images per second."""
+def post_train(images: np.ndarray, epochs: int = 1, device: torch.device = CPU,
+               model: PostVAE | None = None) -> tuple[PostVAE, list[float]]:
+    """The post's loop for ``epochs`` epochs with one model and one Adam (batches moved to ``device`` as the
+    post does); returns the model and each epoch's images per second."""
     model = model or PostVAE().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     loader = torch.utils.data.DataLoader(PostDataset(images), batch_size=128, shuffle=True)
-    _sync(device)
-    t0 = time.perf_counter()
-    bar = tqdm(loader, ascii=" >=", leave=False, file=sys.stderr)
-    for x, _ in bar:
-        x = x.to(device)
-        opt.zero_grad()
-        loss = model.loss(x)
-        loss.backward()
-        opt.step()
-        bar.set_postfix({"loss": f"{loss.item():.6f}"})
-    _sync(device)
-    return len(images) / (time.perf_counter() - t0)
+    rates = []
+    for _ in range(epochs):
+        _sync(device)
+        t0 = time.perf_counter()
+        bar = tqdm(loader, ascii=" >=", leave=False, file=sys.stderr)
+        for x, _ in bar:
+            x = x.to(device)
+            opt.zero_grad()
+            loss = model.loss(x)
+            loss.backward()
+            opt.step()
+            bar.set_postfix({"loss": f"{loss.item():.6f}"})
+        _sync(device)
+        rates.append(len(images) / (time.perf_counter() - t0))
+    return model, rates
+
+
+def post_epoch(images: np.ndarray, device: torch.device = CPU, model: PostVAE | None = None) -> float:
+    """One epoch of the post's loop with a fresh optimizer; returns images per second."""
+    return post_train(images, 1, device, model)[1][0]
 
 
 def vaekit_epochs(args: argparse.Namespace, epochs: int) -> list[float]:
