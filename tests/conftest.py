@@ -48,6 +48,17 @@ def write_dataset(folder: Path, n_train: int, n_test: int, seed: int = 0) -> Pat
     return folder
 
 
+@pytest.fixture
+def float64():
+    """Double precision as the default dtype for one test (reference computations); restored afterwards."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """600 training and 200 test images in MNIST's file layout."""

@@ -34,14 +34,7 @@ from vaekit.objectives import (
     standard_normal_log_prob,
 )
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """References in double precision; the default is restored for the other test modules."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # references in double precision
 
 
 class LinearGaussian:
