@@ -3,10 +3,12 @@
 The path from data to a trained model, one module each::
 
     vaekit.data        IDX files -> uint8 arrays (registry, checksums, cache, downloads)
-    vaekit.models      the encoder q(z|x) and decoder p(x|z) (presets: seed, mlp)
-    vaekit.objectives  KL, log-likelihoods, the ELBO
-    vaekit.train       the training loop, checkpoints, resume
-    vaekit.runs        the run folder: safetensors + JSON, atomic writes
+    vaekit.models      the encoder q(z|x) and decoder p(x|z) (presets: seed, mlp, burda, pytorch-example)
+    vaekit.objectives  KL, log-likelihoods, the ELBO, the IWAE bound
+    vaekit.train       the training loop, checkpoints, resume (engine, precision, distributed: its machinery)
+    vaekit.runs        the run folder: safetensors + JSON, atomic writes, the lock
+    vaekit.likelihood  importance-sampled log p(x) for evaluation
+    vaekit.viz, explore, report   figures, the latent explorer page, the run report
 """
 
 from __future__ import annotations

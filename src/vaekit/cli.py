@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -161,10 +162,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         if (Path(args.out) / CONFIG).exists():
             _, stored, _ = read_config(Path(args.out))
-            clash = [f for f, v in given.items() if f not in RESUMABLE and getattr(stored, f) != v]
+            def same(field: str, value: object) -> bool:
+                old = getattr(stored, field)
+                return old == value or (field == "recipe" and {old, value} <= {None, "post"})  # post: the default
+
+            clash = [f for f, v in given.items() if f not in RESUMABLE and not same(f, v)]
             if clash:
                 flags = ", ".join("--" + f.replace("_", "-") for f in clash)
-                raise ConfigError(f"{flags} differ from the run being resumed; resume with the same settings "
+                verb = "differs" if len(clash) == 1 else "differ"
+                raise ConfigError(f"{flags} {verb} from the run being resumed; resume with the same settings "
                                   "or start a new run with another --out")
             for f in RESUMABLE:  # keep the stored value unless the flag was given
                 if f not in given and f != "progress":
@@ -223,7 +229,7 @@ def build_parser() -> Parser:
     p.add_argument("run", help="run folder written by vaekit train")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--data-dir", help="folder with the dataset's IDX files, if not where training found them")
-    p.add_argument("--device", help="cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--device", help="cpu (default), auto, cuda, cuda:N or mps")
     p.add_argument("--nll", action="store_true",
                    help="also estimate the test log-likelihood by importance sampling (stored in summary.json)")
     p.add_argument("--samples", type=positive_int, default=5000, metavar="K",
@@ -265,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`vaekit evaluate RUN --json | head`): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (MemoryError, RuntimeError) as e:
         if not _out_of_memory(e):
             raise

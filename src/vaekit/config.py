@@ -8,8 +8,7 @@ or command line that trained it.
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -175,8 +174,3 @@ def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"expected a JSON object for {cls.__name__}, got {type(d).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in d.items() if k in names}
-
-
-def to_json(obj: Any) -> str:
-    """Serialize dataclasses (and nests of them) as indented JSON."""
-    return json.dumps(asdict(obj) if dataclasses.is_dataclass(obj) else obj, indent=2, sort_keys=True)

@@ -33,10 +33,6 @@ def make_adam(params: Iterable[Tensor], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr)
 
 
-def is_fused(opt: torch.optim.Optimizer) -> bool:
-    return bool(opt.param_groups[0].get("fused"))
-
-
 def adam_step(opt: torch.optim.Optimizer, found_inf: Tensor | None = None) -> None:
     """``opt.step()`` for the fused Adam of :func:`make_adam`, calling its kernel directly.
 
@@ -167,6 +163,7 @@ class CompiledForward:
                 warn(f"--compile: {reason}; training without it")
             else:
                 self.compiled = torch.compile(eager)
+        self._proven = False  # set once a compiled step has run
 
     @property
     def active(self) -> bool:
@@ -178,8 +175,12 @@ class CompiledForward:
             return step(self.eager)
         states = [g.get_state() for g in self.generators]
         try:
-            return step(self.compiled)
-        except Exception as e:  # noqa: BLE001 - any compiler failure means: carry on eagerly
+            loss = step(self.compiled)
+            self._proven = True
+            return loss
+        except Exception as e:  # noqa: BLE001 - a compiler failure means: carry on eagerly
+            if self._proven and not _is_compiler_error(e):
+                raise  # a compiled step already ran: this is the training's own error (OOM, NaN), not the compiler's
             for g, s in zip(self.generators, states, strict=True):
                 g.set_state(s)
             for p in self.params:
@@ -187,6 +188,13 @@ class CompiledForward:
             self.compiled = None
             self.warn(f"--compile: torch.compile failed ({_one_line(e)}); continuing without it")
             return step(self.eager)
+
+
+def _is_compiler_error(e: BaseException) -> bool:
+    """Whether ``e`` comes from torch.compile itself (tracing, a backend, a recompilation)."""
+    dynamo_exc = getattr(getattr(torch, "_dynamo", None), "exc", None)
+    base = getattr(dynamo_exc, "TorchDynamoException", None)
+    return base is not None and isinstance(e, base)
 
 
 def lr_at(schedule: str, base_lr: float, warmup_steps: int, total_steps: int, step: int) -> float:

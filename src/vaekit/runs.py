@@ -691,7 +691,3 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, per_param: dict[int,
                     raise bad(f"{idx}.{name} contains NaN or infinite values")
             elif not _finite_number(v):
                 raise bad(f"{idx}.{name} is {v!r:.40}")
-
-
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None

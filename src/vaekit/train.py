@@ -227,8 +227,9 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
     """Train a VAE as ``config`` says and return the finished :class:`~vaekit.runs.Run`.
 
     ``out`` is the run folder (default ``runs/vae-<time>``). With ``resume=True`` the folder's own
-    config is used, with ``epochs``, ``device``, ``progress``, ``checkpoint_every`` and
-    ``detect_anomaly`` taken from ``config`` (so ``epochs`` may grow).
+    config is used, with the settings in ``RESUMABLE`` (``epochs``, ``device``, ``progress``,
+    ``checkpoint_every``, ``detect_anomaly``, ``precision``, ``compile``) taken from ``config`` (so
+    ``epochs`` may grow).
     """
     config = config or TrainConfig()
     config.validate()
