@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +12,27 @@ import pytest
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
 
+def _isolate(mp: pytest.MonkeyPatch, cache: Path) -> None:
+    """Point the cache at ``cache``, search no local copies and never download."""
+    mp.setenv("VAEKIT_DATA", str(cache))
+    mp.setenv("VAEKIT_SEARCH_PATH", "")
+    mp.setenv("VAEKIT_OFFLINE", "1")
+
+
 @pytest.fixture(autouse=True)
 def hermetic_data(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No test reads the user's cache, the machine's dataset copies or the network unless it asks to."""
     cache = tmp_path_factory.mktemp("cache")
-    monkeypatch.setenv("VAEKIT_DATA", str(cache))
-    monkeypatch.setenv("VAEKIT_SEARCH_PATH", "")
-    monkeypatch.setenv("VAEKIT_OFFLINE", "1")
+    _isolate(monkeypatch, cache)
     return cache
+
+
+@contextlib.contextmanager
+def hermetic_env(cache: Path) -> Iterator[None]:
+    """The environment of ``hermetic_data`` for fixtures wider than one test (module or session scope)."""
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, cache)
+        yield
 
 
 def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

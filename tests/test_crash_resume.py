@@ -25,7 +25,7 @@ from vaekit import runs
 from vaekit.cli import main
 from vaekit.config import TrainConfig
 
-from .conftest import write_dataset
+from .conftest import hermetic_env, write_dataset
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -71,9 +71,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run as it ends when nothing goes wrong."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VAEKIT_OFFLINE", "1")
-        mp.setenv("VAEKIT_SEARCH_PATH", "")
+    with hermetic_env(tmp_path_factory.mktemp("cache")):
         vaekit.train(_cfg(data), out)
     return out
 

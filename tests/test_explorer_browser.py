@@ -31,6 +31,8 @@ from vaekit.config import TrainConfig
 from vaekit.explore import ExplorerError, decoder_layers, explorer_html
 from vaekit.models import VAE, model_config
 
+from .conftest import hermetic_env
+
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
                  "--disable-component-update", "--disable-sync"]
 
@@ -60,10 +62,7 @@ def browser() -> Iterator[Any]:
 def trained_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seed-preset run trained long enough that different latent points decode differently."""
     out = tmp_path_factory.mktemp("explorer") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VAEKIT_DATA", str(tmp_path_factory.mktemp("cache")))
-        mp.setenv("VAEKIT_SEARCH_PATH", "")
-        mp.setenv("VAEKIT_OFFLINE", "1")
+    with hermetic_env(tmp_path_factory.mktemp("cache")):
         vaekit.train(TrainConfig(dataset="mnist", data_dir=str(tiny_data), epochs=2, batch_size=32, lr=1e-3,
                                  device="cpu", progress=False), out)
     return out

@@ -15,14 +15,13 @@ from vaekit.config import TrainConfig
 from vaekit.report import build_report, loss_curves_svg, write_report
 from vaekit.viz import FIGURES
 
+from .conftest import hermetic_env
+
 
 @pytest.fixture(scope="module")
 def report_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VAEKIT_DATA", str(tmp_path_factory.mktemp("cache")))
-        mp.setenv("VAEKIT_SEARCH_PATH", "")
-        mp.setenv("VAEKIT_OFFLINE", "1")
+    with hermetic_env(tmp_path_factory.mktemp("cache")):
         vaekit.train(TrainConfig(dataset="mnist", data_dir=str(tiny_data), epochs=2, device="cpu", progress=False), out)
     return out
 

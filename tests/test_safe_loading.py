@@ -32,7 +32,7 @@ from vaekit.cli import main
 from vaekit.config import TrainConfig
 from vaekit.errors import RunFolderError
 
-from .conftest import write_dataset
+from .conftest import hermetic_env, write_dataset
 
 Mutation = Callable[[Path], None]
 
@@ -42,10 +42,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pa
     """A finished one-epoch run on a small generated dataset: (run folder, data folder)."""
     root = tmp_path_factory.mktemp("safe")
     data = write_dataset(root / "data", 128, 32)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VAEKIT_OFFLINE", "1")
-        mp.setenv("VAEKIT_SEARCH_PATH", "")
-        mp.setenv("VAEKIT_DATA", str(root / "cache"))
+    with hermetic_env(root / "cache"):
         vaekit.train(TrainConfig(dataset="mnist", data_dir=str(data), epochs=1, batch_size=32, device="cpu",
                                  progress=False, grid_size=2), root / "run")
     yield root / "run", data

@@ -27,7 +27,7 @@ from vaekit.cli import build_parser, main
 from vaekit.config import TrainConfig
 from vaekit.errors import WriteError
 
-from .conftest import write_dataset
+from .conftest import hermetic_env, write_dataset
 
 ERRORS = {errno.ENOSPC: "No space left on device", errno.EROFS: "Read-only file system",
           errno.EIO: "Input/output error"}
@@ -43,10 +43,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pa
     """(one-epoch run, data, the same run trained for two epochs without interruption)."""
     root = tmp_path_factory.mktemp("faults")
     data = write_dataset(root / "data", 128, 32)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VAEKIT_OFFLINE", "1")
-        mp.setenv("VAEKIT_SEARCH_PATH", "")
-        mp.setenv("VAEKIT_DATA", str(root / "cache"))
+    with hermetic_env(root / "cache"):
         vaekit.train(_cfg(data), root / "one")
         vaekit.train(_cfg(data, epochs=2), root / "two")
     yield root / "one", data, root / "two"
