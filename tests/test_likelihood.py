@@ -16,11 +16,16 @@ from torch.distributions import Bernoulli, ContinuousBernoulli, MultivariateNorm
 
 from vaekit.evaluate import evaluate_elbo
 from vaekit.likelihood import (
+    COMPILE_MIN_ROWS,
+    LOG_SIGMOID_GROUP,
     StreamingLogMeanExp,
     estimate_log_px,
+    is_binary,
     latent_statistics,
     log_mean_exp,
     model_log_px,
+    sum_log_sigmoid,
+    use_compile,
 )
 from vaekit.models import VAE, model_config, n_params
 from vaekit.objectives import (
@@ -192,6 +197,92 @@ def test_estimator_fast_likelihood_path_equals_the_objectives(name: str) -> None
     ours = model_log_px(model, images, samples=30, likelihood=name, rows=64)
     ref = estimate_log_px(model.encode, reference, images, samples=30, rows=64, dtype=torch.float64)
     torch.testing.assert_close(ours.log_px, ref.log_px, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("width", [1, 5, LOG_SIGMOID_GROUP, LOG_SIGMOID_GROUP + 1, 784, 1000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_sum_log_sigmoid_against_float64(width: int, dtype: torch.dtype) -> None:
+    """The grouped-product form against log sigmoid summed in float64, with saturated and infinite inputs."""
+    y = torch.randn(64, width, dtype=torch.float64, generator=torch.Generator().manual_seed(width)) * 12
+    y[0] = 90.0  # every factor 1 + exp(-|y|) rounds to 1
+    y[1] = -90.0
+    y[2, 0], y[3, -1] = math.inf, -math.inf
+    y = y.to(dtype)
+    ref = torch.nn.functional.logsigmoid(y.double()).sum(-1)
+    ours = sum_log_sigmoid(y)
+    assert ours.dtype == torch.float32 and ours[3].item() == -math.inf
+    finite = torch.isfinite(ref)
+    assert torch.isfinite(ours[finite]).all()
+    # float32 rounding of a sum of `width` terms, not of the products
+    torch.testing.assert_close(ours[finite].double(), ref[finite], rtol=1e-6, atol=1e-6 * width ** 0.5 * 12)
+    assert ours[2].item() == pytest.approx(ref[2].item(), abs=1e-3)
+
+
+def test_is_binary() -> None:
+    assert is_binary(torch.tensor([[0, 255, 0]], dtype=torch.uint8))
+    assert not is_binary(torch.tensor([[0, 254]], dtype=torch.uint8))
+    assert is_binary(torch.tensor([[0.0, 1.0]]))
+    assert not is_binary(torch.tensor([[0.0, 0.5]]))
+
+
+def test_compile_is_decided_by_size_on_the_cpu_only() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_compile(None, cpu, COMPILE_MIN_ROWS) and not use_compile(None, cpu, COMPILE_MIN_ROWS - 1)
+    assert not use_compile(None, cuda, 10 * COMPILE_MIN_ROWS)
+    assert use_compile(True, cuda, 1) and not use_compile(False, cpu, 10 * COMPILE_MIN_ROWS)
+
+
+def _small_float32_model() -> tuple[VAE, torch.Tensor]:
+    torch.manual_seed(5)
+    model = VAE(model_config("seed")).float().eval()
+    images = torch.randint(0, 2, (3, 784), generator=torch.Generator().manual_seed(6)).to(torch.uint8) * 255
+    return model, images
+
+
+def test_compiled_estimate_equals_the_eager_one() -> None:
+    """torch.compile (the default for large CPU estimates) changes float32 rounding only."""
+    model, images = _small_float32_model()
+    eager = model_log_px(model, images, samples=300, rows=256, compile=False)
+    compiled = model_log_px(model, images, samples=300, rows=256, compile=True)
+    torch.testing.assert_close(compiled.log_px, eager.log_px, rtol=0, atol=1e-4)
+    torch.testing.assert_close(compiled.elbo, eager.elbo, rtol=0, atol=1e-4)
+    torch.testing.assert_close(compiled.stderr, eager.stderr, rtol=1e-3, atol=1e-6)
+
+
+def test_a_compiler_failure_falls_back_to_eager_with_one_warning(monkeypatch) -> None:
+    from torch._dynamo.exc import TorchDynamoException
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise TorchDynamoException("no C++ compiler")
+        return run
+
+    model, images = _small_float32_model()
+    eager = model_log_px(model, images, samples=300, rows=256, compile=False)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr("vaekit.engine.compile_unsupported_reason", lambda device: None)
+    warnings: list[str] = []
+    fallback = model_log_px(model, images, samples=300, rows=256, compile=True, warn=warnings.append)
+    assert len(warnings) == 1 and "torch.compile failed" in warnings[0] and "no C++ compiler" in warnings[0]
+    torch.testing.assert_close(fallback.log_px, eager.log_px, rtol=0, atol=1e-4)
+
+
+def test_an_error_after_compiled_chunks_ran_is_not_hidden(monkeypatch) -> None:
+    calls = []
+
+    def flaky_compile(fn, **kwargs):
+        def run(*args):
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("out of memory")
+            return fn(*args)
+        return run
+
+    model, images = _small_float32_model()
+    monkeypatch.setattr(torch, "compile", flaky_compile)
+    monkeypatch.setattr("vaekit.engine.compile_unsupported_reason", lambda device: None)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        model_log_px(model, images, samples=300, rows=256, compile=True, warn=pytest.fail)
 
 
 def test_active_units_and_kl_per_dimension() -> None:

@@ -180,3 +180,19 @@ def test_evaluate_nll_prints_the_protocol_and_stores_the_result(tiny_data: Path,
     nll_line = next(line for line in out.splitlines() if line.startswith("nll "))
     assert "binarize none" in nll_line and "continuous-bernoulli" in nll_line and "K=3" in nll_line
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["nll_samples"] == 20  # not overwritten
+
+
+def test_evaluate_nll_compiled_and_eager_agree(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    """``--compile`` (the default for large CPU estimates) and ``--no-compile`` give the same estimate."""
+    vaekit.train(_cfg(tiny_data, binarize="dynamic"), tmp_path / "run")
+    results = []
+    for flag in ("--compile", "--no-compile"):
+        capsys.readouterr()
+        assert main(["evaluate", str(tmp_path / "run"), "--nll", "--samples", "50", flag, "--json", "--no-save"]) == 0
+        captured = capsys.readouterr()
+        assert "torch.compile" not in captured.err  # no fallback
+        results.append(json.loads(captured.out))
+    compiled, eager = results
+    assert compiled["nll"] == pytest.approx(eager["nll"], abs=1e-4)
+    assert compiled["nll_neg_elbo"] == pytest.approx(eager["nll_neg_elbo"], abs=1e-4)
+    assert not (tmp_path / "run" / "summary.json").read_text().count('"nll"')

@@ -41,7 +41,7 @@ def load_run_data(run: Run, data_dir: str | os.PathLike | None = None, binarize:
 
 def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = None, device: str = "cpu", *,
                  nll: bool = False, samples: int = 5000, binarize: str | None = None, save: bool = True,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, compile: bool | None = None) -> dict[str, Any]:  # noqa: A002
     """Test-set metrics of a run: the keys of ``summary.json``'s ``test_*`` entries and more.
 
     ``protocol`` says which data and likelihood the numbers belong to. With ``nll`` it adds the
@@ -49,6 +49,7 @@ def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = N
     :mod:`vaekit.likelihood`): ``nll`` (nats per image), ``nll_stderr``, ``bits_per_dim``,
     ``nll_samples``, ``active_units``, ``kl_per_dim`` and more (``NLL_KEYS``), and, with ``save``, merges
     them into the run's ``summary.json``. ``binarize`` evaluates under another protocol than the run's.
+    ``compile`` is :func:`vaekit.likelihood.estimate_log_px`'s (``None``: decided by the estimate's size).
     """
     if binarize is not None and binarize not in BINARIZE:
         raise ConfigError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE)}")
@@ -68,7 +69,8 @@ def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = N
         return result
     from .likelihood import NLL_SEED, latent_statistics, model_log_px
 
-    est = model_log_px(run.model, x_test, samples, cfg.likelihood, cfg.sigma, progress=progress).summary()
+    est = model_log_px(run.model, x_test, samples, cfg.likelihood, cfg.sigma, progress=progress,
+                       compile=compile).summary()
     stats = latent_statistics(run.model, x_test, cfg.eval_batch_size)
     extra = {
         "nll": est["nll"], "nll_stderr": est["nll_stderr"], "nll_test_set_stderr": est["nll_test_set_stderr"],

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -128,7 +129,7 @@ def compile_unsupported_reason(device: torch.device) -> str | None:
             return f"torch.compile does not support Python {sys.version_info.major}.{sys.version_info.minor} " \
                    "on this platform"
     except Exception as e:  # noqa: BLE001 - an import failure is itself the reason
-        return f"torch.compile is unavailable ({_one_line(e)})"
+        return f"torch.compile is unavailable ({one_line(e)})"
     if device.type == "cpu":
         cxx = os.environ.get("CXX")
         if not (cxx and shutil.which(cxx)) and not any(shutil.which(c) for c in ("g++", "clang++", "c++")):
@@ -136,7 +137,17 @@ def compile_unsupported_reason(device: torch.device) -> str | None:
     return None
 
 
-def _one_line(e: BaseException) -> str:
+def compile_or_warn(fn: Callable[..., Tensor], device: torch.device, warn: Callable[[str], None], what: str,
+                    fallback: str, **options: Any) -> Callable[..., Tensor] | None:
+    """``torch.compile(fn, **options)``, or None after a one-line ``warn`` where compiling cannot work here."""
+    reason = compile_unsupported_reason(device)
+    if reason is not None:
+        warn(f"{what}: {reason}; {fallback}")
+        return None
+    return torch.compile(fn, **options)
+
+
+def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
 
@@ -156,13 +167,7 @@ class CompiledForward:
         self.generators = generators
         self.params = params
         self.warn = warn
-        self.compiled: Callable[..., Tensor] | None = None
-        if enabled:
-            reason = compile_unsupported_reason(device)
-            if reason is not None:
-                warn(f"--compile: {reason}; training without it")
-            else:
-                self.compiled = torch.compile(eager)
+        self.compiled = compile_or_warn(eager, device, warn, "--compile", "training without it") if enabled else None
         self._proven = False  # set once a compiled step has run
 
     @property
@@ -179,18 +184,18 @@ class CompiledForward:
             self._proven = True
             return loss
         except Exception as e:  # noqa: BLE001 - a compiler failure means: carry on eagerly
-            if self._proven and not _is_compiler_error(e):
+            if self._proven and not is_compiler_error(e):
                 raise  # a compiled step already ran: this is the training's own error (OOM, NaN), not the compiler's
             for g, s in zip(self.generators, states, strict=True):
                 g.set_state(s)
             for p in self.params:
                 p.grad = None
             self.compiled = None
-            self.warn(f"--compile: torch.compile failed ({_one_line(e)}); continuing without it")
+            self.warn(f"--compile: torch.compile failed ({one_line(e)}); continuing without it")
             return step(self.eager)
 
 
-def _is_compiler_error(e: BaseException) -> bool:
+def is_compiler_error(e: BaseException) -> bool:
     """Whether ``e`` comes from torch.compile itself (tracing, a backend, a recompilation)."""
     dynamo_exc = getattr(getattr(torch, "_dynamo", None), "exc", None)
     base = getattr(dynamo_exc, "TorchDynamoException", None)
