@@ -13,10 +13,11 @@ All estimate log p(x) with K draws per image on the same model and images, in th
 It prints images/s of each, the ratio batched / loop, and how close the batched estimator comes to the
 machine's floor: the FLOPs the estimate cannot avoid, images x (encoder + K x decoder) multiply-adds x 2
 (the encoder once per image, the decoder once per draw; element-wise work such as the likelihood's
-log-sigmoid is not counted), divided by a matrix-product rate measured in the same run. Two rates are
-measured: a large square product (the machine's peak) and a product of the decoder's widest shape
-(rows x hidden @ hidden x 784), which is what the estimate is made of. ``ceiling`` is the ratio an
-estimator running exactly at the floor would reach against this loop: no estimator can exceed it.
+log-sigmoid is not counted), divided by a matrix-product rate measured in each round right after its
+timings, so a machine that slows down moves both sides together. Two rates are measured: a large square
+product (the machine's peak) and a product of the decoder's widest shape (rows x hidden @ hidden x 784),
+which is what the estimate is made of. ``ceiling`` is the ratio an estimator running exactly at the floor
+would reach against this loop: no estimator can exceed it.
 
     python benchmarks/nll_speed.py [--model seed] [--samples 5000,100,10] [--images 200] [--loop-images 20]
                                    [--device cpu] [--threads N] [--rounds 3] [--json OUT]
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=3, help="timings per measurement; the best is kept")
-    p.add_argument("--rounds", type=int, default=1,
+    p.add_argument("--rounds", type=int, default=3,
                    help="measure every K this many times and report the median of each figure")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -129,10 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     shape = (args.rows, widest, model.config.input_dim)
     print(f"device {device} ({torch.get_num_threads()} threads), model {args.model} (zdim {model.zdim}): "
           f"{2 * enc / 1e6:.2f} MFLOP encoder, {2 * dec / 1e6:.2f} MFLOP decoder per row")
-    # The matmul rates are measured in every round and the highest kept: a machine busy during one
-    # measurement would otherwise lower the floor and flatter the estimator.
-    peak = matmul_rate(2048, 2048, 2048, device)
-    shaped = matmul_rate(*shape, device)
+    # The matmul rates are measured in every round, right after its timings, and each round's fractions of
+    # the floor use that round's rates: a machine that slows down or speeds up moves both sides together.
     measured = []
     batched_images = images[: args.images]
     loop_images = images[: args.loop_images]
@@ -148,16 +147,18 @@ def main(argv: list[str] | None = None) -> int:
             te, eager = timed(lambda k=k: model_log_px(model, batched_images, k, rows=args.rows, compile=False),
                               device, args.repeats)
             tl, loop = timed(lambda k=k: per_image_loop(model, loop_images, k), device, args.repeats)
-            rounds.append((len(batched_images) / tb, len(batched_images) / te, len(loop_images) / tl))
-            peak = max(peak, matmul_rate(2048, 2048, 2048, device))
-            shaped = max(shaped, matmul_rate(*shape, device))
+            rounds.append((len(batched_images) / tb, len(batched_images) / te, len(loop_images) / tl,
+                           matmul_rate(2048, 2048, 2048, device), matmul_rate(*shape, device)))
         print(f"K={k}: measured ({args.rounds} rounds, compile {compile_s:.1f} s)", file=sys.stderr, flush=True)
         measured.append((k, rounds, compile_s, est, eager, loop))
 
-    print(f"matmul rate (best of the run): {peak / 1e9:.1f} GFLOP/s (2048^3), {shaped / 1e9:.1f} GFLOP/s "
+    rates = [r[3:] for m in measured for r in m[1]]
+    peak, shaped = (statistics.median(r[i] for r in rates) for i in range(2))
+    print(f"matmul rate (median of the rounds): {peak / 1e9:.1f} GFLOP/s (2048^3, range "
+          f"{min(r[0] for r in rates) / 1e9:.0f}-{max(r[0] for r in rates) / 1e9:.0f}), {shaped / 1e9:.1f} GFLOP/s "
           f"({shape[0]}x{shape[1]} @ {shape[1]}x{shape[2]})")
-    print(f"medians of {args.rounds} round(s); ratio = batched / loop; ceiling = floor / loop, the ratio of an "
-          f"estimator at the floor")
+    print(f"medians of {args.rounds} round(s), each fraction of the floor against its own round's rates; "
+          f"ratio = batched / loop; ceiling = floor / loop, the ratio of an estimator at the floor")
     print()
     print(f"{'K':>6} {'batched img/s':>14} {'eager img/s':>12} {'loop img/s':>11} {'ratio':>7} {'ceiling':>8} "
           f"{'floor img/s':>12} {'of floor (peak)':>16} {'of floor (shaped)':>18} {'batched nll':>12} "
@@ -166,17 +167,18 @@ def main(argv: list[str] | None = None) -> int:
     for k, rounds, compile_s, est, eager, loop in measured:
         batched_ips, eager_ips, loop_ips = (statistics.median(r[i] for r in rounds) for i in range(3))
         flops = 2 * (enc + k * dec)  # per image
+        k_peak, k_shaped = (statistics.median(r[i] for r in rounds) for i in (3, 4))
         row = {
             "K": k, "batched_images_per_s": batched_ips, "eager_images_per_s": eager_ips,
             "loop_images_per_s": loop_ips, "per_round": rounds, "compile_s": compile_s,
-            "floor_images_per_s_peak": peak / flops, "floor_images_per_s_shaped": shaped / flops,
+            "floor_images_per_s_peak": k_peak / flops, "floor_images_per_s_shaped": k_shaped / flops,
             "batched_nll": -est.log_px[: len(loop_images)].mean().item(),
             "eager_nll": -eager.log_px[: len(loop_images)].mean().item(), "loop_nll": -loop.mean().item(),
         }
         row["ratio"] = batched_ips / loop_ips
-        row["ceiling"] = row["floor_images_per_s_peak"] / loop_ips
-        row["fraction_of_floor_peak"] = batched_ips / row["floor_images_per_s_peak"]
-        row["fraction_of_floor_shaped"] = batched_ips / row["floor_images_per_s_shaped"]
+        row["ceiling"] = statistics.median(r[3] / flops / r[2] for r in rounds)
+        row["fraction_of_floor_peak"] = statistics.median(r[0] * flops / r[3] for r in rounds)
+        row["fraction_of_floor_shaped"] = statistics.median(r[0] * flops / r[4] for r in rounds)
         rows.append(row)
         print(f"{k:>6} {batched_ips:>14.1f} {eager_ips:>12.1f} {loop_ips:>11.1f} {row['ratio']:>7.1f} "
               f"{row['ceiling']:>8.1f} {row['floor_images_per_s_peak']:>12.1f} {row['fraction_of_floor_peak']:>16.2f} "

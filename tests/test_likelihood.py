@@ -200,7 +200,7 @@ def test_estimator_fast_likelihood_path_equals_the_objectives(name: str) -> None
 
 
 @pytest.mark.parametrize("width", [1, 5, LOG_SIGMOID_GROUP, LOG_SIGMOID_GROUP + 1, 784, 1000])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_sum_log_sigmoid_against_float64(width: int, dtype: torch.dtype) -> None:
     """The grouped-product form against log sigmoid summed in float64, with saturated and infinite inputs."""
     y = torch.randn(64, width, dtype=torch.float64, generator=torch.Generator().manual_seed(width)) * 12
