@@ -304,18 +304,18 @@ def estimate_log_px(
 
 
 def model_log_px(model: VAE, images: Tensor, samples: int = 5000, likelihood: str = "bernoulli", sigma: float = 1.0,
-                 **kwargs: Any) -> LogLikelihood:
+                 *, compile: bool | None = None, **kwargs: Any) -> LogLikelihood:  # noqa: A002
     """:func:`estimate_log_px` for a :class:`~vaekit.models.VAE` under the named likelihood.
 
     A model with a learned per-pixel sigma uses it in place of ``sigma``. With binary images and
     ``torch.compile`` the Bernoulli term is :func:`sum_log_sigmoid` of the sign-flipped logits (eagerly,
     its extra passes over the logits cost more than the ``log1p`` it saves, so eager code keeps
-    :func:`bernoulli_log_px_z`).
+    :func:`bernoulli_log_px_z`). ``compile`` is :func:`estimate_log_px`'s (``None``: by the estimate's size).
     """
     was_training = model.training
     model.eval()
     param = next(model.parameters())
-    compiled = use_compile(kwargs.pop("compile", None), param.device, len(images) * samples)
+    compiled = use_compile(compile, param.device, len(images) * samples)
     binary = compiled and likelihood == "bernoulli" and is_binary(images)
 
     def log_px_z(x: Tensor, z: Tensor) -> Tensor:
