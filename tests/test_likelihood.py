@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.distributions import Bernoulli, ContinuousBernoulli, MultivariateNormal, Normal
 
+from vaekit.engine import compile_unsupported_reason
 from vaekit.evaluate import evaluate_elbo
 from vaekit.likelihood import (
     COMPILE_MIN_ROWS,
@@ -241,9 +242,12 @@ def _small_float32_model() -> tuple[VAE, torch.Tensor]:
 
 def test_compiled_estimate_equals_the_eager_one() -> None:
     """torch.compile (the default for large CPU estimates) changes float32 rounding only."""
+    reason = compile_unsupported_reason(torch.device("cpu"))
+    if reason is not None:
+        pytest.skip(reason)
     model, images = _small_float32_model()
     eager = model_log_px(model, images, samples=300, rows=256, compile=False)
-    compiled = model_log_px(model, images, samples=300, rows=256, compile=True)
+    compiled = model_log_px(model, images, samples=300, rows=256, compile=True, warn=pytest.fail)
     torch.testing.assert_close(compiled.log_px, eager.log_px, rtol=0, atol=1e-4)
     torch.testing.assert_close(compiled.elbo, eager.elbo, rtol=0, atol=1e-4)
     torch.testing.assert_close(compiled.stderr, eager.stderr, rtol=1e-3, atol=1e-6)
@@ -264,7 +268,7 @@ def test_a_compiler_failure_falls_back_to_eager_with_one_warning(monkeypatch) ->
     warnings: list[str] = []
     fallback = model_log_px(model, images, samples=300, rows=256, compile=True, warn=warnings.append)
     assert len(warnings) == 1 and "torch.compile failed" in warnings[0] and "no C++ compiler" in warnings[0]
-    torch.testing.assert_close(fallback.log_px, eager.log_px, rtol=0, atol=1e-4)
+    assert torch.equal(fallback.log_px, eager.log_px)  # the same draws through the same eager code
 
 
 def test_an_error_after_compiled_chunks_ran_is_not_hidden(monkeypatch) -> None:

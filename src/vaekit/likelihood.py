@@ -203,14 +203,17 @@ class _ChunkWeights:
 
     ``__call__(x, mu, std, logvar, eps)`` returns log w of shape (draws, images) for z = mu + std * eps.
     A compiler failure on a call is reported once through ``warn`` and the same chunk is recomputed
-    eagerly from the same draws, so the estimate only loses speed, never its value.
+    eagerly from the same draws, so the estimate only loses speed; an error after a compiled chunk ran
+    is the estimate's own (out of memory, say) and propagates.
     """
 
     def __init__(self, log_px_z: LogLik, compiled: bool, device: torch.device,
                  warn: Callable[[str], None]) -> None:
         self.warn = warn
         self.log_px_z = log_px_z
-        # torch's automatic dynamic shapes: one static graph, then one for every chunk shape after a change
+        # torch's automatic dynamic shapes: a static graph for the first chunk shape, one dynamic graph once the
+        # shape changes. The graphs are cached on this method's code for the whole process, a pair per model
+        # architecture and likelihood; past torch's recompile limit (8) further ones run eagerly.
         self.compiled = (compile_or_warn(self.eager, device, warn, "log p(x)", "estimating without torch.compile")
                          if compiled else None)
         self._proven = False
@@ -307,10 +310,11 @@ def model_log_px(model: VAE, images: Tensor, samples: int = 5000, likelihood: st
                  *, compile: bool | None = None, **kwargs: Any) -> LogLikelihood:  # noqa: A002
     """:func:`estimate_log_px` for a :class:`~vaekit.models.VAE` under the named likelihood.
 
-    A model with a learned per-pixel sigma uses it in place of ``sigma``. With binary images and
-    ``torch.compile`` the Bernoulli term is :func:`sum_log_sigmoid` of the sign-flipped logits (eagerly,
-    its extra passes over the logits cost more than the ``log1p`` it saves, so eager code keeps
-    :func:`bernoulli_log_px_z`). ``compile`` is :func:`estimate_log_px`'s (``None``: by the estimate's size).
+    A model with a learned per-pixel sigma uses it in place of ``sigma``. With binary images, in code that
+    ``torch.compile`` traces, the Bernoulli term is :func:`sum_log_sigmoid` of the sign-flipped logits;
+    eager code keeps :func:`bernoulli_log_px_z`, because run op by op the grouped product's extra passes
+    over the logits cost more than the ``log1p`` it saves (and so an eager fallback computes exactly what
+    ``compile=False`` does). ``compile`` is :func:`estimate_log_px`'s (``None``: by the estimate's size).
     """
     was_training = model.training
     model.eval()
@@ -320,7 +324,7 @@ def model_log_px(model: VAE, images: Tensor, samples: int = 5000, likelihood: st
 
     def log_px_z(x: Tensor, z: Tensor) -> Tensor:
         logits = model.decode(z)
-        if binary:
+        if binary and torch.compiler.is_compiling():
             return sum_log_sigmoid(logits * (2 * x - 1))
         if likelihood == "bernoulli":
             return bernoulli_log_px_z(x, logits)

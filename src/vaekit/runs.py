@@ -178,9 +178,12 @@ class RunLock:
     The lock file holds ``pid host start-time``. It appears with its contents in one step (a hard link of
     a finished temporary file), so a competitor never reads a half-written lock and mistakes it for a stale
     one. A lock whose process no longer exists on this host (or whose PID now belongs to a younger
-    process) is stale and taken over; the takeover first renames the stale file aside, so of several
-    processes breaking the same stale lock only one can win. Holding the lock, the process also removes
-    temporary files that killed writers left in the folder.
+    process) is stale and taken over. Removing a stale lock happens under an advisory lock on the folder
+    itself (``flock``, which the kernel drops when its holder dies, so it can never go stale): the remover
+    re-reads the lock file there, and since nobody else removes a lock file meanwhile and no new one can
+    appear while the stale one exists, it can only ever remove the stale one. Of several processes
+    breaking the same stale lock, exactly one then creates the new lock. Holding the lock, the process also
+    removes temporary files that killed writers left in the folder.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -217,13 +220,15 @@ class RunLock:
             except OSError as e:
                 if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV):
                     raise
-            # No hard links on this file system: an exclusive create, with a moment where it is empty.
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "w") as f:
-                f.write(content)
+            # No hard links on this file system: an exclusive create, with a moment where it is empty, so
+            # it happens under the guard that a process breaking a stale (or empty) lock takes.
+            with _folder_guard(self.path.parent):
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "w") as f:
+                    f.write(content)
             return True
         except OSError as e:
             raise RunFolderError(f"cannot write to run folder {self.path.parent}: {e.strerror or e}") from e
@@ -231,18 +236,15 @@ class RunLock:
             tmp.unlink(missing_ok=True)
 
     def _break_stale(self) -> None:
-        """Remove a stale lock so that exactly one of the processes racing to take it over succeeds."""
-        aside = self.path.with_name(f"{LOCK}.stale.tmp-{os.getpid()}")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return  # another process removed it first; try to create ours
-        except OSError as e:
-            raise RunFolderError(f"cannot take over the stale lock {self.path}: {e.strerror or e}") from e
-        if self._owner(aside) is not None:  # a live lock replaced the stale one in between: put it back
-            with contextlib.suppress(OSError):
-                os.link(aside, self.path)
-        aside.unlink(missing_ok=True)
+        """Remove the lock file if, read again under the folder's guard, it is still stale."""
+        with _folder_guard(self.path.parent):
+            if self.path.exists() and self._owner(self.path) is None:
+                try:
+                    self.path.unlink()
+                except FileNotFoundError:
+                    pass  # removed by a process that does not take the guard (an older vaekit)
+                except OSError as e:
+                    raise RunFolderError(f"cannot take over the stale lock {self.path}: {e.strerror or e}") from e
 
     @staticmethod
     def _owner(path: Path) -> int | None:
@@ -274,6 +276,33 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def _folder_guard(folder: Path) -> typing.Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` (blocking), released on exit or when the process dies.
+
+    Where there is no ``flock`` (Windows) or the file system refuses it, this guards nothing, and two
+    processes breaking the same stale lock at the same moment could both go on to remove a fresh one.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        raise RunFolderError(f"cannot open run folder {folder}: {e.strerror or e}") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.EBADF):
+                raise RunFolderError(f"cannot lock run folder {folder}: {e.strerror or e}") from e
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
 
 
 def _remove_dead_temporaries(folder: Path) -> None:
