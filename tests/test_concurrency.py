@@ -148,6 +148,29 @@ def _contend(folder: str, ready, go, results, release) -> None:
     lock.release()
 
 
+def test_a_late_stale_lock_breaker_never_touches_the_live_lock_that_replaced_it(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """A process that judged the lock stale a moment ago, before another process took it over, leaves the new
+    lock in place: it is never removed or moved aside, not even for an instant another process could use."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _write_lock(tmp_path, other.pid)  # the live lock that replaced the stale one
+        before = (tmp_path / runs.LOCK).read_text()
+        touched: list[str] = []
+        real_rename, real_unlink = os.rename, Path.unlink
+        monkeypatch.setattr(os, "rename", lambda a, b, **kw: (touched.append(f"rename {a}"), real_rename(a, b, **kw)))
+        monkeypatch.setattr(Path, "unlink", lambda self, **kw: (touched.append(f"unlink {self}"),
+                                                                real_unlink(self, **kw)))
+        runs.RunLock(tmp_path)._break_stale()  # the late breaker's step
+        assert not [t for t in touched if t.endswith(runs.LOCK)], touched
+        assert (tmp_path / runs.LOCK).read_text() == before
+        with pytest.raises(RunFolderError, match=f"in use by process {other.pid}"):
+            runs.RunLock(tmp_path).acquire()
+    finally:
+        other.kill()
+        other.wait()
+
+
 @pytest.mark.parametrize("stale", [False, True], ids=["no lock", "stale lock"])
 def test_of_processes_racing_for_a_folder_exactly_one_wins(stale: bool, tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
