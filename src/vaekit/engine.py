@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -137,37 +136,37 @@ def compile_unsupported_reason(device: torch.device) -> str | None:
     return None
 
 
-def compile_or_warn(fn: Callable[..., Tensor], device: torch.device, warn: Callable[[str], None], what: str,
-                    fallback: str, **options: Any) -> Callable[..., Tensor] | None:
-    """``torch.compile(fn, **options)``, or None after a one-line ``warn`` where compiling cannot work here."""
-    reason = compile_unsupported_reason(device)
-    if reason is not None:
-        warn(f"{what}: {reason}; {fallback}")
-        return None
-    return torch.compile(fn, **options)
-
-
 def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
 
 
 class CompiledForward:
-    """Runs a step's forward and backward through ``torch.compile``, and through eager code if that fails.
+    """Runs a step through ``torch.compile``, and through eager code if that fails.
 
+    A step is a training step's forward and backward, or one chunk of the log-likelihood estimate.
     Compilation happens inside the first call (and again on a new batch shape), so a failure surfaces as an
     exception from the step: the random generators are put back as they were before the step, the partial
-    gradients dropped, ``warn`` says why in one line, and the step is redone eagerly, so the run continues
-    with exactly the numbers an eager run would have produced from there.
+    gradients dropped, ``warn`` says why in one line (``label``: what it was compiling; ``unsupported`` and
+    ``failed``: how it goes on), and the step is redone eagerly, so the run continues with exactly the numbers
+    an eager run would have produced from there.
     """
 
     def __init__(self, eager: Callable[..., Tensor], device: torch.device, generators: list[torch.Generator],
-                 params: list[Tensor], warn: Callable[[str], None], enabled: bool) -> None:
+                 params: list[Tensor], warn: Callable[[str], None], enabled: bool, *, label: str = "--compile",
+                 unsupported: str = "training without it", failed: str = "continuing without it") -> None:
         self.eager = eager
         self.generators = generators
         self.params = params
         self.warn = warn
-        self.compiled = compile_or_warn(eager, device, warn, "--compile", "training without it") if enabled else None
+        self.label, self.failed = label, failed
+        self.compiled: Callable[..., Tensor] | None = None
+        if enabled:
+            reason = compile_unsupported_reason(device)
+            if reason is not None:
+                warn(f"{label}: {reason}; {unsupported}")
+            else:
+                self.compiled = torch.compile(eager)
         self._proven = False  # set once a compiled step has run
 
     @property
@@ -191,7 +190,7 @@ class CompiledForward:
             for p in self.params:
                 p.grad = None
             self.compiled = None
-            self.warn(f"--compile: torch.compile failed ({one_line(e)}); continuing without it")
+            self.warn(f"{self.label}: torch.compile failed ({one_line(e)}); {self.failed}")
             return step(self.eager)
 
 

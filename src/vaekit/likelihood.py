@@ -32,7 +32,6 @@ importance weights of a chunk into a few loops, so the time left is mostly the m
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from .engine import compile_or_warn, is_compiler_error, one_line
+from .data.resolve import warn as _warn
+from .engine import CompiledForward
 from .evaluate import EVAL_SEED, to_unit
 from .models import VAE
 from .objectives import continuous_bernoulli_log_norm, log_importance_weights, log_likelihood
@@ -198,49 +198,6 @@ def is_binary(images: Tensor) -> bool:
     return bool(((images == 0) | (images == 1)).all())
 
 
-class _ChunkWeights:
-    """The log importance weights of one chunk of draws, compiled when asked, eager where that fails.
-
-    ``__call__(x, mu, std, logvar, eps)`` returns log w of shape (draws, images) for z = mu + std * eps.
-    A compiler failure on a call is reported once through ``warn`` and the same chunk is recomputed
-    eagerly from the same draws, so the estimate only loses speed; an error after a compiled chunk ran
-    is the estimate's own (out of memory, say) and propagates.
-    """
-
-    def __init__(self, log_px_z: LogLik, compiled: bool, device: torch.device,
-                 warn: Callable[[str], None]) -> None:
-        self.warn = warn
-        self.log_px_z = log_px_z
-        # torch's automatic dynamic shapes: a static graph for the first chunk shape, one dynamic graph once the
-        # shape changes. The graphs are cached on this method's code for the whole process, a pair per model
-        # architecture and likelihood; past torch's recompile limit (8) further ones run eagerly.
-        self.compiled = (compile_or_warn(self.eager, device, warn, "log p(x)", "estimating without torch.compile")
-                         if compiled else None)
-        self._proven = False
-
-    def eager(self, x: Tensor, mu: Tensor, std: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
-        z = mu + std * eps
-        return log_importance_weights(self.log_px_z(x, z), eps, logvar, z)
-
-    def __call__(self, *args: Tensor) -> Tensor:
-        if self.compiled is None:
-            return self.eager(*args)
-        try:
-            out = self.compiled(*args)
-            self._proven = True
-            return out
-        except Exception as e:  # noqa: BLE001 - a compiler failure means: carry on eagerly
-            if self._proven and not is_compiler_error(e):
-                raise
-            self.compiled = None
-            self.warn(f"log p(x): torch.compile failed ({one_line(e)}); estimating without it")
-            return self.eager(*args)
-
-
-def _warn(message: str) -> None:
-    print(f"vaekit: warning: {message}", file=sys.stderr, flush=True)
-
-
 @torch.inference_mode()
 def estimate_log_px(
     encode: Encoder,
@@ -282,7 +239,16 @@ def estimate_log_px(
     batch = max(1, min(n, rows // samples))  # images per batch: all K draws of a batch fit in `rows`
     chunk = max(1, min(samples, rows // batch))  # draws per decoder call
     n_chunks = -(-samples // chunk)
-    weights = _ChunkWeights(log_px_z, use_compile(compile, device, n * samples), device, warn)
+    def chunk_log_w(x: Tensor, mu: Tensor, std: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
+        z = mu + std * eps
+        return log_importance_weights(log_px_z(x, z), eps, logvar, z)
+
+    # torch's automatic dynamic shapes: a static graph for the first chunk shape, one dynamic graph once the
+    # shape changes. The graphs are cached on this function's code for the whole process, a pair per model
+    # architecture and likelihood; past torch's recompile limit (8) further ones run eagerly. The draws are
+    # made outside, so a chunk redone eagerly after a compiler failure uses the same ones.
+    weights = CompiledForward(chunk_log_w, device, [], [], warn, use_compile(compile, device, n * samples),
+                              label="log p(x)", unsupported="estimating without it", failed="estimating without it")
     gen = torch.Generator(device=device).manual_seed(seed)
     out = {k: torch.empty(n, dtype=torch.float64) for k in ("log_px", "stderr", "elbo")}
     bar = tqdm(total=-(-n // batch) * n_chunks, desc=f"log p(x), K={samples}", unit="chunk", disable=not progress,
@@ -297,7 +263,7 @@ def estimate_log_px(
         for c in range(n_chunks):
             k = min(chunk, samples - c * chunk)
             eps = torch.randn((k, *mu.shape), generator=gen, device=device, dtype=mu.dtype)
-            acc.add(weights(x, mu, std, logvar, eps))
+            acc.add(weights.run(lambda f: f(x, mu, std, logvar, eps)))  # noqa: B023 - called at once
             bar.update(1)
         out["log_px"][i : i + batch] = acc.log_mean_exp().cpu()
         out["stderr"][i : i + batch] = acc.stderr().cpu()
