@@ -1,13 +1,43 @@
-"""Shared fixtures: a hermetic data environment and small generated IDX datasets."""
+"""Shared fixtures: a hermetic data environment and small generated IDX datasets; Hypothesis profiles; tiers.
+
+Hypothesis runs under the profile named by ``HYPOTHESIS_PROFILE`` (default ``ci``):
+
+* ``ci``: the same examples on every run (derandomized, so CI is reproducible and a failure reruns exactly),
+  no deadline (a shared 2-core runner is noisy), and ``max_examples`` sized so the whole suite stays within
+  its three minutes;
+* ``dev``: random examples, a few, for quick edits;
+* ``soak``: random examples, many, for hunting bugs by hand (``HYPOTHESIS_PROFILE=soak pytest tests/test_...``).
+
+A test that needs more (or fewer) examples than the profile gives says so with ``@settings(max_examples=...)``;
+everything else it inherits from the profile.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Fixtures shared by the examples of a test (module or session scope, or a scratch folder rewritten by
+# every example) are safe here, and a slow example on a busy machine is not a failure.
+_QUIET = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=250, suppress_health_check=_QUIET,
+                          print_blob=True)
+settings.register_profile("dev", max_examples=25, deadline=None, suppress_health_check=_QUIET)
+settings.register_profile("soak", max_examples=5000, deadline=None, suppress_health_check=_QUIET)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Whatever drives a real browser is in the slow tier."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 

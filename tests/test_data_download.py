@@ -25,7 +25,7 @@ from vaekit.data import (
     register,
     write_idx,
 )
-from vaekit.data.cli import main as data_main
+from vaekit.cli import main as data_main
 from vaekit.data.download import download_file
 from vaekit.data.idx import encode_idx
 from vaekit.data.registry import ROLES
@@ -274,7 +274,7 @@ def test_cli_fetch_failure_exits_2(online: Path, server, arrays, capsys) -> None
     register_tiny(base, arrays, "empty")
     assert data_main(["data", "fetch", "tiny", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("vaekit: error: cannot fetch") and "HTTP 404" in err
+    assert err.startswith("vaekit data: error: cannot fetch") and "HTTP 404" in err
     assert cache_listing(online) == []
 
 

@@ -1,4 +1,8 @@
-"""Data-parallel training: torchrun with two CPU processes (Gloo) equals one process with the same global batch."""
+"""Data-parallel training: torchrun with two CPU processes (Gloo) equals one process with the same global batch.
+
+The pieces that make it so are tested here in one process: the shards of each global batch, and the noise,
+drawn for the global batch from the shared generators, of which each rank keeps its rows.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from safetensors.torch import load_file
 
 import vaekit
 from vaekit.config import TrainConfig
-from vaekit.distributed import RowSlicedNoise, shard_rows
+from vaekit.training.distributed import shard_rows
+from vaekit.training.objective import draw_noise
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 
@@ -29,21 +34,39 @@ def test_shards_cover_every_position_of_every_global_batch_once() -> None:
         assert torch.equal(rows, torch.arange(step * batch, min(n, (step + 1) * batch)))
 
 
-def test_row_sliced_noise_gives_each_rank_its_rows_of_the_global_draw() -> None:
-    shared = torch.Generator().manual_seed(3)
-    reference = torch.Generator().manual_seed(3)
-    mode = RowSlicedNoise([shared])
-    mode.set_rows(total=10, start=4, rows=3)
-    with mode:
-        eps = torch.randn((3, 2), generator=shared)
-        many = torch.randn((5, 3, 2), generator=shared)
-        pixels = torch.rand(torch.Size([3, 7]), generator=shared)
-        untouched = torch.randn(3, generator=torch.Generator().manual_seed(9))  # another generator: as is
-    assert torch.equal(eps, torch.randn((10, 2), generator=reference)[4:7])
-    assert torch.equal(many, torch.randn((5, 10, 2), generator=reference)[:, 4:7])
-    assert torch.equal(pixels, torch.rand((10, 7), generator=reference)[4:7])
-    assert torch.equal(untouched, torch.randn(3, generator=torch.Generator().manual_seed(9)))
-    assert torch.equal(shared.get_state(), reference.get_state())  # the generators advanced alike
+def _gens(seed: int, dynamic: bool) -> dict[str, torch.Generator]:
+    gens = {"noise": torch.Generator().manual_seed(seed)}
+    if dynamic:
+        gens["binarize"] = torch.Generator().manual_seed(seed + 1)
+    return gens
+
+
+@pytest.mark.parametrize("objective,k,dynamic", [("elbo", 1, False), ("elbo", 1, True), ("iwae", 4, True)])
+def test_each_rank_keeps_its_rows_of_the_global_draw(objective: str, k: int, dynamic: bool) -> None:
+    """Whichever rank holds image i of a batch, it gets the noise one process would give it, and every rank's
+    generators end where the single process's do (so rank 0's checkpoint resumes them all)."""
+    config = TrainConfig(objective=objective, k=k)
+    rows, world, zdim, pixels = 10, 3, 2, 7
+    whole_gens = _gens(3, dynamic)
+    whole = draw_noise(whole_gens, config, rows, zdim, pixels, torch.device("cpu"))
+    assert whole.eps.shape == ((rows, zdim) if k == 1 and objective == "elbo" else (k, rows, zdim))
+    assert (whole.uniforms is not None) == dynamic and (not dynamic or whole.uniforms.shape == (rows, pixels))
+    kept_eps, kept_uniforms = [], []
+    for rank in range(world):
+        start, stop = rows * rank // world, rows * (rank + 1) // world  # the slices shard_rows gives
+        gens = _gens(3, dynamic)
+        part = draw_noise(gens, config, rows, zdim, pixels, torch.device("cpu"), keep=(start, stop - start))
+        assert part.eps.shape[-2] == stop - start and part.eps.is_contiguous()
+        kept_eps.append(part.eps)
+        if dynamic:
+            kept_uniforms.append(part.uniforms)
+        for name, g in gens.items():
+            assert torch.equal(g.get_state(), whole_gens[name].get_state()), name
+    assert torch.equal(torch.cat(kept_eps, dim=-2), whole.eps)
+    if dynamic:
+        assert torch.equal(torch.cat(kept_uniforms), whole.uniforms)
+    # and the next draw goes on from the same place: a step's noise differs from the last one's
+    assert not torch.equal(draw_noise(whole_gens, config, rows, zdim, pixels, torch.device("cpu")).eps, whole.eps)
 
 
 def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
@@ -70,12 +93,13 @@ def _assert_close(a: Path, b: Path) -> None:
         assert (diff <= 1e-6).float().mean() > 0.999, k
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_with_the_same_global_batch(tiny_data: Path, tmp_path: Path) -> None:
     """Batch 127 does not divide evenly between two ranks, nor 600 images into batches: both cases occur."""
     flags = ["--dataset", "mnist", "--data-dir", str(tiny_data), "--batch-size", "127", "--lr", "1e-3",
-             "--seed", "5"]
+             "--seed", "5", "--no-artifacts"]
     cfg = dict(dataset="mnist", data_dir=str(tiny_data), batch_size=127, lr=1e-3, seed=5, device="cpu",
-               progress=False)
+               progress=False, artifacts=False)
     single = vaekit.train(TrainConfig(epochs=3, **cfg), tmp_path / "single")
 
     ddp = tmp_path / "ddp"

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torch.distributions import Bernoulli, ContinuousBernoulli, MultivariateNormal, Normal
 
-from vaekit.engine import compile_unsupported_reason
-from vaekit.evaluate import evaluate_elbo
-from vaekit.likelihood import (
+from vaekit.compiled import compile_unsupported_reason
+from vaekit.eval.elbo import evaluate_elbo
+from vaekit.eval.likelihood import (
     COMPILE_MIN_ROWS,
     LOG_SIGMOID_GROUP,
     StreamingLogMeanExp,
@@ -28,7 +28,7 @@ from vaekit.likelihood import (
     sum_log_sigmoid,
     use_compile,
 )
-from vaekit.models import VAE, model_config, n_params
+from vaekit.model import VAE, model_config, n_params
 from vaekit.objectives import (
     continuous_bernoulli_log_likelihood,
     continuous_bernoulli_log_norm,
@@ -154,6 +154,41 @@ def test_streaming_accumulation_equals_one_pass_and_does_not_overflow() -> None:
     assert torch.isfinite(se).all()
 
 
+def test_an_image_with_every_weight_zero_has_log_px_minus_infinity() -> None:
+    """log p(x|z) = -inf for every draw of one image (the decoder rules it out): its NLL is inf, not NaN.
+
+    The other images' estimates are untouched, and the summary's mean NLL is +inf with its standard errors
+    undefined (None), so the failure is visible instead of a NaN that compares unequal to everything.
+    """
+    m = LinearGaussian(n=5, seed=8)
+
+    def log_px_z(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        out = m.log_px_z(x, z)
+        return torch.where((x[:, 0] == m.x[2, 0]).expand_as(out), -math.inf, out)  # image 2 is impossible
+
+    for rows in (4 * 5, 1000):  # draws in several chunks and in one
+        est = estimate_log_px(m.encoder(0.1, 1.5), log_px_z, m.x, samples=40, rows=rows)
+        ref = estimate_log_px(m.encoder(0.1, 1.5), m.log_px_z, m.x, samples=40, rows=rows)
+        assert est.log_px[2].item() == -math.inf and est.stderr[2].item() == math.inf
+        keep = [0, 1, 3, 4]
+        torch.testing.assert_close(est.log_px[keep], ref.log_px[keep], rtol=0, atol=0)
+        torch.testing.assert_close(est.stderr[keep], ref.stderr[keep], rtol=0, atol=0)
+        s = est.summary()
+        assert s["nll"] == math.inf and s["bits_per_dim"] == math.inf and s["neg_elbo"] == math.inf
+        assert s["nll_stderr"] is None and s["nll_test_set_stderr"] is None
+
+
+def test_streaming_accumulation_of_zero_weights_then_finite_ones() -> None:
+    """An image whose first chunks hold only zero weights: the later finite ones alone make its estimate."""
+    acc = StreamingLogMeanExp(2)
+    acc.add(torch.tensor([[-math.inf, 0.0], [-math.inf, 1.0]]))
+    acc.add(torch.tensor([[-math.inf, 2.0], [-math.inf, 3.0]]))
+    assert acc.log_mean_exp()[0].item() == -math.inf
+    acc.add(torch.tensor([[5.0, 4.0], [-math.inf, 5.0]]))
+    torch.testing.assert_close(acc.log_mean_exp(), torch.tensor([5.0 - math.log(6), 0.0]).double()
+                               + torch.tensor([0.0, torch.logsumexp(torch.arange(6.0).double(), 0) - math.log(6)]))
+
+
 def test_memory_is_bounded_for_any_k_and_k1_has_no_stderr() -> None:
     m = LinearGaussian(n=10, seed=6)
     seen = []
@@ -264,7 +299,7 @@ def test_a_compiler_failure_falls_back_to_eager_with_one_warning(monkeypatch) ->
     model, images = _small_float32_model()
     eager = model_log_px(model, images, samples=300, rows=256, compile=False)
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr("vaekit.engine.compile_unsupported_reason", lambda device: None)
+    monkeypatch.setattr("vaekit.compiled.compile_unsupported_reason", lambda device: None)
     warnings: list[str] = []
     fallback = model_log_px(model, images, samples=300, rows=256, compile=True, warn=warnings.append)
     assert len(warnings) == 1 and "torch.compile failed" in warnings[0] and "no C++ compiler" in warnings[0]
@@ -284,7 +319,7 @@ def test_an_error_after_compiled_chunks_ran_is_not_hidden(monkeypatch) -> None:
 
     model, images = _small_float32_model()
     monkeypatch.setattr(torch, "compile", flaky_compile)
-    monkeypatch.setattr("vaekit.engine.compile_unsupported_reason", lambda device: None)
+    monkeypatch.setattr("vaekit.compiled.compile_unsupported_reason", lambda device: None)
     with pytest.raises(RuntimeError, match="out of memory"):
         model_log_px(model, images, samples=300, rows=256, compile=True, warn=pytest.fail)
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from vaekit.config import ConfigError
-from vaekit.models import VAE, model_config, n_params
+from vaekit.config import PRESETS
+from vaekit.model import VAE, model_config, n_params
 
 
 def test_seed_preset_is_the_posts_model() -> None:
@@ -22,13 +23,18 @@ def test_seed_preset_is_the_posts_model() -> None:
     assert [type(m).__name__ for m in model.encoder].count("ELU") == 3
 
 
-def test_forward_shapes_and_reparameterization() -> None:
+def test_forward_is_a_pure_function_of_the_images_and_the_noise() -> None:
+    """The noise is an input: z = mu + sigma * eps, decoded; the same eps gives the same logits."""
     model = VAE(model_config("seed", zdim=3))
     x = torch.rand(5, 784)
-    logits, mu, logvar = model(x, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    logits, mu, logvar = model(x, eps)
     assert logits.shape == (5, 784) and mu.shape == (5, 3) and logvar.shape == (5, 3)
-    z = VAE.reparameterize(mu, logvar, torch.zeros_like(mu))
-    torch.testing.assert_close(z, mu)
+    torch.testing.assert_close(logits, model.decode(mu + torch.exp(0.5 * logvar) * eps))
+    assert torch.equal(model(x, eps)[0], logits)
+    assert not torch.equal(model(x, -eps)[0], logits)
+    torch.testing.assert_close(model(x, torch.zeros(5, 3))[0], model.decode(mu))  # eps 0: the posterior mean
+    torch.testing.assert_close(VAE.reparameterize(mu, logvar, torch.zeros_like(mu)), mu)
 
 
 def test_mlp_preset_is_configurable() -> None:
@@ -37,6 +43,14 @@ def test_mlp_preset_is_configurable() -> None:
     assert [m.out_features for m in model.encoder if isinstance(m, nn.Linear)] == [100, 50, 16]
     assert [m.out_features for m in model.decoder if isinstance(m, nn.Linear)] == [50, 100, 784]
     assert any(isinstance(m, nn.Tanh) for m in model.decoder)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_builds_with_its_own_latent_size(preset: str) -> None:
+    model = VAE(model_config(preset))
+    assert model.zdim == PRESETS[preset]["zdim"]
+    logits, mu, _ = model(torch.rand(2, 784), torch.zeros(2, model.zdim))
+    assert logits.shape == (2, 784) and mu.shape == (2, model.zdim)
 
 
 @pytest.mark.parametrize("kwargs", [dict(preset="nope"), dict(preset="seed", zdim=0),

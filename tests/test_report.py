@@ -1,105 +1,158 @@
-"""The run report: written by training, self-contained, escaped, and showing the log-likelihood when present."""
+"""The run report: self-contained, faithful to the run folder, escaped, and linked to the explorer.
+
+The pages are read with an HTML parser, as a browser reads them, and checked against the files of the run
+folder they describe, so the tests hold whatever the markup looks like.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
-import re
+import math
+import os
 import shutil
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
-import vaekit
+from vaekit import run as runs
+from vaekit.artifacts import EXPLORER, FIGURES, REPORT, write_artifacts
+from vaekit.artifacts.report import build_report, loss_curves_svg, write_report
 from vaekit.cli import main
-from vaekit.config import TrainConfig
-from vaekit.report import build_report, loss_curves_svg, write_report
-from vaekit.viz import FIGURES
+from vaekit.eval.run import NLL_KEYS, evaluate_run
 
+from .artifact_runs import Html, make_run
 from .conftest import hermetic_env
+
+SECTIONS = ["Results", "Log-likelihood", "Data and protocol", "Metrics per epoch", "Loss curves", "Figures",
+            "Configuration"]
 
 
 @pytest.fixture(scope="module")
 def report_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("report") / "run"
+    """A finished run with all its artifacts, as ``vaekit train`` leaves it."""
+    out = make_run(tmp_path_factory.mktemp("report") / "run", tiny_data, epochs=3)
     with hermetic_env(tmp_path_factory.mktemp("cache")):
-        vaekit.train(TrainConfig(dataset="mnist", data_dir=str(tiny_data), epochs=2, device="cpu", progress=False), out)
+        write_artifacts(out)
     return out
 
 
 @pytest.fixture
 def run_copy(report_run: Path, tmp_path: Path) -> Path:
-    """A copy of the trained run that a test may change."""
+    """A copy of the finished run that a test may change."""
     return Path(shutil.copytree(report_run, tmp_path / "run"))
 
 
-def test_training_writes_a_self_contained_report(report_run: Path) -> None:
-    text = (report_run / "report.html").read_text()
-    assert (report_run / "explorer.html").is_file()
-    assert '<a class="explorer" href="explorer.html">' in text
-    for heading in ("Results", "Log-likelihood", "Data and protocol", "Metrics per epoch", "Loss curves", "Figures",
-                    "Configuration"):
-        assert f"<h2>{heading}</h2>" in text, heading
-    # every figure embedded, nothing fetched from elsewhere
-    assert text.count('src="data:image/png;base64,') == len(FIGURES)
-    assert not re.search(r'(src|href)="(https?:|//|file:)', text)
-    # one metrics row per epoch, and the curves
-    rows = re.search(r'<table class="metrics">.*?</table>', text, re.S).group(0)
-    assert rows.count("<tr>") == 1 + 2
-    assert "<svg" in text and text.count("<polyline") == 2
-    summary = json.loads((report_run / "summary.json").read_text())
-    assert f"{summary['test_loss']:.4f}" in text
-    assert "Not evaluated yet" in text
-    assert "Adam, learning rate 0.0003, batch 128, 2 epochs" in text
+def _report(run_dir: Path) -> Html:
+    return Html(build_report(run_dir))
 
 
-def test_log_likelihood_is_shown_from_the_summary_or_evaluation_json(run_copy: Path) -> None:
-    summary = json.loads((run_copy / "summary.json").read_text())
-    summary.update(nll=95.25, nll_stderr=0.125, bits_per_dim=0.1753, nll_samples=5000)
-    (run_copy / "summary.json").write_text(json.dumps(summary))
-    text = build_report(run_copy)
-    assert "log p(x) \u2248 -95.25 \u00b1 0.12 nats per test image (0.1753 bits per dimension)" in text
-    assert "5,000 samples per image" in text and "Not evaluated yet" not in text
+def _likelihood_item(doc: Html) -> str:
+    text = doc.text("Data and protocol")
+    return text[text.index("Likelihood:"):].split(";")[0]
 
-    (run_copy / "evaluation.json").write_text(json.dumps({"nll": 94.5, "iwae_k": 5000, "kl_per_dim": [2.5, 0.125],
-                                                         "nll_protocol": {"binarize": "static"}}))
-    text = build_report(run_copy)
-    assert "-94.50" in text and "iwae_k" in text
-    section = text.split("<h2>Log-likelihood</h2>")[1].split("<h2>")[0]
-    assert "2.5000, 0.1250" in section and "nll_protocol.binarize" in section and "static" in section
 
+def test_report_is_self_contained_and_shows_the_run_folder(report_run: Path) -> None:
+    doc = Html((report_run / REPORT).read_text(encoding="utf-8"))
+    assert [s for s in doc.sections if s] == SECTIONS
+    # every figure embedded byte for byte, in the stage's order, and nothing fetched from elsewhere
+    images = doc.find("img")
+    assert [i["alt"] for i in images] == list(FIGURES)
+    for img in images:
+        prefix = "data:image/png;base64,"
+        assert img["src"].startswith(prefix)
+        assert base64.b64decode(img["src"][len(prefix):]) == (report_run / img["alt"]).read_bytes()
+    links = [a.get("src") or a.get("href") for _, a in doc.elements if a.get("src") or a.get("href")]
+    assert all(link.startswith("data:") or "://" not in link and not link.startswith("//") for link in links)
+    # the numbers of summary.json and of every epoch of metrics.csv
+    summary = runs.read_summary(report_run)
+    results = doc.pairs("Results")
+    assert float(results["test_loss"]) == pytest.approx(summary["test_loss"], abs=1e-4)
+    assert results["dataset"] == "mnist" and results["epochs"] == "3"
+    table = doc.tables["Metrics per epoch"][0]
+    header, rows = table[0], table[1:]
+    assert [int(r[header.index("epoch")]) for r in rows] == [1, 2, 3]
+    for row, ref in zip(rows, runs.read_metrics(report_run), strict=True):
+        assert float(row[header.index("test_loss")]) == pytest.approx(ref["test_loss"], abs=1e-4)
+    assert len(doc.find("polyline", "Loss curves")) == 2  # train and test
+    assert "Not evaluated yet" in doc.text("Log-likelihood")
+    assert "Adam, learning rate 0.0003, batch 128, 3 epochs" in doc.text("Data and protocol")
+    # the explorer link leads to the page the stage wrote
+    (link,) = [a for a in doc.find("a", "") if a.get("class") == "explorer"]
+    assert (report_run / unquote(link["href"])).resolve() == (report_run / EXPLORER).resolve()
+
+
+def test_log_likelihood_comes_from_the_evaluation_stored_in_the_summary(run_copy: Path) -> None:
+    """``vaekit evaluate --nll`` merges its numbers into summary.json; the report shows exactly those."""
+    with hermetic_env(run_copy.parent / "cache"):
+        result = evaluate_run(run_copy, nll=True, samples=8, compile=False)
+    doc = _report(run_copy)
+    section = doc.text("Log-likelihood")
+    assert f"log p(x) \u2248 {-result['nll']:.2f} \u00b1 {result['nll_stderr']:.2f} nats per test image" in section
+    assert f"({result['bits_per_dim']:.4f} bits per dimension)" in section and "8 samples per image" in section
+    rows = doc.pairs("Log-likelihood")
+    assert float(rows["nll"]) == pytest.approx(result["nll"], abs=1e-4)
+    assert {k.split(".")[0] for k in rows} == {k for k in NLL_KEYS if k in result}
+    assert not set(rows) & set(doc.pairs("Results"))  # each number once
+
+    # A file named evaluation.json is nothing of vaekit's: it changes nothing in the report.
+    (run_copy / "evaluation.json").write_text(json.dumps({"nll": 1.5, "nll_stderr": 0.25, "bits_per_dim": 0.001}))
+    assert _report(run_copy).text("Log-likelihood") == section
     (run_copy / "evaluation.json").write_text("{not json")
-    text = build_report(run_copy)  # a broken optional file is a note, not a failure
-    assert "evaluation.json is not valid JSON" in text and "-95.25" in text
+    assert _report(run_copy).text("Log-likelihood") == section
+
+
+def test_an_infinite_nll_is_shown_as_such(run_copy: Path) -> None:
+    summary = runs.read_summary(run_copy)
+    runs.write_json(run_copy / runs.SUMMARY, {**summary, "nll": math.inf, "nll_stderr": None, "nll_samples": 10})
+    section = _report(run_copy).text("Log-likelihood")
+    assert "log p(x) \u2248 -inf nats per test image" in section and "nan" not in section.lower()
+
+
+@pytest.mark.parametrize("sigma,learned,expected", [
+    (1.0, True, "Gaussian with a learned per-pixel sigma (from 1)"),  # what --sigma learned trains
+    (0.5, True, "Gaussian with a learned per-pixel sigma (from 0.5)"),
+    (0.25, False, "Gaussian with sigma 0.25"),
+])
+def test_the_gaussian_likelihood_is_described_as_trained(tiny_data: Path, tmp_path: Path, sigma: float,
+                                                         learned: bool, expected: str) -> None:
+    run_dir = make_run(tmp_path / "run", tiny_data, likelihood="gaussian", sigma=sigma, learn_sigma=learned)
+    assert _likelihood_item(_report(run_dir)) == f"Likelihood: {expected}, constants included"
 
 
 def test_text_from_the_run_folder_is_escaped(run_copy: Path) -> None:
-    summary = json.loads((run_copy / "summary.json").read_text())
+    summary = runs.read_summary(run_copy)
     summary["dataset"] = "<script>alert(1)</script>"
     summary["note & more"] = '"quoted" <b>'
-    (run_copy / "summary.json").write_text(json.dumps(summary))
-    text = build_report(run_copy)
-    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
-    assert "note &amp; more" in text and "&quot;quoted&quot; &lt;b&gt;" in text
+    runs.write_json(run_copy / runs.SUMMARY, summary)
+    doc = _report(run_copy)
+    assert not doc.find("script") and not doc.find("b", "Results")  # no markup got in ...
+    results = doc.pairs("Results")  # ... and the text reads as written
+    assert results["dataset"] == "<script>alert(1)</script>" and results["note & more"] == '"quoted" <b>'
 
 
 def test_missing_explorer_is_explained_and_other_pngs_are_included(run_copy: Path) -> None:
-    (run_copy / "explorer.html").unlink()
+    (run_copy / EXPLORER).unlink()
     (run_copy / "latent_grid.png").unlink()
     shutil.copy(run_copy / "samples.png", run_copy / "extra_figure.png")
-    text = build_report(run_copy)
-    assert "No explorer page yet" in text and 'href="explorer.html"' in text
-    assert text.count('src="data:image/png;base64,') == len(FIGURES)  # one fewer standard, one extra
-    assert "extra_figure.png" in text
+    doc = _report(run_copy)
+    assert "No explorer page yet" in doc.text("")
+    assert [a["href"] for a in doc.find("a", "")] == [EXPLORER]  # where vaekit explore writes it
+    assert [i["alt"] for i in doc.find("img")] == [*FIGURES[1:], "extra_figure.png"]
 
 
-def test_cli_report(run_copy: Path, tmp_path: Path, capsys) -> None:
-    (run_copy / "report.html").unlink()
+def test_cli_report_writes_through_the_stage_and_out_keeps_the_explorer_link(run_copy: Path, tmp_path: Path,
+                                                                              capsys) -> None:
+    (run_copy / REPORT).unlink()
     assert main(["report", str(run_copy)]) == 0
-    assert capsys.readouterr().out.strip() == str(run_copy / "report.html")
-    assert (run_copy / "report.html").stat().st_size > 10_000
-    out = tmp_path / "elsewhere.html"
+    assert capsys.readouterr().out.strip() == str(run_copy / REPORT)
+    assert [s for s in Html((run_copy / REPORT).read_text()).sections if s] == SECTIONS
+    out = tmp_path / "elsewhere" / "page.html"
+    out.parent.mkdir()
     assert main(["report", str(run_copy), "--out", str(out)]) == 0
-    assert out.is_file()
+    (link,) = [a for a in Html(out.read_text()).find("a") if a.get("class") == "explorer"]
+    assert (out.parent / unquote(link["href"])).resolve() == (run_copy / EXPLORER).resolve()
 
 
 @pytest.mark.parametrize("damage,needle", [
@@ -120,13 +173,13 @@ def test_cli_report_bad_run_folders_are_one_line(run_copy: Path, capsys, damage:
 
 
 def test_loss_curves_handle_one_epoch_and_non_finite_values() -> None:
-    one = loss_curves_svg([{"epoch": 1, "train_loss": 200.0, "test_loss": 190.0}])
-    assert one.startswith("<svg") and one.count("<circle") == 2
-    bad = loss_curves_svg([{"epoch": 1, "train_loss": float("nan"), "test_loss": float("inf")}])
-    assert "No finite losses" in bad
+    one = Html(loss_curves_svg([{"epoch": 1, "train_loss": 200.0, "test_loss": 190.0}]))
+    assert len(one.find("svg")) == 1 and len(one.find("circle")) == 2
+    bad = Html(loss_curves_svg([{"epoch": 1, "train_loss": float("nan"), "test_loss": float("inf")}]))
+    assert not bad.find("svg") and "No finite losses" in bad.text("")
 
 
 def test_write_report_is_atomic_and_returns_the_path(run_copy: Path) -> None:
+    before = set(os.listdir(run_copy))
     path = write_report(run_copy)
-    assert path == run_copy / "report.html"
-    assert not list(run_copy.glob(".report.html.tmp-*"))
+    assert path == run_copy / REPORT and set(os.listdir(run_copy)) == before  # replaced, nothing left behind

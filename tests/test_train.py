@@ -3,28 +3,46 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import vaekit
+from vaekit import run as runs
+from vaekit.artifacts import FINAL_OUTPUTS
 from vaekit.cli import main
 from vaekit.config import TrainConfig
-from vaekit.errors import RunFolderError
+from vaekit.errors import NonFiniteError, RunFolderError
 
-from .conftest import SHARED_MNIST, write_dataset
+from .conftest import SHARED_MNIST, make_digits
 
-FILES = ["config.json", "model.safetensors", "checkpoint.safetensors", "metrics.csv", "summary.json",
-         "latent_grid.png", "latent_scatter.png", "reconstructions.png", "samples.png", "loss_curve.png"]
+FILES = [runs.CONFIG, runs.WEIGHTS, runs.CHECKPOINT, runs.METRICS, runs.SUMMARY, *FINAL_OUTPUTS]
 
 
 def _cfg(data: Path, **kw) -> TrainConfig:
-    base = dict(dataset="mnist", data_dir=str(data), epochs=2, batch_size=128, device="cpu", progress=False)
+    """A small CPU run without the artifacts stage (the tests that check artifacts ask for them)."""
+    base = dict(dataset="mnist", data_dir=str(data), epochs=2, batch_size=128, device="cpu", progress=False,
+                artifacts=False)
     return TrainConfig(**{**base, **kw})
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, so nothing in vaekit handles it."""
+
+
+class KillAtSavePoint(vaekit.Callback):
+    """Dies right after the save point (mid-epoch checkpoint) at ``epoch`` (completed) + ``step`` steps."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        self.at = (epoch, step)
+
+    def on_save_point(self, trainer, state) -> None:  # runs after the checkpoint callback has written it
+        if (state.epoch, state.step_in_epoch) == self.at:
+            raise Killed
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -45,7 +63,8 @@ def test_cli_train_writes_the_whole_run_folder(tiny_data: Path, tmp_path: Path, 
         assert (out / name).stat().st_size > 0, name
     rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert list(rows[0]) == ["epoch", "train_loss", "test_loss", "test_recon", "test_kl", "seconds"]
+    assert list(rows[0]) == ["epoch", "train_loss", "test_loss", "test_recon", "test_kl", "seconds", "lr"]
+    assert [float(r["lr"]) for r in rows] == [3e-4, 3e-4]  # the post's constant rate
     summary = json.loads((out / "summary.json").read_text())
     for key in ("test_loss", "test_recon", "test_kl", "train_samples_per_s", "n_params", "dataset", "epochs"):
         assert key in summary
@@ -64,6 +83,21 @@ def test_cli_train_writes_the_whole_run_folder(tiny_data: Path, tmp_path: Path, 
     (out / "samples.png").unlink()
     assert main(["plot", str(out)]) == 0
     assert (out / "samples.png").exists()
+
+
+def test_no_artifacts_trains_the_same_run_without_figures_or_pages(tiny_data: Path, tmp_path: Path) -> None:
+    base = ["train", "--dataset", "mnist", "--data-dir", str(tiny_data), "--epochs", "1", "--device", "cpu",
+            "--quiet", "--out"]
+    assert main([*base, str(tmp_path / "bare"), "--no-artifacts"]) == 0
+    names = {p.name for p in (tmp_path / "bare").iterdir()}
+    assert names == {runs.CONFIG, runs.WEIGHTS, runs.CHECKPOINT, runs.METRICS, runs.SUMMARY}, names
+    assert json.loads((tmp_path / "bare" / runs.CONFIG).read_text())["train"]["artifacts"] is False
+    assert runs.is_complete(tmp_path / "bare", 1)
+    # the same numbers as the run that draws them: the artifacts come after training and change nothing
+    full = vaekit.train(_cfg(tiny_data, epochs=1, artifacts=True, grid_size=2), tmp_path / "full")
+    assert load_file(tmp_path / "bare" / runs.WEIGHTS).keys() == _weights(full.path).keys()
+    _assert_bitwise_equal(load_file(tmp_path / "bare" / runs.WEIGHTS), _weights(full.path))
+    assert all((full.path / name).exists() for name in FINAL_OUTPUTS)
 
 
 def test_training_lowers_the_loss_and_model_reloads_without_training_code(tiny_data: Path, tmp_path: Path) -> None:
@@ -92,23 +126,14 @@ def test_resume_two_then_three_equals_five_bitwise(tiny_data: Path, tmp_path: Pa
     assert [r["test_loss"] for r in resumed.metrics] == pytest.approx([r["test_loss"] for r in full.metrics])
 
 
-def test_mid_epoch_checkpoints_resume_bitwise(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+def test_mid_epoch_checkpoints_resume_bitwise(tiny_data: Path, tmp_path: Path) -> None:
     """A run that dies right after a mid-epoch checkpoint continues exactly where it stood."""
-    train_mod = importlib.import_module("vaekit.train")
-
     full = vaekit.train(_cfg(tiny_data, epochs=2), tmp_path / "full")
-    real_save = train_mod.save_checkpoint
-
-    def save_then_die(run_dir, model, opt, gens, shuffle, state):
-        real_save(run_dir, model, opt, gens, shuffle, state)
-        if state.epoch == 1 and state.step_in_epoch == 2:  # global step 7: inside epoch 2
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        vaekit.train(_cfg(tiny_data, epochs=2, checkpoint_every=7), tmp_path / "part")
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    with pytest.raises(Killed):  # global step 7: inside epoch 2
+        vaekit.train(_cfg(tiny_data, epochs=2, checkpoint_every=7), tmp_path / "part",
+                     callbacks=[KillAtSavePoint(1, 2)])
     assert not (tmp_path / "part" / ".lock").exists()
+    assert json.loads(runs.read_tensors(tmp_path / "part" / runs.CHECKPOINT)[1]["state"])["global_step"] == 7
     resumed = vaekit.train(_cfg(tiny_data, epochs=2), tmp_path / "part", resume=True)
     _assert_bitwise_equal(_weights(full.path), _weights(resumed.path))
     assert [r["train_loss"] for r in resumed.metrics] == [r["train_loss"] for r in full.metrics]
@@ -127,10 +152,10 @@ def test_refuses_to_overwrite_a_run_unless_forced(tiny_data: Path, tmp_path: Pat
 @pytest.mark.parametrize("preset,zdim", [("mlp", 3), ("seed", 1)])
 def test_other_presets_and_latent_sizes_train_and_plot(tiny_data: Path, tmp_path: Path, preset: str,
                                                        zdim: int) -> None:
-    run = vaekit.train(_cfg(tiny_data, epochs=1, model=preset, zdim=zdim, likelihood="gaussian", sigma=0.5),
-                       tmp_path / "run")
+    run = vaekit.train(_cfg(tiny_data, epochs=1, model=preset, zdim=zdim, likelihood="gaussian", sigma=0.5,
+                            artifacts=True, grid_size=3), tmp_path / "run")
     assert run.model.zdim == zdim
-    assert (run.path / "latent_scatter.png").exists() and (run.path / "latent_grid.png").exists()
+    assert all((run.path / name).stat().st_size > 0 for name in FINAL_OUTPUTS)
 
 
 def test_infinite_loss_stops_with_one_line_naming_epoch_and_step(tiny_data: Path, tmp_path: Path, capsys) -> None:
@@ -142,26 +167,33 @@ def test_infinite_loss_stops_with_one_line_naming_epoch_and_step(tiny_data: Path
     assert err.startswith("vaekit train: error: the loss became inf at epoch 1, step 1;") and "--lr" in err
 
 
-def test_nan_mid_run_keeps_the_last_good_checkpoint(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
-    from vaekit.errors import NonFiniteError
+class PoisonAfterStep(vaekit.Callback):
+    """Sets a decoder bias to NaN after step ``step`` of epoch ``epoch``: the next step's loss is NaN."""
 
-    train_mod = importlib.import_module("vaekit.train")
+    def __init__(self, epoch: int, step: int) -> None:
+        self.at = (epoch, step)
+        self.epoch = 0
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_step_end(self, trainer, result) -> None:
+        if (self.epoch, result.step) == self.at:
+            with torch.no_grad():
+                trainer.model.decoder[-1].bias[0] = float("nan")
+
+
+def test_nan_mid_run_keeps_the_last_good_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
     vaekit.train(_cfg(tiny_data, epochs=1), tmp_path / "run")
     good = (tmp_path / "run" / "checkpoint.safetensors").read_bytes()
     weights = (tmp_path / "run" / "model.safetensors").read_bytes()
-    real = train_mod.batch_loss
-    calls = []
-
-    def poisoned(model, x, config, noise, *args):
-        calls.append(1)
-        loss = real(model, x, config, noise, *args)
-        return loss * float("nan") if len(calls) == 3 else loss
-
-    monkeypatch.setattr(train_mod, "batch_loss", poisoned)
+    metrics = (tmp_path / "run" / "metrics.csv").read_bytes()
     with pytest.raises(NonFiniteError, match=r"loss became nan at epoch 2, step 3; the last good checkpoint"):
-        vaekit.train(_cfg(tiny_data, epochs=3), tmp_path / "run", resume=True)
+        vaekit.train(_cfg(tiny_data, epochs=3), tmp_path / "run", resume=True, callbacks=[PoisonAfterStep(2, 2)])
     assert (tmp_path / "run" / "checkpoint.safetensors").read_bytes() == good
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights
+    assert (tmp_path / "run" / "metrics.csv").read_bytes() == metrics
+    assert not (tmp_path / "run" / ".lock").exists()
 
 
 @pytest.mark.skipif(not SHARED_MNIST.exists(), reason="real MNIST test digits not present")
@@ -181,8 +213,13 @@ def test_short_run_on_real_mnist_digits(tmp_path: Path) -> None:
     assert losses[-1] < losses[0] and 130 < losses[-1] < 260  # a 2-d VAE on MNIST digits lands here
 
 
-def test_write_dataset_helper_makes_distinct_classes(tmp_path: Path) -> None:
-    from vaekit.data import read_idx
-
-    d = write_dataset(tmp_path / "d", 50, 10)
-    assert read_idx(d / "train-images-idx3-ubyte.gz").shape == (50, 28, 28)
+def test_generated_digits_have_classes_a_model_can_tell_apart() -> None:
+    """The tests' generated data (``make_digits``) has what the latent scatter and the explorer show: images
+    of a class alike and classes apart. A nearest-class-mean classifier fitted on one draw labels another."""
+    train, train_labels = make_digits(500, seed=0)
+    test, test_labels = make_digits(200, seed=1)
+    assert train.dtype == np.uint8 and train.shape == (500, 28, 28) and set(train_labels) == set(range(10))
+    means = np.stack([train[train_labels == c].reshape(-1, 784).mean(0) for c in range(10)])
+    dist = ((test.reshape(-1, 1, 784).astype(np.float64) - means[None]) ** 2).sum(-1)
+    assert (dist.argmin(1) == test_labels).mean() > 0.9
+    assert not np.array_equal(make_digits(10, seed=0)[0], make_digits(10, seed=2)[0])

@@ -1,30 +1,45 @@
 """vaekit: variational auto-encoders that train fast, evaluate like the papers and never lose your work.
 
-The path from data to a trained model, one module each::
+The path from data to a trained model, one package each::
 
-    vaekit.data        IDX files -> uint8 arrays (registry, checksums, cache, downloads)
-    vaekit.models      the encoder q(z|x) and decoder p(x|z) (presets: seed, mlp, burda, pytorch-example)
+    vaekit.data        images on disk -> uint8 arrays (registry, checksums, cache, downloads)
+    vaekit.model       the encoder q(z|x) and decoder p(x|z), and the named presets
     vaekit.objectives  KL, log-likelihoods, the ELBO, the IWAE bound
-    vaekit.train       the training loop, checkpoints, resume (engine, precision, distributed: its machinery)
-    vaekit.runs        the run folder: safetensors + JSON, atomic writes, the lock
-    vaekit.likelihood  importance-sampled log p(x) for evaluation
-    vaekit.viz, explore, report   figures, the latent explorer page, the run report
+    vaekit.training    fit() and its step, schedules, checkpoints, callbacks, data parallelism
+    vaekit.eval        the test ELBO and the importance-sampled log-likelihood
+    vaekit.run         the run folder: safetensors + JSON, atomic writes, the lock
+    vaekit.artifacts   figures, the latent explorer page and the report of a finished run
+
+``import vaekit`` is light: torch, matplotlib and the rest load when a function that needs them is called.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-# `train` is both a module and the function users call: importing the function here makes
-# `vaekit.train(config)` the function (use `from vaekit.train import ...` for the module's contents).
-from .api import evaluate_run, load_run_data, plot_run  # noqa: E402
-from .config import ModelConfig, TrainConfig  # noqa: E402
-from .errors import VaekitError  # noqa: E402
-from .models import VAE, model_config  # noqa: E402
-from .runs import Run, load_model, load_run  # noqa: E402
-from .train import train  # noqa: E402
+# Public name -> the module that defines it, imported on first use.
+_EXPORTS = {
+    "train": "vaekit.training", "Callback": "vaekit.training.callbacks",
+    "TrainConfig": "vaekit.config", "ModelConfig": "vaekit.config", "VaekitError": "vaekit.errors",
+    "VAE": "vaekit.model", "model_config": "vaekit.model",
+    "Run": "vaekit.run", "load_run": "vaekit.run", "load_model": "vaekit.run",
+    "evaluate_run": "vaekit.eval.run", "load_run_data": "vaekit.eval.run",
+    "plot_run": "vaekit.artifacts", "write_artifacts": "vaekit.artifacts",
+}
 
-__all__ = [
-    "VAE", "ModelConfig", "Run", "TrainConfig", "VaekitError", "__version__", "evaluate_run", "load_model",
-    "load_run", "load_run_data", "model_config", "plot_run", "train",
-]
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'vaekit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,9 +1,9 @@
-"""Downloading one IDX file from a list of mirrors, safely.
+"""Downloading one dataset file (an IDX file or an archive) from a list of mirrors, safely.
 
 Guarantees, because a half-written or wrong file in the cache would poison every later run:
 
 * bytes go to a temporary ``.part`` file in the destination folder and are renamed into place (atomic on the
-  same file system) only after the file decodes as IDX and verifies against the registry;
+  same file system) only after the file decodes in its format and verifies against the registry;
 * on any failure (HTTP error, timeout, connection dropped mid-body, checksum mismatch) the temporary file is
   removed and the next mirror is tried; the reason for each mirror is recorded for the final error message.
 
@@ -20,11 +20,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from .errors import IDXError
+from .errors import FileFormatError
 from .registry import FileSpec
-from .verify import FileCheck, check_file
+from .verify import FileCheck, Payload, check_file
 
 __all__ = ["DOWNLOAD_TIMEOUT", "DownloadResult", "download_file", "offline"]
 
@@ -34,10 +32,13 @@ _CHUNK = 1 << 16
 
 @dataclass
 class DownloadResult:
-    """Where the file landed (``None`` if every mirror failed) and why each failed mirror was rejected."""
+    """Where the file landed (``None`` if every mirror failed) and why each failed mirror was rejected.
+
+    ``array`` is the decoded payload: an array for an IDX file, arrays by role for an archive.
+    """
 
     path: Path | None = None
-    array: np.ndarray | None = None
+    array: Payload | None = None
     check: FileCheck | None = None
     failures: list[str] = field(default_factory=list)
 
@@ -161,7 +162,7 @@ def download_file(
                 final, spec, check.compressed, check.md5, check.sha256, check.md5_ok, check.sha256_ok
             )
             return result
-        except IDXError as exc:
+        except FileFormatError as exc:
             result.failures.append(str(exc).split(";")[0])
         except (requests.RequestException, OSError, ValueError) as exc:
             result.failures.append(f"{url}: {_short_reason(exc)}")

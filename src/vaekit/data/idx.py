@@ -183,15 +183,15 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def check_pair(images: np.ndarray, labels: np.ndarray, images_name: str, labels_name: str) -> None:
-    """Raise :class:`IDXError` unless ``images`` is (N, H, W) and ``labels`` is (N,) for the same N.
+    """Raise :class:`IDXError` unless ``images`` is (N, H, W) or (N, H, W, 3) and ``labels`` is (N,), same N.
 
     Checked before training because a mismatched pair would otherwise silently pair images with the wrong
     labels (or fail deep inside a data loader).
     """
-    if images.ndim != 3:
+    if images.ndim != 3 and not (images.ndim == 4 and images.shape[3] == 3):
         raise IDXError(
-            f"{images_name}: expected a 3-dimensional image file (N, height, width), got shape "
-            f"{images.shape}; is it a label file?"
+            f"{images_name}: expected a 3-dimensional image file (N, height, width), or (N, height, width, 3) for "
+            f"colour, got shape {images.shape}; is it a label file?"
         )
     if labels.ndim != 1:
         raise IDXError(

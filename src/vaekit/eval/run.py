@@ -1,4 +1,4 @@
-"""Python API over run folders, mirroring the command line: evaluate and plot a finished run."""
+"""Evaluate a run folder: rebuild its test data as training saw it, the test ELBO and optionally the NLL."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from typing import Any
 
 import torch
 
-from . import runs, viz
-from .binarize import binarize_splits, protocol
-from .config import BINARIZE, ConfigError
-from .data import Splits, load_splits
-from .errors import RunFolderError, VaekitError
-from .evaluate import evaluate_elbo
-from .runs import Run, load_run
-from .train import resolve_device
+from vaekit import run as runs
+from vaekit.config import BINARIZE, ConfigError
+from vaekit.data import Splits, load_splits
+from vaekit.data.binarize import binarize_splits, protocol
+from vaekit.devices import resolve_device
+from vaekit.errors import RunFolderError, VaekitError
+from vaekit.eval.elbo import evaluate_elbo
+from vaekit.run import Run, load_run
 
 # The keys an importance-sampled evaluation adds to the evaluate output and merges into summary.json.
 NLL_KEYS = ("nll", "nll_stderr", "nll_test_set_stderr", "bits_per_dim", "nll_samples", "nll_neg_elbo", "active_units",
@@ -67,7 +67,7 @@ def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = N
               "epochs": run.summary.get("epochs", len(run.metrics)), "protocol": proto}
     if not nll:
         return result
-    from .likelihood import NLL_SEED, latent_statistics, model_log_px
+    from vaekit.eval.likelihood import NLL_SEED, latent_statistics, model_log_px
 
     est = model_log_px(run.model, x_test, samples, cfg.likelihood, cfg.sigma, progress=progress,
                        compile=compile).summary()
@@ -96,15 +96,3 @@ def _store(run_dir: Path, extra: dict[str, Any]) -> None:
         message = " ".join(str(e).split())
         print(f"vaekit: warning: the evaluation was not stored in {run_dir / runs.SUMMARY}: {message}",
               file=sys.stderr, flush=True)
-
-
-def plot_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = None, grid_size: int | None = None,
-             spacing: str | None = None) -> list[Path]:
-    """Redraw the five figures of a run folder."""
-    run = load_run(path)
-    cfg = run.train_config
-    if grid_size is not None:
-        cfg.grid_size = grid_size
-    if spacing is not None:
-        cfg.grid_spacing = spacing
-    return viz.plot_run(run.path, run.model, load_run_data(run, data_dir), run.metrics, cfg)

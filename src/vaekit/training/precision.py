@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigError
-from .engine import adam_step
+from vaekit.config import ConfigError
+from vaekit.training.optim import adam_step
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .models import VAE
-from .objectives import elbo_terms
+from vaekit.model import VAE
+from vaekit.objectives import elbo_terms
 
 EVAL_SEED = 20230801
 
@@ -43,7 +43,8 @@ def evaluate_elbo(
     n = images.shape[0]
     for i in range(0, n, batch_size):
         x = to_unit(images[i : i + batch_size].to(device, non_blocking=True))
-        logits, mu, logvar = model(x, generator=gen)
+        eps = torch.randn((x.shape[0], model.zdim), generator=gen, device=device)
+        logits, mu, logvar = model(x, eps)
         t = elbo_terms(logits, x, mu, logvar, likelihood, sigma, model.log_sigma)
         totals += torch.stack([t.loss.sum(), t.recon.sum(), t.kl.sum()]).double()
     model.train(was_training)

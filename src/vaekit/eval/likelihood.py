@@ -41,11 +41,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from .data.resolve import warn as _warn
-from .engine import CompiledForward
-from .evaluate import EVAL_SEED, to_unit
-from .models import VAE
-from .objectives import continuous_bernoulli_log_norm, log_importance_weights, log_likelihood
+from vaekit.compiled import CompiledForward
+from vaekit.data.resolve import warn as _warn
+from vaekit.eval.elbo import EVAL_SEED, to_unit
+from vaekit.model import VAE
+from vaekit.objectives import continuous_bernoulli_log_norm, log_importance_weights, log_likelihood
 
 # Default number of decoder rows (images x draws) per chunk on the CPU: 8192 rows of 784 float32 logits
 # are 26 MB, large enough for efficient matrix products, small enough to stay in cache-friendly memory.
@@ -70,7 +70,9 @@ class StreamingLogMeanExp:
     """Accumulates log (1/K) sum w, its delta-method standard error and the mean log w over chunks of draws.
 
     ``add`` takes log weights of shape (draws, images); state is kept in float64 relative to a running
-    maximum, so millions of draws neither overflow nor lose the small weights' contribution.
+    maximum, so millions of draws neither overflow nor lose the small weights' contribution. An image
+    whose weights are all zero (log weights all -inf: the decoder gives it no probability) keeps sums of
+    zero, so its estimate is log 0 = -inf (an NLL of +inf), not the NaN of -inf - (-inf).
     """
 
     def __init__(self, n: int, device: torch.device | str = "cpu") -> None:
@@ -83,8 +85,11 @@ class StreamingLogMeanExp:
     def add(self, log_w: Tensor) -> None:
         lw = log_w.to(torch.float64)
         new_max = torch.maximum(self.max, lw.max(dim=0).values)
-        shift = torch.exp(self.max - new_max)  # exp(-inf) = 0 on the first chunk
-        rel = torch.exp(lw - new_max)
+        # The reference the sums are relative to; where every weight so far is 0 (max -inf) any finite one
+        # does, and 0 keeps exp(-inf - ref) = 0 instead of exp(-inf + inf) = NaN.
+        ref = torch.where(new_max == -math.inf, 0.0, new_max)
+        shift = torch.exp(self.max - ref)  # exp(-inf) = 0 on the first chunk
+        rel = torch.exp(lw - ref)
         self.sum = self.sum * shift + rel.sum(dim=0)
         self.sum_sq = self.sum_sq * shift * shift + (rel * rel).sum(dim=0)
         self.sum_log += lw.sum(dim=0)
@@ -95,12 +100,16 @@ class StreamingLogMeanExp:
         return self.max + torch.log(self.sum) - math.log(self.count)
 
     def stderr(self) -> Tensor:
-        """Delta-method standard error of :meth:`log_mean_exp` per image (NaN when K = 1)."""
+        """Delta-method standard error of :meth:`log_mean_exp` per image (NaN when K = 1).
+
+        An image whose weights are all zero has an estimate of -inf that no finite error bar covers: inf.
+        """
         if self.count < 2:
             return torch.full_like(self.sum, math.nan)
         k = self.count
         ratio = k * self.sum_sq / (self.sum * self.sum)
-        return torch.sqrt(torch.clamp(ratio - 1, min=0.0) / (k - 1))
+        se = torch.sqrt(torch.clamp(ratio - 1, min=0.0) / (k - 1))
+        return torch.where(self.sum == 0, math.inf, se)
 
     def mean_log(self) -> Tensor:
         return self.sum_log / self.count
@@ -130,6 +139,8 @@ class LogLikelihood:
         ``nll_test_set_stderr`` is the spread over images, std / sqrt(N), the error of using a finite test
         set as a sample of the data distribution. ``neg_elbo`` is minus the mean log weight, from the same
         draws: it is at least ``nll`` in expectation, and the difference is the gain of importance sampling.
+        One image of estimate -inf (every weight zero) makes ``nll`` and ``bits_per_dim`` +inf, and both
+        standard errors None: undefined, as they are for one draw (K = 1) or one image.
         """
         n = len(self.log_px)
         nll = -self.log_px.mean().item()

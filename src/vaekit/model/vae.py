@@ -1,4 +1,4 @@
-"""MLP encoder/decoder VAEs and the named presets.
+"""The VAE: an MLP encoder q(z|x) and decoder p(x|z) over flattened images.
 
 The encoder maps a flattened image ``x`` to the mean ``mu`` and log-variance ``logvar`` of the Gaussian
 posterior q(z|x); the decoder maps a latent ``z`` to per-pixel *logits*. Likelihoods work on logits
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .config import ConfigError, ModelConfig
+from ..config import ModelConfig
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "elu": nn.ELU,
@@ -24,76 +24,6 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU,
     "leaky_relu": nn.LeakyReLU,
 }
-
-# Each preset is a ModelConfig minus the latent size, plus that size's default.
-PRESETS: dict[str, dict] = {
-    # The blog post's model: 784-256-64-32-2z encoder and z-32-64-256-784 decoder with ELU, and no
-    # activation between the decoder's first two layers (kept on purpose: 439,956 parameters at zdim 2).
-    "seed": dict(
-        zdim=2,
-        encoder_hidden=[256, 64, 32],
-        decoder_hidden=[32, 64, 256],
-        activation="elu",
-        skip_first_decoder_activation=True,
-    ),
-    # A configurable symmetric MLP; ``--hidden`` sets the encoder sizes, the decoder mirrors them.
-    "mlp": dict(
-        zdim=2,
-        encoder_hidden=[512, 256],
-        decoder_hidden=[256, 512],
-        activation="elu",
-        skip_first_decoder_activation=False,
-    ),
-    # The one-stochastic-layer model of the IWAE paper (Burda, Grosse and Salakhutdinov, 2016): two
-    # deterministic tanh layers of 200 units each way around a 50-dimensional latent.
-    "burda": dict(
-        zdim=50,
-        encoder_hidden=[200, 200],
-        decoder_hidden=[200, 200],
-        activation="tanh",
-        skip_first_decoder_activation=False,
-    ),
-    # The VAE of PyTorch's examples repository: one ReLU layer of 400 units each way, zdim 20.
-    "pytorch-example": dict(
-        zdim=20,
-        encoder_hidden=[400],
-        decoder_hidden=[400],
-        activation="relu",
-        skip_first_decoder_activation=False,
-    ),
-}
-
-
-def model_config(
-    preset: str,
-    zdim: int | None = None,
-    hidden: list[int] | None = None,
-    activation: str | None = None,
-    image_shape: tuple[int, int] = (28, 28),
-    learn_sigma: bool = False,
-    sigma_init: float = 1.0,
-) -> ModelConfig:
-    """Resolve a preset name and optional overrides into a validated :class:`ModelConfig`.
-
-    ``learn_sigma`` adds a per-pixel decoder log standard deviation starting at ``log(sigma_init)``.
-    """
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown model preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
-    spec = dict(PRESETS[preset])
-    if hidden is not None:
-        if preset == "seed":
-            raise ConfigError("the seed preset has fixed hidden sizes; use --model mlp --hidden ...")
-        spec["encoder_hidden"] = list(hidden)
-        spec["decoder_hidden"] = list(reversed(hidden))
-    if activation is not None:
-        spec["activation"] = activation
-    if zdim is not None:
-        spec["zdim"] = zdim
-    cfg = ModelConfig(preset=preset, image_shape=tuple(image_shape), learn_sigma=learn_sigma,
-                      sigma_init=float(sigma_init) if learn_sigma else 1.0, **spec)
-    cfg.validate()
-    return cfg
-
 
 def _mlp(sizes: list[int], activation: str, skip_first: bool = False) -> nn.Sequential:
     """Linear layers through ``sizes`` with ``activation`` between them (none after the last)."""
@@ -141,10 +71,13 @@ class VAE(nn.Module):
         """z = mu + sigma * eps: sampling moved into ``eps`` so gradients flow to mu and sigma."""
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """One reparametrized pass: returns ``(logits, mu, logvar)``."""
+    def forward(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One reparametrized pass with the standard normal draws ``eps`` (shape of ``mu``): ``(logits, mu, logvar)``.
+
+        The noise is an input, drawn by the caller from its own generator, so the pass is a pure function
+        that data parallelism and ``torch.compile`` can treat like any other.
+        """
         mu, logvar = self.encode(x)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return self.decode(self.reparameterize(mu, logvar, eps)), mu, logvar
 
 

@@ -2,13 +2,13 @@
 
 ``RUN/report.html`` shows the configuration, the data and evaluation protocol, the metrics of every
 epoch, the loss curves, all figures (embedded as PNG data URIs, so the file can be mailed or archived
-alone), the log-likelihood when the run has been evaluated, and a link to the latent explorer. Every
-piece of text from the run folder is escaped, so a run folder cannot inject markup into the page.
+alone), the log-likelihood that ``vaekit evaluate --nll`` stored in ``summary.json`` when the run has
+been evaluated, and a link to the latent explorer. Every piece of text from the run folder is escaped,
+so a run folder cannot inject markup into the page.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import math
@@ -17,25 +17,16 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from . import __version__, runs, viz
-from .errors import RunFolderError
-
-REPORT = "report.html"
-EVALUATION = "evaluation.json"
-EXPLORER = "explorer.html"  # written by vaekit.explore; linked relatively
+from vaekit import __version__
+from vaekit import run as runs
+from vaekit.artifacts import EXPLORER, FIGURES, REPORT
+from vaekit.config import ModelConfig, TrainConfig
+from vaekit.eval.run import NLL_KEYS
 
 RESULT_ORDER = ("test_loss", "test_recon", "test_kl", "train_loss", "epochs", "dataset", "model", "zdim",
                 "likelihood", "n_params", "train_samples_per_s", "train_seconds", "device")
-
-# Log-likelihood keys written by the importance-sampled evaluation, in display order; any other key
-# starting with "nll" or listed in LL_EXTRA also belongs to that section.
-NLL_KEYS = ("nll", "nll_stderr", "bits_per_dim", "nll_samples")
-LL_EXTRA = ("active_units", "kl_per_dim")
-
-
-def _is_ll_key(key: str) -> bool:
-    return key in NLL_KEYS or key in LL_EXTRA or key.startswith("nll")
 
 CAPTIONS = {
     "latent_grid.png": "Decoder means over a grid of the latent square (the blog post's figure).",
@@ -170,7 +161,7 @@ def loss_curves_svg(rows: list[dict[str, float]], width: int = 640, height: int 
 
 def _figures(run_dir: Path) -> str:
     """Every PNG of the run folder, the standard figures first, embedded as data URIs."""
-    names = [f for f in viz.FIGURES if (run_dir / f).is_file()]
+    names = [f for f in FIGURES if (run_dir / f).is_file()]
     names += sorted(p.name for p in run_dir.glob("*.png") if p.name not in names and not p.name.startswith("."))
     if not names:
         return '<p class="muted">No figures in the run folder; <code>vaekit plot RUN</code> draws them.</p>'
@@ -188,27 +179,9 @@ def _figures(run_dir: Path) -> str:
     return "".join(out)
 
 
-def _evaluation(run_dir: Path, summary: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """The log-likelihood numbers from ``summary.json`` and ``evaluation.json``, whichever hold them.
-
-    A corrupt ``evaluation.json`` does not stop the report; it is named in a note instead.
-    """
-    found = {k: v for k, v in summary.items() if _is_ll_key(k)}
-    note = ""
-    path = run_dir / EVALUATION
-    if path.exists():
-        try:
-            extra = runs.read_json(path)
-        except RunFolderError as e:
-            return found, str(e)
-        if isinstance(extra, dict):
-            found.update(extra)
-        else:
-            note = f"{path} does not hold a JSON object; it is ignored"
-    return found, note
-
-
-def _log_likelihood(values: dict[str, Any], note: str) -> str:
+def _log_likelihood(summary: dict[str, Any]) -> str:
+    """The section of the numbers ``vaekit evaluate --nll`` merges into ``summary.json`` (``NLL_KEYS``)."""
+    values = {k: summary[k] for k in NLL_KEYS if k in summary}
     parts = []
     nll = values.get("nll")
     if _is_num(nll):
@@ -223,31 +196,36 @@ def _log_likelihood(values: dict[str, Any], note: str) -> str:
             line += f", importance sampled with {f'{ns:,}' if _is_num(ns) else ns} samples per image"
         parts.append(f"<p><b>{_e(line)}</b></p>")
     if values:
-        ordered = {k: values[k] for k in NLL_KEYS if k in values}
-        ordered.update({k: v for k, v in values.items() if k not in ordered})
-        parts.append(_kv_table(_flat(ordered)))
-    if note:
-        parts.append(f'<p class="note">{_e(note)}</p>')
+        parts.append(_kv_table(_flat(values)))
     if not parts:
         parts.append('<p class="muted">Not evaluated yet: the test loss above is the ELBO bound; the '
                      "importance-sampled log-likelihood appears here once the run is evaluated.</p>")
     return "".join(parts)
 
 
+def likelihood_text(t: TrainConfig, m: ModelConfig) -> str:
+    """The decoder's likelihood in words, as the run trained it (a learned sigma is a weight, not a setting)."""
+    if t.likelihood == "gaussian":
+        if t.learn_sigma or m.learn_sigma:
+            return f"Gaussian with a learned per-pixel sigma (from {m.sigma_init:g}), constants included"
+        return f"Gaussian with sigma {t.sigma:g}, constants included"
+    return {"bernoulli": "Bernoulli (binary cross-entropy on the logits, the blog post's loss)",
+            "continuous-bernoulli": "continuous Bernoulli (the normalized density on [0, 1])"}.get(t.likelihood,
+                                                                                                   t.likelihood)
+
+
+# Settings that change the blog post's objective, with the post's values; shown only where a run differs.
+POST_OBJECTIVE = {"objective": "elbo", "k": 1, "beta": 1.0, "kl_warmup": 0, "binarize": "none"}
+
+
 def _protocol(run: runs.Run) -> str:
     t, m = run.train_config, run.model_config
-    lik = {"bernoulli": "Bernoulli (binary cross-entropy on the logits, the blog post's loss)",
-           "gaussian": f"Gaussian with sigma {t.sigma:g}, constants included"}.get(t.likelihood, t.likelihood)
-    # Settings other versions of the training loop may add; shown only where they differ from the post's.
-    extra = {k: getattr(t, k) for k in ("objective", "k", "beta", "kl_warmup", "binarize", "learn_sigma")
-             if hasattr(t, k)}
-    defaults = {"objective": "elbo", "k": 1, "beta": 1.0, "kl_warmup": 0, "binarize": "none", "learn_sigma": False}
-    changed = ", ".join(f"{k} {v}" for k, v in extra.items() if v != defaults[k])
+    changed = ", ".join(f"{k} {getattr(t, k)}" for k, v in POST_OBJECTIVE.items() if getattr(t, k) != v)
     items = [
         f"Model: {m.preset} preset, encoder {m.input_dim}-{'-'.join(map(str, m.encoder_hidden))}-2x{m.zdim}, "
         f"decoder {m.zdim}-{'-'.join(map(str, m.decoder_hidden))}-{m.input_dim}, {m.activation} activations"
         + (", none between the decoder's first two layers" if m.skip_first_decoder_activation else "") + ".",
-        f"Likelihood: {lik}; prior N(0, I); diagonal Gaussian posterior; closed-form KL.",
+        f"Likelihood: {likelihood_text(t, m)}; prior N(0, I); diagonal Gaussian posterior; closed-form KL.",
         f"Optimisation: Adam, learning rate {t.lr:g}, batch {t.batch_size}, {t.epochs} epochs, seed {t.seed}; "
         "the loss is the negative ELBO summed over the batch, reported per image"
         + (f" (changed from the post's objective: {changed})." if changed else "."),
@@ -257,30 +235,33 @@ def _protocol(run: runs.Run) -> str:
     return "<ul>" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"
 
 
-def build_report(run_dir: str | os.PathLike) -> str:
-    """The report page of a run folder as HTML text."""
-    run = runs.load_run(run_dir)
+def _explorer_link(run_dir: Path, page_dir: Path) -> str:
+    """The link to the run's explorer page, relative to where the report is written (so both can move)."""
+    target = run_dir / EXPLORER
+    href = _e(quote(Path(os.path.relpath(target.resolve(), page_dir.resolve())).as_posix()))
+    if target.is_file():
+        return (f'<p><a class="explorer" href="{href}">Open the latent explorer</a> '
+                '<span class="muted">move through the latent space with the decoder running in the page</span></p>')
+    return (f'<p class="muted">No explorer page yet: <code>vaekit explore {_e(run_dir)}</code> writes '
+            f'<a href="{href}">{EXPLORER}</a> next to this report.</p>')
+
+
+def build_report(run: runs.Run | str | os.PathLike, page_dir: str | os.PathLike | None = None) -> str:
+    """The report page of a run (loaded, or its folder) as HTML text; ``page_dir``: where it will be written."""
+    run = run if isinstance(run, runs.Run) else runs.load_run(run)
     run_dir = run.path
     summary = run.summary if isinstance(run.summary, dict) else {}
-    ll_values, ll_note = _evaluation(run_dir, summary)
     name = run_dir.resolve().name
-    if (run_dir / EXPLORER).is_file():
-        explorer = (f'<p><a class="explorer" href="{EXPLORER}">Open the latent explorer</a> '
-                    '<span class="muted">move through the latent space with the decoder running in the page'
-                    "</span></p>")
-    else:
-        explorer = (f'<p class="muted">No explorer page yet: <code>vaekit explore {_e(run_dir)}</code> writes '
-                    f'<a href="{EXPLORER}">{EXPLORER}</a> next to this report.</p>')
-    shown = _flat({k: v for k, v in summary.items() if not _is_ll_key(k)})
+    shown = _flat({k: v for k, v in summary.items() if k not in NLL_KEYS})
     results = {k: shown.pop(k) for k in RESULT_ORDER if k in shown} | shown  # the headline numbers first
     data = _flat(run.data)
     sections = [
         f"<h1>vaekit run report: {_e(name)}</h1>",
         f'<p class="muted">{_e(run_dir.resolve())} \u00b7 written {_e(time.strftime("%Y-%m-%d %H:%M"))} '
         f"by vaekit {_e(__version__)}</p>",
-        explorer,
+        _explorer_link(run_dir, Path(page_dir) if page_dir is not None else run_dir),
         "<h2>Results</h2>", _kv_table(results) if results else '<p class="muted">No summary.json yet.</p>',
-        "<h2>Log-likelihood</h2>", _log_likelihood(ll_values, ll_note),
+        "<h2>Log-likelihood</h2>", _log_likelihood(summary),
         "<h2>Data and protocol</h2>", _kv_table(data) if data else "", _protocol(run),
         "<h2>Metrics per epoch</h2>", _metrics_table(run.metrics),
         "<h2>Loss curves</h2>", loss_curves_svg(run.metrics) if run.metrics else '<p class="muted">No epochs.</p>',
@@ -294,24 +275,9 @@ def build_report(run_dir: str | os.PathLike) -> str:
             + "\n".join(sections) + "\n</body></html>\n")
 
 
-def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+def write_report(run: runs.Run | str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the report (default ``RUN/report.html``) atomically; returns its path."""
-    path = Path(out) if out is not None else Path(run_dir) / REPORT
-    runs.write_bytes(path, build_report(run_dir).encode("utf-8"))
+    run = run if isinstance(run, runs.Run) else runs.load_run(run)
+    path = Path(out) if out is not None else run.path / REPORT
+    runs.write_bytes(path, build_report(run, path.parent).encode("utf-8"))
     return path
-
-
-def add_report_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("report", help="write a run's HTML report",
-                       description="Write RUN/report.html: configuration, data and protocol, metrics per epoch, "
-                                   "loss curves, all figures, the log-likelihood when evaluated and a link to "
-                                   "the latent explorer, in one self-contained file.")
-    p.add_argument("run", help="run folder written by vaekit train")
-    p.add_argument("--out", help=f"file to write (default RUN/{REPORT})")
-    p.set_defaults(func=cmd_report)
-    return p
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    print(write_report(args.run, args.out))
-    return 0

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from .config import ConfigError
+from vaekit.config import ConfigError
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,165 @@
+"""The latent explorer: one self-contained HTML page that runs a run's decoder in the browser.
+
+With zdim 2 every point of the latent plane decodes to an image; a static grid shows that once, the page
+lets you move through the space. Everything it needs is embedded in the file (the decoder's weights as
+base64 little-endian float32, the test set's posterior means and labels as JSON), so it works from disk
+with no server and no network. The decoder is described layer by layer from the model's ``decoder``
+``nn.Sequential`` rather than from assumed sizes, so every preset, latent size and activation runs in the
+page exactly as in PyTorch (including the seed preset's missing activation between its first two layers).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vaekit import run as runs
+from vaekit.artifacts import EXPLORER
+from vaekit.artifacts.figures import latent_means
+from vaekit.errors import VaekitError
+from vaekit.model import VAE
+
+MAX_POINTS = 10_000  # test means embedded in the page (MNIST's whole test set)
+
+# Label names of the known datasets; anything else is shown by its number.
+CLASS_NAMES: dict[str, list[str]] = {
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"],
+    "kmnist": ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],
+}
+
+
+class ExplorerError(VaekitError):
+    """The explorer cannot be built or served (an unsupported layer, a port in use)."""
+
+
+def decoder_layers(model: VAE) -> tuple[list[dict[str, Any]], bytes]:
+    """The decoder as layer descriptions for the page, and one float32 buffer holding all their parameters.
+
+    Linear layers refer to their weight (row-major, out x in, as PyTorch stores it) and bias by offset
+    into the buffer; activations carry their own parameters (ELU's alpha, LeakyReLU's slope, GELU's
+    approximation) so the page computes what PyTorch computes.
+    """
+    layers: list[dict[str, Any]] = []
+    chunks: list[np.ndarray] = []
+    offset = 0
+
+    def add(t: torch.Tensor) -> int:
+        nonlocal offset
+        arr = t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").ravel()
+        chunks.append(arr)
+        start, offset = offset, offset + arr.size
+        return start
+
+    for module in model.decoder:
+        if isinstance(module, nn.Linear):
+            w = add(module.weight)
+            bias = module.bias if module.bias is not None else torch.zeros(module.out_features)
+            layers.append({"type": "linear", "in": module.in_features, "out": module.out_features, "w": w,
+                           "b": add(bias)})
+        elif isinstance(module, nn.ELU):
+            layers.append({"type": "elu", "alpha": float(module.alpha)})
+        elif isinstance(module, nn.LeakyReLU):
+            layers.append({"type": "leaky_relu", "negative_slope": float(module.negative_slope)})
+        elif isinstance(module, nn.GELU):
+            layers.append({"type": "gelu", "approximate": str(module.approximate)})
+        elif isinstance(module, (nn.ReLU, nn.Tanh, nn.SiLU, nn.Sigmoid, nn.Identity)):
+            layers.append({"type": {nn.ReLU: "relu", nn.Tanh: "tanh", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
+                                    nn.Identity: "identity"}[type(module)]})
+        else:
+            raise ExplorerError(f"the decoder has a {type(module).__name__} layer, which the explorer page "
+                                "cannot run; supported: Linear, ELU, ReLU, LeakyReLU, Tanh, GELU, SiLU, Sigmoid")
+    linear = [la for la in layers if la["type"] == "linear"]
+    npix = model.config.input_dim
+    if not linear or layers[-1]["type"] != "linear" or linear[0]["in"] != model.zdim or linear[-1]["out"] != npix:
+        raise ExplorerError(f"the decoder does not map {model.zdim} latent dimensions to {npix} pixel logits "
+                            "through linear layers; the explorer cannot run it")
+    return layers, np.concatenate(chunks).tobytes()
+
+
+def plane_range(means: np.ndarray) -> float:
+    """Half-width of the plane: the prior's +-3 or, when wider, what holds 99.5% of the test means."""
+    if means.size == 0:
+        return 3.0
+    q = float(np.quantile(np.abs(means), 0.995))
+    return max(3.0, math.ceil(2 * q) / 2) if math.isfinite(q) else 3.0
+
+
+def class_names(dataset: str | None, labels: np.ndarray, known: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """A name for every label: ``known`` (the data's own names), those of a known dataset, else the number."""
+    n = int(labels.max()) + 1 if labels.size else 0
+    known = list(known) if known else CLASS_NAMES.get(str(dataset), [])
+    return [known[i] if i < len(known) else str(i) for i in range(max(n, len(known)))]
+
+
+def explorer_html(model: VAE, means: np.ndarray, labels: np.ndarray, *, title: str = "", meta: str = "",
+                  dataset: str | None = None, classes: list[str] | tuple[str, ...] | None = None) -> str:
+    """The page for ``model`` with ``means`` (N, zdim) and their ``labels`` (N,) drawn on the plane."""
+    layers, weights = decoder_layers(model)
+    means = np.asarray(means, dtype=np.float64)[:MAX_POINTS]
+    labels = np.asarray(labels).astype(np.int64)[:MAX_POINTS]
+    if means.ndim != 2 or means.shape[1] != model.zdim or len(means) != len(labels):
+        raise ExplorerError(f"expected ({len(labels)}, {model.zdim}) latent means, got {means.shape}")
+    data = {
+        "format": 1,
+        "title": title,
+        "meta": meta,
+        "zdim": model.zdim,
+        "imageShape": [int(s) for s in model.config.image_shape],
+        "layers": layers,
+        "weights": base64.b64encode(weights).decode("ascii"),
+        "range": plane_range(means),
+        "classes": class_names(dataset, labels, classes),
+        # 4 decimals is far finer than a pixel of the plane and keeps the page small
+        "points": {"means": [round(float(v), 4) for v in means.ravel()], "labels": [int(v) for v in labels]},
+    }
+    # "<" only occurs inside JSON strings, where \u003c is the same character; the page's script block
+    # then can never be closed early by a title such as "</script>".
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
+    template = (resources.files("vaekit") / "assets" / "explorer.html").read_text(encoding="utf-8")
+    page_title = html.escape(f"vaekit latent explorer: {title}" if title else "vaekit latent explorer")
+    return template.replace("__VAEKIT_TITLE__", page_title, 1).replace("__VAEKIT_DATA__", payload, 1)
+
+
+def _meta_line(run: runs.Run, n_points: int) -> str:
+    """One line under the page's title: what was trained on what, for how long, and how well."""
+    cfg, summary = run.model.config, run.summary
+    parts = [f"dataset {run.data.get('dataset') or summary.get('dataset', '?')}",
+             f"model {cfg.preset} ({cfg.activation}), zdim {cfg.zdim}"]
+    epochs = summary.get("epochs")
+    if isinstance(epochs, int):
+        parts.append(f"{epochs} epoch{'' if epochs == 1 else 's'}")
+    loss = summary.get("test_loss")
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+        parts.append(f"test loss {loss:.2f} nats/image")
+    parts.append(f"{n_points} test points")
+    return " \u00b7 ".join(parts)
+
+
+def build_explorer(run: runs.Run, splits: Any) -> str:
+    """The explorer page of a loaded run, with the posterior means of (up to ``MAX_POINTS``) test images.
+
+    ``splits`` needs only ``test_images``, ``test_labels`` and ``name`` (for the class names).
+    """
+    model = run.model.eval()
+    images, labels = splits.test_images[:MAX_POINTS], splits.test_labels[:MAX_POINTS]
+    means = latent_means(model, images)
+    return explorer_html(model, means, labels, title=run.path.resolve().name, meta=_meta_line(run, len(means)),
+                         dataset=splits.name, classes=getattr(splits, "class_names", None))
+
+
+def write_explorer(run: runs.Run, splits: Any, out: str | os.PathLike | None = None) -> Path:
+    """Write the explorer page (default ``RUN/explorer.html``) atomically; returns its path."""
+    path = Path(out) if out is not None else run.path / EXPLORER
+    runs.write_bytes(path, build_explorer(run, splits).encode("utf-8"))
+    return path

@@ -1,0 +1,218 @@
+"""The run's figures: the latent grid of the blog post, the latent scatter, reconstructions, prior
+samples and the loss curves. Each is written atomically as PNG into the run folder.
+
+Figures are drawn with matplotlib's object API on a :class:`matplotlib.figure.Figure` of their own and
+saved through the Agg renderer, never through pyplot: drawing them in a notebook neither switches the
+user's backend nor adds figures to pyplot's list. matplotlib is imported inside the functions that draw,
+so ``import vaekit`` and the command line's start-up do not pay for it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from vaekit import run as runs
+from vaekit.artifacts import FIGURES
+from vaekit.eval.elbo import to_unit
+from vaekit.model import VAE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+GRID_BOUND = 2.0  # half-width of the latent square of latent_grid.png, as in the blog post
+GRID_TICKS = 9  # at most this many labelled cells per axis of latent_grid.png
+
+
+def grid_coordinates(n: int, spacing: str = "linear", bound: float = GRID_BOUND) -> np.ndarray:
+    """``n`` ascending coordinates from -bound to bound: the latent value of each column (and row) of the grid.
+
+    ``linear`` spaces them evenly; ``normal`` spaces them at evenly spaced quantiles of N(0, 1) (the
+    inverse normal CDF), so equal prior mass lies between neighbouring cells.
+    """
+    if spacing == "linear":
+        return np.linspace(-bound, bound, n)
+    if spacing == "normal":
+        nd = NormalDist()
+        lo, hi = nd.cdf(-bound), nd.cdf(bound)
+        return np.array([nd.inv_cdf(p) for p in np.linspace(lo, hi, n)])
+    raise ValueError(f"unknown grid spacing {spacing!r}; choose linear or normal")
+
+
+def grid_ticks(coords: np.ndarray, most: int = GRID_TICKS) -> tuple[list[int], list[str]]:
+    """Cells to label on an axis of the latent grid (indices into ``coords``) and their latent coordinates.
+
+    The grid's cells are drawn the same size whatever their spacing, so its axes are in cells, and each
+    labelled cell shows the latent coordinate it was decoded at: with normal spacing the cells are not
+    evenly spaced in z, and an axis in z would put them at the wrong values. The first and last cells
+    are always labelled, and the middle one when there is one (z = 0 for an odd number of cells).
+    """
+    n = len(coords)
+    picks = {int(round(i)) for i in np.linspace(0, n - 1, min(n, most))}
+    if n % 2:
+        picks.add(n // 2)
+    idx = sorted(picks)
+    return idx, [f"{coords[i]:.2f}".replace("-0.00", "0.00") for i in idx]
+
+
+@torch.no_grad()
+def decode_images(model: VAE, z: torch.Tensor) -> np.ndarray:
+    """Decoder means (sigmoid of the logits) as float images of the model's image shape."""
+    device = next(model.parameters()).device
+    h, w = model.config.image_shape
+    return torch.sigmoid(model.decode(z.to(device, torch.float32))).reshape(-1, h, w).cpu().numpy()
+
+
+def latent_grid(model: VAE, n: int = 20, spacing: str = "linear", bound: float = GRID_BOUND) -> np.ndarray:
+    """One image tiling decoder outputs over the latent square [-bound, bound]^2.
+
+    Column j is decoded at z1 = ``grid_coordinates(...)[j]`` (left to right, ascending) and row i at
+    z2 = ``grid_coordinates(...)[n - 1 - i]`` (top to bottom, descending), as on a plot; other latent
+    dimensions are held at 0 (the prior mean).
+    """
+    coords = grid_coordinates(n, spacing, bound)
+    z1, z2 = np.meshgrid(coords, coords[::-1])
+    z = torch.zeros(n * n, model.zdim)
+    z[:, 0] = torch.from_numpy(z1.ravel()).float()
+    if model.zdim > 1:
+        z[:, 1] = torch.from_numpy(z2.ravel()).float()
+    imgs = decode_images(model, z)
+    h, w = imgs.shape[1:]
+    return imgs.reshape(n, n, h, w).transpose(0, 2, 1, 3).reshape(n * h, n * w)
+
+
+def _tile(imgs: np.ndarray, cols: int) -> np.ndarray:
+    rows = -(-len(imgs) // cols)
+    h, w = imgs.shape[1:]
+    out = np.ones((rows * h, cols * w), dtype=np.float32)
+    for i, im in enumerate(imgs):
+        r, c = divmod(i, cols)
+        out[r * h : (r + 1) * h, c * w : (c + 1) * w] = im
+    return out
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of its own, outside pyplot: nothing global changes when it is drawn or dropped."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Render ``fig`` as PNG (Agg) and write it atomically; returns the path."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    runs.write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def latent_grid_figure(model: VAE, n: int = 20, spacing: str = "linear") -> Figure:
+    """The latent grid with axes that give each labelled cell's latent coordinates (see :func:`grid_ticks`)."""
+    coords = grid_coordinates(n, spacing)
+    fig = new_figure(8, 8)
+    ax = fig.add_subplot()
+    # One unit per cell; y counts cells upwards, so row i from the top is cell n - 1 - i: z2 = coords[n - 1 - i].
+    ax.imshow(latent_grid(model, n, spacing), cmap="gray", vmin=0, vmax=1, extent=(-0.5, n - 0.5, -0.5, n - 0.5))
+    ticks, labels = grid_ticks(coords)
+    ax.set_xticks(ticks, labels, rotation=90 if n > 12 else 0)
+    ax.set_yticks(ticks, labels)
+    ax.set_xlabel("$z_1$ of the cell")
+    ax.set_ylabel("$z_2$ of the cell")
+    where = "evenly spaced" if spacing == "linear" else "at evenly spaced quantiles of N(0, 1)"
+    ax.set_title(f"Decoder output over [-{GRID_BOUND:g}, {GRID_BOUND:g}]$^2$, {n}x{n} cells {where}")
+    return fig
+
+
+@torch.no_grad()
+def latent_means(model: VAE, images_u8: np.ndarray, batch_size: int = 2000) -> np.ndarray:
+    """Posterior means of ``images_u8`` (N, H, W) as an (N, zdim) array."""
+    device = next(model.parameters()).device
+    x = torch.from_numpy(images_u8.reshape(len(images_u8), -1))
+    out = [model.encode(to_unit(x[i : i + batch_size].to(device)))[0].cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def project_2d(mu: np.ndarray) -> tuple[np.ndarray, str]:
+    """The first two latent dimensions when zdim <= 2, else the first two principal components."""
+    if mu.shape[1] == 1:
+        return np.column_stack([mu[:, 0], np.zeros(len(mu))]), "$z_1$"
+    if mu.shape[1] == 2:
+        return mu, "$z$"
+    centred = mu - mu.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:2].T, "PC"
+
+
+def latent_scatter_figure(model: VAE, images: np.ndarray, labels: np.ndarray) -> Figure:
+    xy, axis = project_2d(latent_means(model, images))
+    fig = new_figure(8, 7)
+    ax = fig.add_subplot()
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=3, alpha=0.7, vmin=-0.5, vmax=9.5)
+    fig.colorbar(sc, ax=ax, ticks=range(10), label="label")
+    ax.set_xlabel(f"{axis} 1" if axis == "PC" else "$z_1$")
+    ax.set_ylabel(f"{axis} 2" if axis == "PC" else "$z_2$")
+    ax.set_title("Posterior means of the test set" + (" (PCA)" if axis == "PC" else ""))
+    return fig
+
+
+@torch.no_grad()
+def reconstructions_figure(model: VAE, images: np.ndarray, n: int = 16) -> Figure:
+    n = min(n, len(images))
+    device = next(model.parameters()).device
+    x = to_unit(torch.from_numpy(images[:n].reshape(n, -1)).to(device))
+    mu, _ = model.encode(x)
+    rec = decode_images(model, mu)
+    orig = x.reshape(rec.shape).cpu().numpy()
+    fig = new_figure(max(n, 4) * 0.6, 1.5)
+    ax = fig.add_subplot()
+    ax.imshow(np.vstack([_tile(orig, n), _tile(rec, n)]), cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    ax.set_title("Test images (top) and reconstructions from their posterior means (bottom)")
+    return fig
+
+
+def samples_figure(model: VAE, n: int = 64, seed: int = 0) -> Figure:
+    z = torch.randn(n, model.zdim, generator=torch.Generator().manual_seed(seed))
+    fig = new_figure(6, 6)
+    ax = fig.add_subplot()
+    ax.imshow(_tile(decode_images(model, z), 8), cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    ax.set_title("Decoder means of z drawn from the prior N(0, I)")
+    return fig
+
+
+def loss_curve_figure(history: list[dict[str, float]]) -> Figure:
+    epochs = [r["epoch"] for r in history]
+    fig = new_figure(7, 4.5)
+    ax = fig.add_subplot()
+    ax.plot(epochs, [r["train_loss"] for r in history], marker=".", label="train (mean over the epoch)")
+    ax.plot(epochs, [r["test_loss"] for r in history], marker=".", label="test")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("negative ELBO (nats per image)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def write_figures(run_dir: str | os.PathLike, model: VAE, splits: Any, history: list[dict[str, float]],
+                  grid_size: int = 20, spacing: str = "linear") -> list[Path]:
+    """Write the five figures (``FIGURES``) of a run into ``run_dir``; returns their paths.
+
+    ``splits`` needs only ``test_images`` and ``test_labels``; the model is put in eval mode.
+    """
+    run_dir = Path(run_dir)
+    model.eval()
+    draw = {
+        "latent_grid.png": lambda: latent_grid_figure(model, grid_size, spacing),
+        "latent_scatter.png": lambda: latent_scatter_figure(model, splits.test_images, splits.test_labels),
+        "reconstructions.png": lambda: reconstructions_figure(model, splits.test_images),
+        "samples.png": lambda: samples_figure(model),
+        "loss_curve.png": lambda: loss_curve_figure(history),
+    }
+    return [save_figure(draw[name](), run_dir / name) for name in FIGURES]

@@ -1,0 +1,81 @@
+"""The ``vaekit`` command line: one module per command (train, evaluate and plot, explore, report, data).
+
+Every error a user can cause ends as one line on stderr and exit code 2 (bad input), 1 (the run failed)
+or 130 (interrupted); tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+from vaekit import __version__
+from vaekit.cli.common import Parser
+from vaekit.cli.data import add_data_parser
+from vaekit.cli.evaluate import add_evaluate_parser, add_plot_parser
+from vaekit.cli.explore import add_explore_parser
+from vaekit.cli.report import add_report_parser
+from vaekit.cli.train import add_train_parser
+from vaekit.config import ConfigError
+from vaekit.errors import VaekitError
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="vaekit", description="Variational auto-encoders: train, evaluate, plot, explore.")
+    parser.add_argument("--version", action="version", version=f"vaekit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
+    add_plot_parser(sub)
+    add_data_parser(sub)
+    add_explore_parser(sub)
+    add_report_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"vaekit {args.command}"
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, VaekitError, *_data_errors()) as e:
+        code = getattr(e, "exit_code", 2)
+        message = " ".join(str(e).split())  # always one line
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (`vaekit evaluate RUN --json | head`): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        asked = re.search(r"tried to allocate ([\d.]+ ?[A-Za-z]*)", str(e))
+        reason = f" (it tried to allocate {asked.group(1)})" if asked else ""
+        print(f"{prog}: error: out of memory{reason}; the sizes asked for do not fit this machine: try a "
+              "smaller model (--hidden, --zdim), --batch-size or --samples", file=sys.stderr)
+        return 1
+
+
+def _data_errors() -> tuple[type[Exception], ...]:
+    """The data layer's error class, once a command has loaded it (``vaekit --version`` never does)."""
+    errors = sys.modules.get("vaekit.data.errors")
+    return (errors.DataError,) if errors is not None else ()
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is memory exhaustion: Python's, the CPU allocator's or a GPU's."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return isinstance(e, MemoryError) or (oom is not None and isinstance(e, oom)) or \
+        "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

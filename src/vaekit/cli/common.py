@@ -1,0 +1,35 @@
+"""What every command shares: the one-line-error parser and the parsers of numeric flags."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``vaekit train: error: ...``) with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        message = " ".join(message.split())  # an argument may hold line breaks; the message stays one line
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, minimum: float, inclusive: bool = True, what: str = "") -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")) or (
+            value < minimum if inclusive else value <= minimum
+        ):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _number(int, 1, what="a positive integer")
+nonnegative_int = _number(int, 0, what="an integer >= 0")
+positive_float = _number(float, 0.0, inclusive=False, what="a positive number")

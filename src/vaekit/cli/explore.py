@@ -1,0 +1,162 @@
+"""``vaekit explore``: write a run's latent explorer page, or serve it on localhost until stopped.
+
+Serving stops on SIGINT (Ctrl-C) and SIGTERM whatever the disposition the process inherited: a shell
+starts background jobs with SIGINT ignored, and a server that keeps that disposition cannot be stopped
+but by force. The exit status is then 128 plus the signal's number (130, 143), as a shell reports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import webbrowser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from vaekit.artifacts import EXPLORER
+
+DEFAULT_PORT = 8765
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers ``/`` (and ``/index.html``, ``/explorer.html``) with the page; everything else is 404."""
+
+    page = b""
+
+    def _answer(self, body: bool) -> None:
+        if self.path.split("?", 1)[0] not in ("/", "/index.html", "/" + EXPLORER):
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(self.page)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if body:
+            self.wfile.write(self.page)
+
+    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+        self._answer(True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer(False)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # a quiet server: the command prints its address and nothing else
+
+
+class PageServer(ThreadingHTTPServer):
+    """A threaded HTTP server for one page held in memory, so nothing else on the disk is ever exposed."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-answer is routine (a closed tab): no traceback, and the server goes on."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return
+        print(f"vaekit explore: warning: a request from {client_address[0]} failed: {error!r}", file=sys.stderr,
+              flush=True)
+
+
+def make_server(page: bytes, port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> PageServer:
+    """A server on ``host:port`` answering with ``page``; port 0 picks a free one."""
+    from vaekit.artifacts.explorer import ExplorerError
+
+    handler = type("PageHandler", (_Handler,), {"page": page})
+    try:
+        return PageServer((host, port), handler)
+    except OSError as e:
+        raise ExplorerError(f"cannot serve on {host}:{port}: {e.strerror or e}; choose another --port "
+                            "(0 picks a free one)") from e
+
+
+class _Stop(Exception):
+    """Raised in the main thread by a stop signal's handler, out of ``serve_forever``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signum)
+
+
+def serve(page: bytes, port: int = DEFAULT_PORT, open_browser: bool = False) -> int:
+    """Serve ``page`` on localhost until SIGINT or SIGTERM; returns the exit status (128 + the signal).
+
+    The handlers are installed for the time of serving only (the main thread's previous ones come back
+    afterwards), and replace an inherited SIG_IGN: that is what makes Ctrl-C work in a background job.
+    """
+    server = make_server(page, port)
+    previous = {s: signal.signal(s, _raise_stop) for s in STOP_SIGNALS}
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        print(f"serving the explorer at {url} (Ctrl-C to stop)", flush=True)
+        if open_browser:
+            webbrowser.open(url)
+        server.serve_forever()
+    except _Stop as stop:
+        print(f"vaekit explore: stopped by {signal.Signals(stop.signum).name}", file=sys.stderr, flush=True)
+        return 128 + stop.signum
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        server.server_close()
+    return 0
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return value
+
+
+def add_explore_parser(sub: Any) -> argparse.ArgumentParser:
+    """The ``explore`` subcommand."""
+    p = sub.add_parser("explore", help="write the interactive latent explorer page of a run",
+                       description="Write RUN/explorer.html: one self-contained page (no server, no network) "
+                                   "with the decoder running in the browser over the latent plane.")
+    p.add_argument("run", help="run folder written by vaekit train")
+    p.add_argument("--out", help=f"file to write (default RUN/{EXPLORER})")
+    p.add_argument("--serve", action="store_true",
+                   help="serve the page on 127.0.0.1 and print its address instead of writing it (Ctrl-C stops)")
+    p.add_argument("--port", type=_port, default=None, help=f"port for --serve (default {DEFAULT_PORT}; 0: any free)")
+    p.add_argument("--open", action="store_true", help="open the page in a web browser")
+    p.add_argument("--data-dir", help="folder with the dataset's IDX files, if not where training found them")
+    p.add_argument("--device", default="cpu", help="device to compute the test set's latent means on (default cpu)")
+    p.set_defaults(func=cmd_explore)
+    return p
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    """Write (or serve) the page through the artifacts stage; with --out or --serve, the same page elsewhere."""
+    from vaekit.artifacts import load_inputs, write_artifacts
+    from vaekit.artifacts.explorer import ExplorerError, build_explorer
+    from vaekit.run import write_bytes
+
+    if args.port is not None and not args.serve:
+        raise ExplorerError("--port needs --serve")
+    if not args.serve and args.out is None:
+        path = write_artifacts(args.run, which=("explorer",), data_dir=args.data_dir, device=args.device)[0]
+    else:
+        run, splits = load_inputs(args.run, data_dir=args.data_dir, device=args.device)
+        page = build_explorer(run, splits).encode("utf-8")
+        if args.out is not None:
+            write_bytes(args.out, page)
+        if args.serve:
+            return serve(page, DEFAULT_PORT if args.port is None else args.port, open_browser=args.open)
+        path = Path(args.out)
+    print(path)
+    if args.open:
+        webbrowser.open(path.resolve().as_uri())
+    return 0

@@ -1,0 +1,171 @@
+"""``vaekit train``: flags -> TrainConfig (recipes under the flags given), resume checks, training."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from vaekit.cli.common import _number, nonnegative_int, positive_float, positive_int
+from vaekit.config import (
+    ACTIVATIONS,
+    BINARIZE,
+    GRID_SPACINGS,
+    LIKELIHOODS,
+    LR_SCHEDULES,
+    OBJECTIVES,
+    PRECISIONS,
+    PRESETS,
+    RECIPES,
+    ConfigError,
+    TrainConfig,
+    recipe_config,
+)
+
+
+def _hidden(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return sizes
+
+
+def _sigma(text: str) -> float | str:
+    """A positive number, or ``learned`` for a per-pixel standard deviation learned with the weights."""
+    if text.strip().lower() == "learned":
+        return "learned"
+    return positive_float(text)
+
+
+def add_train_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train a VAE (defaults: the blog post's model and settings on MNIST)",
+                       description="Train a VAE and write a run folder with weights, metrics and figures. "
+                                   "Defaults reproduce the blog post: seed model, zdim 2, BCE, Adam lr 3e-4, "
+                                   "batch 128, 50 epochs, on MNIST.")
+    # Every default is None so that --resume can tell which flags were given.
+    _data_flags(p.add_argument_group("data"))
+    _model_flags(p.add_argument_group("model and objective"))
+    _optimization_flags(p.add_argument_group("optimization"))
+    _run_flags(p.add_argument_group("run folder and output"))
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def _data_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--dataset", help="mnist, fashion-mnist or kmnist (default: MNIST, or its embedded "
+                                     "5,000-digit subset when offline)")
+    g.add_argument("--data-dir", help="folder holding the four IDX files of the dataset")
+    g.add_argument("--binarize", choices=BINARIZE,
+                   help="none (grey levels, default), dynamic (pixels redrawn as Bernoulli(grey) every batch) or "
+                        "static (one fixed binarized copy); evaluation uses one binarized test copy of fixed seed")
+
+
+def _model_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--model", choices=tuple(PRESETS), help="model preset: seed (the post's MLP, default), mlp, "
+                   "burda (the IWAE paper's 2x200 tanh, zdim 50) or pytorch-example (400 ReLU, zdim 20)")
+    g.add_argument("--zdim", type=positive_int, help="latent dimensions (default: the preset's, 2 for seed)")
+    g.add_argument("--hidden", type=_hidden, help="hidden sizes of the mlp preset, e.g. 512,256")
+    g.add_argument("--activation", choices=ACTIVATIONS, help="activation of the mlp preset")
+    g.add_argument("--likelihood", choices=LIKELIHOODS, help="bernoulli (the post's BCE, default), gaussian or "
+                   "continuous-bernoulli (the normalized density on [0, 1])")
+    g.add_argument("--sigma", type=_sigma, help="standard deviation of the gaussian likelihood (default 1), or "
+                                                "'learned' for a learned per-pixel one")
+    g.add_argument("--learn-sigma", action="store_true", default=None,
+                   help="learn a per-pixel gaussian standard deviation, starting at --sigma")
+    g.add_argument("--objective", choices=OBJECTIVES, help="elbo (default) or iwae, the k-sample "
+                                                           "importance-weighted bound")
+    g.add_argument("--k", type=positive_int, help="samples per image of the objective (default 1)")
+    g.add_argument("--beta", type=_number(float, 0.0, what="a number >= 0"), help="weight on the KL (default 1)")
+    g.add_argument("--kl-warmup", type=nonnegative_int, metavar="EPOCHS",
+                   help="raise the KL weight linearly from 0 to --beta over this many epochs (default 0: none)")
+
+
+def _optimization_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--recipe", choices=tuple(RECIPES),
+                   help="post (the blog post's settings, default) or fast (batch 256, lr 5e-3 with a 1-epoch "
+                        "warm-up and cosine decay, 16 epochs, bf16 where native); flags given as well override it")
+    g.add_argument("--epochs", type=positive_int, help="number of epochs in total (default 50)")
+    g.add_argument("--batch-size", type=positive_int, help="images per optimizer step (default 128)")
+    g.add_argument("--lr", type=positive_float, help="Adam learning rate (default 3e-4)")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help="constant (default) or cosine (decays to 0 at the last step)")
+    g.add_argument("--lr-warmup", type=_number(float, 0.0, what="a number of epochs >= 0"),
+                   help="epochs of linear learning-rate warm-up (default 0)")
+    g.add_argument("--seed", type=nonnegative_int, help="random seed; same seed, same weights on CPU (default 0)")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="fp32 (default), bf16 (autocast; CUDA, or CPUs with AVX-512 BF16/AMX) or fp16 (CUDA)")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the training step (falls back to eager with a message where it cannot)")
+    g.add_argument("--detect-anomaly", action="store_true", default=None,
+                   help="find the operation that produced a NaN (slow; for debugging)")
+
+
+def _run_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--out", help="run folder to create (default runs/vae-<date>-<time>)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument("--force", action="store_true", help="train into an existing --out folder, replacing its run")
+    g.add_argument("--checkpoint-every", type=nonnegative_int, help="also checkpoint every N optimizer steps")
+    g.add_argument("--grid-size", type=positive_int, help="cells per side of latent_grid.png (default 20)")
+    g.add_argument("--grid-spacing", choices=GRID_SPACINGS, help="even spacing or normal quantiles")
+    g.add_argument("--no-artifacts", dest="artifacts", action="store_false", default=None,
+                   help="skip the figures, explorer and report at the end (vaekit plot/explore/report make them)")
+    g.add_argument("--tensorboard", action="store_true", default=None,
+                   help="log per-epoch scalars to RUN/tensorboard/ (needs: pip install \"vaekit[tensorboard]\")")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+_FLAG_TO_FIELD = {
+    "dataset": "dataset", "data_dir": "data_dir", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+    "zdim": "zdim", "model": "model", "hidden": "hidden", "activation": "activation",
+    "likelihood": "likelihood", "sigma": "sigma", "device": "device", "seed": "seed",
+    "checkpoint_every": "checkpoint_every", "grid_size": "grid_size", "grid_spacing": "grid_spacing",
+    "detect_anomaly": "detect_anomaly", "learn_sigma": "learn_sigma", "objective": "objective", "k": "k",
+    "beta": "beta", "kl_warmup": "kl_warmup", "binarize": "binarize",
+    "precision": "precision", "compile": "compile", "lr_schedule": "lr_schedule", "lr_warmup": "lr_warmup",
+    "recipe": "recipe", "artifacts": "artifacts", "tensorboard": "tensorboard",
+}
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
+    """The TrainConfig the flags describe, and the subset of fields the user set explicitly."""
+    given = {field: getattr(args, flag) for flag, field in _FLAG_TO_FIELD.items() if getattr(args, flag) is not None}
+    if given.get("sigma") == "learned":  # --sigma learned: a learned sigma starting at 1
+        del given["sigma"]
+        given["learn_sigma"] = True
+    config = recipe_config(given.get("recipe"), given)  # a recipe's settings, under the flags given
+    config.progress = not args.quiet
+    return config, given
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vaekit.run import CONFIG, read_config
+    from vaekit.training import RESUMABLE, train
+
+    config, given = config_from_args(args)
+    if args.resume and args.force:
+        raise ConfigError("--resume and --force contradict each other: pick one")
+    if args.resume:
+        if not args.out:
+            raise ConfigError("--resume needs --out RUN_FOLDER")
+        if (Path(args.out) / CONFIG).exists():
+            _, stored, _ = read_config(Path(args.out))
+            def same(field: str, value: object) -> bool:
+                old = getattr(stored, field)
+                return old == value or (field == "recipe" and {old, value} <= {None, "post"})  # post: the default
+
+            clash = [f for f, v in given.items() if f not in RESUMABLE and not same(f, v)]
+            if clash:
+                flags = ", ".join("--" + f.replace("_", "-") for f in clash)
+                verb = "differs" if len(clash) == 1 else "differ"
+                raise ConfigError(f"{flags} {verb} from the run being resumed; resume with the same settings "
+                                  "or start a new run with another --out")
+            for f in RESUMABLE:  # keep the stored value unless the flag was given
+                if f not in given and f != "progress":
+                    setattr(config, f, getattr(stored, f))
+    config.validate()
+    train(config, args.out, resume=args.resume, force=args.force)
+    return 0

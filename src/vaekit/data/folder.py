@@ -1,0 +1,330 @@
+"""Reading a folder of images into one ``uint8`` array, decoded once and cached.
+
+Layout (as torchvision's ``ImageFolder``, so folders prepared for it work unchanged):
+
+* ``train/`` and ``test/`` subfolders: the split is used as given; each may have class subfolders.
+* otherwise, when every image lies in a subfolder, each top-level subfolder is a class (sorted names give
+  labels 0, 1, ...); images in deeper folders belong to their top-level class;
+* otherwise (some images directly in the folder) the data has no labels, and all images below are used.
+
+Reading happens in two passes over a thread pool: the headers first (cheap), which settle the number of
+channels and the image size or show that sizes differ, then the pixels. Pillow releases the GIL while it
+decodes, so threads use the machine's cores where decoding costs most (large photos); small images cost
+little either way. Every unusable file is found before anything is raised, and the result is cached (see
+:mod:`vaekit.data.imagecache`) only when it is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from . import imagecache
+from .errors import BadInputError
+from .images import IMAGE_EXTENSIONS, ImageProblem, Probe, decode_image, probe_image
+from .resolve import warn
+from .splits import RawData, content_digest
+from .walk import Entry, list_images
+
+__all__ = ["FolderPlan", "bad_files_error", "plan_folder", "read_folder"]
+
+_BATCH = 32
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class FolderPlan:
+    """The images a folder holds, in dataset order (a given split: training images first), with labels."""
+
+    root: Path
+    entries: list[Entry]
+    labels: list[int] | None
+    class_names: list[str] | None
+    n_given_train: int | None
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    ignored: int = 0
+    ignored_examples: list[str] = field(default_factory=list)
+
+
+def _class_of(rel: str, prefix: str) -> str | None:
+    inner = rel[len(prefix) :]
+    return inner.split("/", 1)[0] if "/" in inner else None
+
+
+def _part(root: Path, prefix: str) -> tuple[Any, list[str | None]]:
+    """List one part (the whole folder, ``train/`` or ``test/``) and each entry's class (``None``: flat)."""
+    listing = list_images(root / prefix if prefix else root, prefix)
+    classes = [_class_of(e.rel, prefix) for e in listing.entries]
+    if any(c is None for c in classes):
+        classes = [None] * len(classes)
+    return listing, classes
+
+
+def plan_folder(root: Path) -> FolderPlan:
+    """List ``root`` and work out its layout (given split or not, classes or not) without opening any image."""
+    given = (root / "train").is_dir() and (root / "test").is_dir()
+    prefixes = ["train/", "test/"] if given else [""]
+    parts = [_part(root, prefix) for prefix in prefixes]
+    labelled = [bool(classes) and classes[0] is not None for _, classes in parts]
+    if given and all(listing.entries for listing, _ in parts) and labelled[0] != labelled[1]:
+        flat = "train/" if not labelled[0] else "test/"
+        raise BadInputError(
+            f"{root}: {flat} holds images directly while the other split has class subfolders; use the same "
+            "layout in train/ and test/ (class subfolders in both, or images directly in both)"
+        )
+    names = sorted({c for _, classes in parts for c in classes if c is not None}) if any(labelled) else None
+    index = {name: i for i, name in enumerate(names or [])}
+    plan = FolderPlan(root=root, entries=[], labels=[] if names else None, class_names=names, n_given_train=None)
+    for listing, classes in parts:
+        plan.entries += listing.entries
+        if plan.labels is not None:
+            plan.labels += [index[c] for c in classes if c is not None]
+        plan.bad += listing.bad
+        plan.ignored += listing.ignored
+        plan.ignored_examples += listing.ignored_examples
+    if given:
+        plan.n_given_train = len(parts[0][0].entries)
+    return plan
+
+
+def _digest_key(plan: FolderPlan, image_size: int | None, channels: int | None) -> tuple[str, str]:
+    """(cache key, identity of the folder + options) for ``plan`` decoded with these options."""
+    options = json.dumps(
+        {"format": imagecache.FORMAT_VERSION, "image_size": image_size, "channels": channels,
+         "given": plan.n_given_train is not None}
+    )
+    digest = hashlib.sha256(options.encode())
+    for e in plan.entries:
+        digest.update(f"{e.rel}\0{e.size}\0{e.mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    for rel, problem in plan.bad:
+        digest.update(f"bad\0{rel}\0{problem}\n".encode("utf-8", "surrogateescape"))
+    identity = hashlib.sha256(f"{os.path.realpath(plan.root)}\0{options}".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:32], identity.hexdigest()[:32]
+
+
+def _parallel(work: Callable[[Sequence[T]], list[R]], items: Sequence[T], desc: str, progress: bool) -> list[R]:
+    """``work`` over ``items`` in batches on a thread pool, in order, with a progress bar; Ctrl-C stops it."""
+    from tqdm.auto import tqdm
+
+    batches = [items[i : i + _BATCH] for i in range(0, len(items), _BATCH)]
+    results: list[list[R]] = [[] for _ in batches]
+    pool = ThreadPoolExecutor(thread_name_prefix="vaekit-decode")
+    try:
+        with warnings.catch_warnings(), tqdm(
+            total=len(items), desc=desc, unit="img", disable=not progress, leave=False, file=sys.stderr
+        ) as bar:
+            # Problems are reported per file by vaekit; Pillow's own warnings (oversized images, odd EXIF)
+            # would only repeat them, many lines at a time.
+            warnings.filterwarnings("ignore", module=r"PIL\.")
+            warnings.simplefilter("ignore", category=_bomb_warning())
+            futures: dict[Future[list[R]], int] = {pool.submit(work, b): i for i, b in enumerate(batches)}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    results[futures[future]] = future.result()
+                    bar.update(len(batches[futures[future]]))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [r for batch in results for r in batch]
+
+
+def _bomb_warning() -> type[Warning]:
+    from PIL import Image
+
+    return Image.DecompressionBombWarning
+
+
+def _probe_all(plan: FolderPlan, progress: bool) -> tuple[list[Probe | None], list[tuple[str, str]]]:
+    """Headers of every entry: a :class:`Probe` each (``None`` where the file is bad) and the bad ones."""
+
+    def work(batch: Sequence[Entry]) -> list[Probe | str]:
+        out: list[Probe | str] = []
+        for entry in batch:
+            try:
+                out.append(probe_image(plan.root / entry.rel))
+            except ImageProblem as exc:
+                out.append(str(exc))
+        return out
+
+    found = _parallel(work, plan.entries, "checking images", progress)
+    bad = [(e.rel, r) for e, r in zip(plan.entries, found, strict=True) if isinstance(r, str)]
+    return [r if isinstance(r, Probe) else None for r in found], bad
+
+
+def _size_error(plan: FolderPlan, probes: list[Probe | None], n_bad: int) -> BadInputError:
+    counts = Counter((p.width, p.height) for p in probes if p is not None)
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{w}x{h}: {n:,}" for (w, h), n in ordered[:6])
+    if len(ordered) > 6:
+        shown += f", and {len(ordered) - 6} more sizes"
+    rare = ordered[-1][0]
+    example = next(e.rel for e, p in zip(plan.entries, probes, strict=True) if p and (p.width, p.height) == rare)
+    also = f"; {n_bad:,} more files cannot be read" if n_bad else ""
+    return BadInputError(
+        f"{plan.root}: the images have different sizes (width x height: {shown}; e.g. {example} is "
+        f"{rare[0]}x{rare[1]}){also}; pass --image-size N to resize (shorter side) and centre-crop them all to NxN"
+    )
+
+
+def _decode_all(
+    plan: FolderPlan, rows: list[int], out: np.ndarray, channels: int, image_size: int | None, progress: bool
+) -> list[tuple[str, str]]:
+    """Decode entries ``rows`` into ``out`` (row i of ``out`` for the i-th of ``rows``); return the bad ones."""
+
+    def work(batch: Sequence[int]) -> list[tuple[str, str]]:
+        failed = []
+        for slot in batch:
+            rel = plan.entries[rows[slot]].rel
+            try:
+                array = decode_image(plan.root / rel, channels=channels, image_size=image_size)
+            except ImageProblem as exc:
+                failed.append((rel, str(exc)))
+                continue
+            if array.shape != out.shape[1:]:
+                failed.append((rel, f"decodes to shape {array.shape}, not the {out.shape[1:]} its header says"))
+                continue
+            out[slot] = array
+        return failed
+
+    return _parallel(work, range(len(rows)), "decoding images", progress)
+
+
+def bad_files_error(root: Path | str, bad: list[tuple[str, str]]) -> BadInputError:
+    """The one-line error for unusable files: the first one, how many others, and what to do."""
+    rel, problem = bad[0]
+    others = len(bad) - 1
+    more = f"; {others:,} other file{'s are' if others != 1 else ' is'} bad too" if others else ""
+    fix = "replace or delete it" if not others else "replace or delete them"
+    return BadInputError(
+        f"{Path(root) / rel}: {problem}{more}; {fix}, or pass --skip-bad to leave the bad files out", bad
+    )
+
+
+def _channels_for(probes: list[Probe | None], channels: int | None) -> int:
+    if channels is not None:
+        return channels
+    return 1 if all(p.grey for p in probes if p is not None) else 3
+
+
+def _empty_error(plan: FolderPlan) -> BadInputError:
+    ignored = ""
+    if plan.ignored:
+        ignored = f" (ignored {plan.ignored:,} other files such as {', '.join(plan.ignored_examples)})"
+    kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+    return BadInputError(
+        f"{plan.root}: holds no images{ignored}; vaekit reads {kinds} files in the folder and its subfolders "
+        "(hidden ones excepted); put images there or pass another --data"
+    )
+
+
+def _decode_plan(
+    plan: FolderPlan, image_size: int | None, channels: int | None, skip_bad: bool, progress: bool
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """Decode the plan's images; return (images of the usable rows, their entry indices, the bad files)."""
+    probes, bad = _probe_all(plan, progress)
+    bad = sorted(plan.bad + bad)
+    usable = [i for i, p in enumerate(probes) if p is not None]
+    if image_size is None and len({(probes[i].width, probes[i].height) for i in usable}) > 1:  # type: ignore[union-attr]
+        raise _size_error(plan, probes, len(bad))
+    n_channels = _channels_for(probes, channels)
+    if usable:
+        first = probes[usable[0]]
+        assert first is not None
+        height, width = (image_size, image_size) if image_size else (first.height, first.width)
+    else:
+        height = width = 1
+    out = np.empty((len(usable), height, width) + ((3,) if n_channels == 3 else ()), dtype=np.uint8)
+    failed = _decode_all(plan, usable, out, n_channels, image_size, progress)
+    if failed:
+        bad = sorted(bad + failed)
+        if skip_bad:
+            failed_rels = {rel for rel, _ in failed}
+            keep = [slot for slot, i in enumerate(usable) if plan.entries[i].rel not in failed_rels]
+            out = out[keep]
+            usable = [usable[slot] for slot in keep]
+    if bad and not skip_bad:
+        raise bad_files_error(plan.root, bad)
+    return out, usable, bad
+
+
+def _check_counts(plan: FolderPlan, n_train: int | None, n_total: int, n_bad: int) -> None:
+    """Refuse data too small to train and test on (after bad files are left out)."""
+    skipped = f" ({n_bad:,} bad files left out)" if n_bad else ""
+    if n_train is not None:
+        for part, n in (("train/", n_train), ("test/", n_total - n_train)):
+            if n == 0:
+                raise BadInputError(f"{plan.root / part}: holds no usable images{skipped}; put images there")
+    if n_total < 2:
+        raise BadInputError(
+            f"{plan.root}: holds only {n_total} usable image{skipped}; at least 2 are needed (one to train on, "
+            "one to test); add images"
+        )
+
+
+def read_folder(
+    root: Path,
+    *,
+    image_size: int | None = None,
+    channels: int | None = None,
+    skip_bad: bool = False,
+    progress: bool = True,
+    cache: bool = True,
+) -> RawData:
+    """Decode every image under ``root`` (see the module docstring), from the cache when it is up to date."""
+    plan = plan_folder(root)
+    if not plan.entries and not plan.bad:
+        raise _empty_error(plan)
+    key, identity = _digest_key(plan, image_size, channels)
+    entry = imagecache.read_entry(key) if cache else None
+    if entry is not None:
+        bad = [(str(rel), str(problem)) for rel, problem in entry.meta["bad"]]
+        if bad and not skip_bad:
+            raise bad_files_error(root, bad)
+        return _raw(root, plan, entry.images, entry.labels, entry.meta, bad)
+    images, rows, bad = _decode_plan(plan, image_size, channels, skip_bad, progress)
+    n_train = None if plan.n_given_train is None else sum(1 for i in rows if i < plan.n_given_train)
+    _check_counts(plan, n_train, len(rows), len(bad))
+    labels = np.zeros(len(rows), np.int64) if plan.labels is None else np.asarray(plan.labels, np.int64)[rows]
+    labels = labels.astype(np.uint8) if (labels.size == 0 or labels.max() < 256) else labels
+    meta = {
+        "bad": bad, "n_given_train": n_train, "stale_of": identity,
+        "digest": content_digest(images, labels if plan.labels is not None else None, n_train),
+    }
+    if cache:
+        try:
+            stored = imagecache.write_entry(key, images, labels, meta)
+            images, labels, meta = stored.images, stored.labels, stored.meta
+        except OSError as exc:
+            warn(f"cannot write the image cache under {imagecache.images_root()} ({exc}); decoding again next time")
+    return _raw(root, plan, images, labels, meta, bad)
+
+
+def _raw(
+    root: Path, plan: FolderPlan, images: np.ndarray, labels: np.ndarray, meta: dict[str, Any],
+    bad: list[tuple[str, str]],
+) -> RawData:
+    return RawData(
+        kind="folder",
+        name=root.resolve().name or str(root.resolve()),
+        path=str(root.resolve()),
+        images=images,
+        labels=labels if plan.class_names is not None else None,
+        class_names=plan.class_names,
+        digest=str(meta["digest"]),
+        n_given_train=meta.get("n_given_train"),
+        bad=bad,
+    )
+

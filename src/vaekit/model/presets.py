@@ -1,0 +1,36 @@
+"""Named model presets, and the resolution of a preset plus the user's overrides into a ModelConfig."""
+
+from __future__ import annotations
+
+from vaekit.config import PRESETS, ConfigError, ModelConfig
+
+
+def model_config(
+    preset: str,
+    zdim: int | None = None,
+    hidden: list[int] | None = None,
+    activation: str | None = None,
+    image_shape: tuple[int, int] = (28, 28),
+    learn_sigma: bool = False,
+    sigma_init: float = 1.0,
+) -> ModelConfig:
+    """Resolve a preset name and optional overrides into a validated :class:`ModelConfig`.
+
+    ``learn_sigma`` adds a per-pixel decoder log standard deviation starting at ``log(sigma_init)``.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown model preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+    spec = dict(PRESETS[preset])
+    if hidden is not None:
+        if preset == "seed":
+            raise ConfigError("the seed preset has fixed hidden sizes; use --model mlp --hidden ...")
+        spec["encoder_hidden"] = list(hidden)
+        spec["decoder_hidden"] = list(reversed(hidden))
+    if activation is not None:
+        spec["activation"] = activation
+    if zdim is not None:
+        spec["zdim"] = zdim
+    cfg = ModelConfig(preset=preset, image_shape=tuple(image_shape), learn_sigma=learn_sigma,
+                      sigma_init=float(sigma_init) if learn_sigma else 1.0, **spec)
+    cfg.validate()
+    return cfg

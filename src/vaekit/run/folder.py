@@ -1,0 +1,265 @@
+"""The run folder: its file names, its config, weights, metrics and summary, and the :class:`Run` they make.
+
+A run folder holds ``config.json`` (model + training config + data), ``model.safetensors`` (weights),
+``checkpoint.safetensors`` (to resume), ``metrics.csv``, ``summary.json`` and the artifacts. A model is
+rebuilt from ``config.json`` and ``model.safetensors`` alone, without the code that trained it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ConfigError, ModelConfig, TrainConfig
+from ..errors import RunFolderError
+from ..model import VAE
+from .io import check_state, is_temporary, read_json, read_tensors, write_bytes, write_json, write_tensors
+from .lock import LOCK
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+CHECKPOINT = "checkpoint.safetensors"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+METRIC_COLUMNS = ("epoch", "train_loss", "test_loss", "test_recon", "test_kl", "seconds", "lr")
+REQUIRED_METRIC_COLUMNS = METRIC_COLUMNS[:-1]  # lr: added later, absent in older runs
+FORMAT_VERSION = 1
+
+
+def write_metrics(path: str | os.PathLike, rows: list[dict[str, float]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: _cell(k, row.get(k)) for k in METRIC_COLUMNS})
+    write_bytes(path, buf.getvalue().encode())
+
+
+
+def _cell(column: str, value: float | None) -> str:
+    """One metrics.csv cell: the epoch as an integer, the LR to 6 significant digits, losses to 6 decimals."""
+    if value is None:
+        return ""  # a row of a run from before the column existed
+    if column == "epoch":
+        return str(int(value))
+    return f"{value:.6g}" if column == "lr" else f"{value:.6f}"
+
+
+def write_config(run_dir: Path, model: ModelConfig, train: TrainConfig, data: dict[str, Any]) -> None:
+    write_json(run_dir / CONFIG, {
+        "format": FORMAT_VERSION, "model": asdict(model), "train": asdict(train), "data": data,
+    })
+
+
+def save_weights(run_dir: Path, model: VAE) -> None:
+    write_tensors(run_dir / WEIGHTS, dict(model.state_dict()), {"format": str(FORMAT_VERSION)})
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (as parsed from JSON) fits the type annotation ``hint``.
+
+    Knows the plain types config fields use (bool, int, float, str, None, lists, tuples and unions of
+    those); anything else is left to the config's own ``validate``.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args, strict=True))
+        return not args or all(_has_type(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint)
+
+
+def _check_field_types(cfg: Any, section: str) -> None:
+    """Every field of the config dataclass ``cfg`` holds a value of its declared type.
+
+    A hand-edited or hostile ``config.json`` then fails here, as one line naming the field, instead of
+    deep inside training, evaluation or plotting where a string in place of a number surfaces as a
+    traceback.
+    """
+    try:
+        hints = typing.get_type_hints(type(cfg))
+    except (NameError, TypeError):
+        return
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in hints and not _has_type(value, hints[f.name]):
+            shown = repr(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise ConfigError(f"{section}.{f.name} is {shown}, which is not of type {_type_name(hints[f.name])}")
+
+
+# Entries of config.json's "data" section that other parts of vaekit read, with their types.
+_DATA_FIELDS: dict[str, Any] = {"dataset": str | None, "source": str | None, "n_train": int, "n_test": int,
+                                "image_shape": list[int]}
+
+
+def read_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
+    """The model config, training config and data description of a run, each checked field by field."""
+    path = Path(run_dir) / CONFIG
+    d = read_json(path)
+    try:
+        if not isinstance(d, dict) or "model" not in d or "train" not in d:
+            raise ConfigError("expected an object with 'model' and 'train' entries")
+        model = ModelConfig.from_dict(d["model"])
+        _check_field_types(model, "model")
+        model.validate()
+        train = TrainConfig.from_dict(d["train"])
+        _check_field_types(train, "train")
+        train.validate()
+        data = d.get("data", {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"data is {type(data).__name__}, expected an object")
+        for key, hint in _DATA_FIELDS.items():
+            if key in data and not _has_type(data[key], hint):
+                raise ConfigError(f"data.{key} is {data[key]!r:.40}, which is not of type {_type_name(hint)}")
+    except (ConfigError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as e:
+        raise RunFolderError(f"{path} is not a valid vaekit config: {e}") from e
+    return model, train, data
+
+
+def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
+    """Rebuild a trained model from ``config.json`` and ``model.safetensors`` alone.
+
+    The model is first laid out on the ``meta`` device (no memory) and compared with the weights file, so
+    a config naming enormous layers fails as a mismatch instead of exhausting memory.
+    """
+    run_dir = Path(run_dir)
+    model_cfg, _, _ = read_config(run_dir)
+    tensors, _ = read_tensors(run_dir / WEIGHTS)
+    try:
+        with torch.device("meta"):
+            layout = VAE(model_cfg).state_dict()
+    except (RuntimeError, ValueError, TypeError, OverflowError) as e:
+        raise RunFolderError(f"{run_dir / CONFIG} describes a model that cannot be built "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+    check_state(layout, tensors, run_dir / WEIGHTS)
+    model = VAE(model_cfg)
+    model.load_state_dict(tensors)
+    return model.to(device).eval()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """The rows of ``metrics.csv`` (none if it is absent), every column a number and none missing."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED_METRIC_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"it has no {missing[0]} column")
+            return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != "" or k == "epoch"}
+                    for row in reader]
+    except (ValueError, TypeError, csv.Error) as e:
+        raise RunFolderError(f"{path} is corrupt ({e})") from e
+    except OSError as e:
+        raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+@dataclass
+class Run:
+    """A trained run loaded from its folder: the model plus everything recorded about it."""
+
+    path: Path
+    model: VAE
+    model_config: ModelConfig
+    train_config: TrainConfig
+    data: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """``summary.json`` as an object ({} while the run has none)."""
+    path = Path(run_dir) / SUMMARY
+    if not path.exists():
+        return {}
+    summary = read_json(path)
+    if not isinstance(summary, dict):
+        raise RunFolderError(f"{path} is not a vaekit summary: it holds a JSON {type(summary).__name__}, "
+                             "not an object")
+    return summary
+
+
+def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
+    """Open a run folder written by ``vaekit train``."""
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} does not exist")
+    model_cfg, train_cfg, data = read_config(run_dir)
+    model = load_model(run_dir, device)
+    return Run(run_dir, model, model_cfg, train_cfg, data, read_summary(run_dir), read_metrics(run_dir))
+
+
+# ---------------------------------------------------------------------------------------------- run state
+
+
+def is_unstarted(run_dir: Path) -> bool:
+    """True for a folder holding nothing of a run: at most a lock and temporary files.
+
+    That is what a ``vaekit train`` killed before it wrote its config leaves behind; nothing in it is worth
+    keeping, so the folder may be trained into (or "resumed" from scratch) without ``--force``.
+    """
+    try:
+        return all(p.name == LOCK or is_temporary(p.name) for p in Path(run_dir).iterdir())
+    except OSError:
+        return False
+
+
+def is_complete(run_dir: Path, epochs: int, outputs: tuple[str, ...] = ()) -> bool:
+    """True once a run of ``epochs`` epochs has written its summary and every file of ``outputs``.
+
+    A run killed after its final checkpoint but before it finished these is not complete: resuming it
+    writes the weights, metrics, summary and figures it did not get to. (Every file is written atomically,
+    so one that exists is whole.)
+    """
+    try:
+        summary = read_summary(run_dir)
+    except RunFolderError:
+        return False
+    return summary.get("epochs") == epochs and all((Path(run_dir) / name).exists() for name in outputs)
+
+
+def remove_run_files(run_dir: Path, names: tuple[str, ...] = ()) -> None:
+    """Delete the files of a previous run in ``run_dir`` (for ``--force``), config last.
+
+    Otherwise a new run killed before its first checkpoint would leave the old run's checkpoint next to
+    its own config, and ``--resume`` would continue the wrong run.
+    """
+    for name in (CHECKPOINT, WEIGHTS, METRICS, SUMMARY, *names, CONFIG):
+        try:
+            (Path(run_dir) / name).unlink(missing_ok=True)
+        except OSError as e:
+            raise RunFolderError(f"cannot remove {Path(run_dir) / name} of the previous run: "
+                                 f"{e.strerror or e}") from e
+

@@ -1,0 +1,177 @@
+"""Run-folder files on disk: atomic writes, bounded reads, safetensors without pickles.
+
+Every file is written to a temporary name and renamed, so a reader never sees half a file; every read is
+bounded and refuses anything that is not a regular file, so a hostile run folder cannot hang vaekit or
+fill its memory. Nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as st_save
+
+from ..errors import RunFolderError, WriteError
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through ``write(tmp)`` then rename, so readers never see a partial file.
+
+    On failure (disk full, permission denied) the temporary file is removed, the previous ``path`` is
+    left untouched and a one-line :class:`WriteError` says so.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        reason = e.strerror or str(e)
+        raise WriteError(f"could not write {path}: {reason}; the previous version is intact "
+                         "(free some disk space or choose another --out)") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable: without syncing the folder, a power cut can bring back the old name.
+
+    Best effort: some platforms and file systems cannot open or sync a folder, and the rename itself
+    already protects against a killed process.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# Temporary files of atomic writes and of the lock: ``.<name>.tmp-<pid>``. A killed process leaves its own
+# behind; the next process to lock the folder removes those whose process is gone.
+TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def is_temporary(name: str) -> bool:
+    """True for the name of a temporary file that an atomic write or the lock may leave behind."""
+    return TEMP_NAME.match(name) is not None
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n").encode())
+
+
+
+def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    blob = st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
+    write_bytes(path, blob)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file, turning every failure into one line naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} is missing; is {path.parent} a vaekit run folder?") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"cannot read {path}: {e}") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RunFolderError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); the file is corrupt") from e
+    except RecursionError:
+        raise RunFolderError(f"{path} is not a vaekit file: its JSON is nested too deeply to read") from None
+
+
+
+def _pickle_kind(path: Path) -> str | None:
+    """What kind of pickle-based PyTorch file ``path`` is, from its first bytes; None if it is not one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return "a torch.save zip archive, which holds a pickle"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle"
+    return None
+
+
+_PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".bin", ".ckpt")
+_NO_PICKLES = ("vaekit loads only safetensors and never unpickles, because unpickling can run arbitrary code "
+               "(convert it with safetensors.torch.save_file where you trust it)")
+
+
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file; refuses pickles and reports corruption as one line."""
+    path = Path(path)
+    if path.suffix in _PICKLE_SUFFIXES:
+        raise RunFolderError(f"{path} looks like a pickle-based PyTorch file; {_NO_PICKLES}")
+    if not path.exists():
+        pickles = [p.name for p in map(path.with_suffix, _PICKLE_SUFFIXES) if p.exists()]
+        if pickles:
+            raise RunFolderError(f"{path} is missing and {pickles[0]} next to it is a pickle-based PyTorch file; "
+                                 f"{_NO_PICKLES}")
+        raise RunFolderError(f"{path} is missing")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        kind = _pickle_kind(path)  # only asked after a failure: a valid safetensors header may look alike
+        if kind is not None:
+            raise RunFolderError(f"{path} is not safetensors but {kind}; {_NO_PICKLES}") from e
+        raise RunFolderError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); "
+                             "it is truncated or corrupt") from e
+    return tensors, meta
+
+
+def check_state(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], path: Path) -> None:
+    """``got`` has exactly the names, shapes and dtypes of ``expected``, and only finite values."""
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    if missing or extra:
+        raise RunFolderError(f"{path} does not match the model in config.json "
+                             f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    for k, ref in expected.items():
+        t = got[k]
+        if t.shape != ref.shape:
+            raise RunFolderError(f"{path}: tensor {k} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}")
+        if t.dtype != ref.dtype:
+            raise RunFolderError(f"{path}: tensor {k} has dtype {t.dtype}, expected {ref.dtype}")
+        if (t.is_floating_point() or t.is_complex()) and not torch.isfinite(t).all():
+            raise RunFolderError(f"{path}: tensor {k} contains NaN or infinite values")
+
+
+def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path, prefix: str = "") -> None:
+    """Copy ``tensors`` into ``model`` after checking names, shapes, dtypes and finiteness."""
+    got = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    check_state(model.state_dict(), got, path)
+    model.load_state_dict(got)
+

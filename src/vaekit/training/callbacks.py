@@ -1,0 +1,210 @@
+"""Callbacks: the named parts of training that are not the optimization itself.
+
+:func:`vaekit.training.loop.fit` calls every callback's hooks in order; the defaults are the progress bar,
+the checkpoints, ``metrics.csv`` and the per-epoch log line, and ``--tensorboard`` adds TensorBoard scalars.
+Write your own by subclassing :class:`Callback` and passing it as ``vaekit.train(..., callbacks=[...])``
+(see docs/callbacks.md). Under torchrun every process calls the hooks; ``trainer.ctx.is_main`` is rank 0,
+the only process that should write files.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+from tqdm import tqdm
+
+from vaekit import run as runs
+from vaekit.config import ConfigError
+from vaekit.training.checkpoint import TrainState, save_checkpoint
+from vaekit.training.trainer import Trainer
+
+
+@dataclass
+class StepResult:
+    """One finished optimizer step: its number in the epoch (1-based), its summed loss and images."""
+
+    step: int
+    loss: Tensor
+    images: int
+
+
+class Callback:
+    """Hooks into :func:`~vaekit.training.loop.fit`; override the ones you need. All do nothing by default."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Before the first epoch (of this process: a resumed run starts mid-way)."""
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """Before the first step of ``epoch`` (1-based) or, resumed, its next step."""
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        """After each optimizer step. ``result.loss`` lives on the device: reading it costs a sync there."""
+
+    def on_save_point(self, trainer: Trainer, state: TrainState) -> None:
+        """Mid-epoch, when ``--checkpoint-every`` is due or a stop was asked for: ``state`` is consistent."""
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+        """After an epoch and its evaluation; ``row`` is the epoch's line of metrics.csv."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """After the last epoch."""
+
+    def teardown(self, trainer: Trainer) -> None:
+        """Always, last, whether training finished, stopped or failed: release what the callback holds."""
+
+
+class CallbackList(Callback):
+    """Calls the hooks of several callbacks in order; ``teardown`` reaches every one even if one fails."""
+
+    def __init__(self, callbacks: Sequence[Callback]) -> None:
+        self.callbacks = list(callbacks)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        for cb in self.callbacks:
+            cb.on_fit_start(trainer)
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_start(trainer, epoch)
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        for cb in self.callbacks:
+            cb.on_step_end(trainer, result)
+
+    def on_save_point(self, trainer: Trainer, state: TrainState) -> None:
+        for cb in self.callbacks:
+            cb.on_save_point(trainer, state)
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_end(trainer, row)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        for cb in self.callbacks:
+            cb.on_fit_end(trainer)
+
+    def teardown(self, trainer: Trainer) -> None:
+        errors = []
+        for cb in self.callbacks:
+            try:
+                cb.teardown(trainer)
+            except Exception as e:  # noqa: BLE001 - re-raised below, after every callback had its turn
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+
+class ProgressBar(Callback):
+    """The post's tqdm bar, one per epoch, with the loss per image of the latest step."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        self.bar = tqdm(total=trainer.data.steps_per_epoch, initial=trainer.state.step_in_epoch, ascii=" >=",
+                        desc=f"epoch {epoch}/{trainer.config.epochs}", leave=False, dynamic_ncols=True)
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        assert self.bar is not None
+        self.bar.update(1)
+        every = trainer.step.every
+        if result.step % (20 if every == 1 else every) == 0 or result.step == trainer.data.steps_per_epoch:
+            self.bar.set_postfix(loss=f"{result.loss.item() / result.images:.6f}")
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+        self.teardown(trainer)
+
+    def teardown(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Checkpointer(Callback):
+    """``checkpoint.safetensors`` at every save point and epoch end, ``model.safetensors`` at epoch ends."""
+
+    def on_save_point(self, trainer: Trainer, state: TrainState) -> None:
+        if trainer.ctx.is_main:
+            save_checkpoint(trainer.run_dir, trainer.model, trainer.opt, trainer.gens, trainer.epoch_shuffle, state)
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+        if trainer.ctx.is_main:
+            self.on_save_point(trainer, trainer.state)
+            runs.save_weights(trainer.run_dir, trainer.model)
+
+
+class MetricsCSV(Callback):
+    """``metrics.csv``: one row per epoch, rewritten whole (atomically) after each."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.ctx.is_main and trainer.state.history:  # a kill between checkpoint and metrics: catch up
+            runs.write_metrics(trainer.run_dir / runs.METRICS, trainer.state.history)
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+        if trainer.ctx.is_main:
+            runs.write_metrics(trainer.run_dir / runs.METRICS, trainer.state.history)
+
+
+class EpochLog(Callback):
+    """One line per epoch on stderr: the losses and the time."""
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+        log(f"epoch {row['epoch']}/{trainer.config.epochs}  train {row['train_loss']:.3f}  test {row['test_loss']:.3f}"
+            f" (recon {row['test_recon']:.3f}, kl {row['test_kl']:.3f})  {row['seconds']:.1f}s")
+
+
+class TensorBoard(Callback):
+    """Per-epoch scalars for TensorBoard in ``RUN/tensorboard/``: train/loss, test/loss, test/recon, test/kl, lr.
+
+    Needs the ``tensorboard`` package (``pip install "vaekit[tensorboard]"``); without it training does not
+    start. Scalars are indexed by epoch, so a resumed run continues the same curves.
+    """
+
+    TAGS = {"train/loss": "train_loss", "test/loss": "test_loss", "test/recon": "test_recon",
+            "test/kl": "test_kl", "lr": "lr"}
+
+    def __init__(self, run_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ConfigError('--tensorboard needs the tensorboard package: pip install "vaekit[tensorboard]" '
+                              "(or train without --tensorboard)") from e
+        self.folder = Path(run_dir) / "tensorboard"
+        self._writer_class = SummaryWriter
+        self.writer: Any = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.ctx.is_main:
+            self.writer = self._writer_class(log_dir=str(self.folder))
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+        if self.writer is not None:
+            for tag, key in self.TAGS.items():
+                self.writer.add_scalar(tag, row[key], global_step=int(row["epoch"]))
+            self.writer.flush()
+
+    def teardown(self, trainer: Trainer) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def default_callbacks(progress: bool, tensorboard: bool, run_dir: Path) -> list[Callback]:
+    """The callbacks of ``vaekit train``, in the order they run at an epoch's end."""
+    callbacks: list[Callback] = [ProgressBar()] if progress else []
+    callbacks += [Checkpointer(), MetricsCSV()]
+    if progress:
+        callbacks.append(EpochLog())
+    if tensorboard:
+        callbacks.append(TensorBoard(run_dir))
+    return callbacks
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr that does not break the tqdm bar."""
+    tqdm.write(msg, file=sys.stderr)
