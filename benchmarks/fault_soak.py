@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from vaekit import runs
+from vaekit import run as runs
 from vaekit.data import write_idx
 
 PNG_END = b"IEND\xaeB`\x82"
@@ -229,9 +229,9 @@ def kill_resume_soak(data: Path, workdir: Path, *, kills: int, epochs: int, seed
 
 
 def _final_outputs() -> tuple[str, ...]:
-    from vaekit.train import _final_outputs as outputs
+    from vaekit.artifacts import FINAL_OUTPUTS
 
-    return outputs()
+    return FINAL_OUTPUTS
 
 
 def _tail(workdir: Path, start: int) -> str:

@@ -2,7 +2,7 @@
 
 All estimate log p(x) with K draws per image on the same model and images, in the same process:
 
-* batched: :func:`vaekit.likelihood.model_log_px` with ``compile=True``, as ``vaekit evaluate --nll`` runs
+* batched: :func:`vaekit.eval.likelihood.model_log_px` with ``compile=True``, as ``vaekit evaluate --nll`` runs
   on a CPU when the estimate decodes 2^22 rows or more (K = 5000 on 839+ test images; smaller estimates run
   eagerly): each image encoded once, its K draws decoded in chunks of at most ``--rows`` images-times-draws,
   each chunk's decoder, likelihood and weights compiled by ``torch.compile`` (the first call, which
@@ -39,8 +39,8 @@ import time
 import torch
 from torch import nn
 
-from vaekit.likelihood import ROWS, ROWS_ACCELERATOR, model_log_px
-from vaekit.models import VAE, model_config
+from vaekit.eval.likelihood import ROWS, ROWS_ACCELERATOR, model_log_px
+from vaekit.model import VAE, model_config
 from vaekit.objectives import bernoulli_log_likelihood, diagonal_normal_log_prob, standard_normal_log_prob
 
 

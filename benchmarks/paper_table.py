@@ -36,7 +36,7 @@ import torch
 import vaekit
 from vaekit.config import TrainConfig
 from vaekit.data import DataError, load_splits
-from vaekit.train import resolve_device
+from vaekit.devices import resolve_device
 
 
 @dataclass

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 import vaekit
 from vaekit.data import load_splits
-from vaekit.runs import read_metrics
+from vaekit.run import read_metrics
 
 
 class PostDataset(torch.utils.data.Dataset):

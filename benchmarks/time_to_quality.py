@@ -25,7 +25,7 @@ import torch
 
 import vaekit
 from vaekit.data import load_splits
-from vaekit.recipes import RECIPES, recipe_config
+from vaekit.config import RECIPES, recipe_config
 
 try:
     from throughput import post_train
@@ -38,8 +38,8 @@ except ImportError:  # run from elsewhere than benchmarks/
 
 def post_pipeline(splits, epochs: int, device: torch.device) -> tuple[float, float]:
     """The post's training loop for ``epochs`` epochs; returns (training seconds, vaekit test loss)."""
-    from vaekit.evaluate import evaluate_elbo
-    from vaekit.models import VAE, model_config
+    from vaekit.eval.elbo import evaluate_elbo
+    from vaekit.model import VAE, model_config
 
     torch.manual_seed(0)
     model, rates = post_train(splits.train_images, epochs, device)

@@ -9,7 +9,6 @@ checkpoint.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import sys
@@ -21,9 +20,12 @@ import torch
 from safetensors.torch import load_file
 
 import vaekit
-from vaekit import runs
-from vaekit.cli import main
+from vaekit import run as runs
+from vaekit.artifacts import FINAL_OUTPUTS, figures
+from vaekit.cli import build_parser, main
 from vaekit.config import TrainConfig
+from vaekit.cli.train import config_from_args
+from vaekit.errors import NonFiniteError
 
 from .conftest import hermetic_env, write_dataset
 
@@ -39,6 +41,7 @@ def _soak_module() -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path: Path) -> None:
     """Five SIGKILLs (at random moments of start-up or a random delay after the latest checkpoint),
     ``--resume`` after each: every file whole after every kill, the final weights bit for bit those of an
@@ -59,7 +62,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path: Pa
 
 def _cfg(data: Path, **kw: object) -> TrainConfig:
     return TrainConfig(**{**dict(dataset="mnist", data_dir=str(data), epochs=1, batch_size=32, device="cpu",
-                                 progress=False, grid_size=2, checkpoint_every=3), **kw})
+                                 progress=False, grid_size=2, checkpoint_every=3, artifacts=False), **kw})
 
 
 @pytest.fixture(scope="module")
@@ -80,20 +83,40 @@ class Killed(BaseException):
     """Stands for SIGKILL: not an Exception, so nothing in vaekit handles it."""
 
 
-def _assert_same_run(run: Path, reference: Path) -> None:
+class KillAt(vaekit.Callback):
+    """Dies at the first call of hook ``hook``, after the default callbacks (which run first) had theirs."""
+
+    def __init__(self, hook: str) -> None:
+        self.hook = hook
+
+    def _reached(self, hook: str) -> None:
+        if hook == self.hook:
+            raise Killed
+
+    def on_fit_start(self, trainer) -> None:
+        self._reached("on_fit_start")
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        self._reached("on_epoch_start")
+
+    def on_fit_end(self, trainer) -> None:
+        self._reached("on_fit_end")
+
+
+def _assert_same_run(run: Path, reference: Path, outputs: tuple[str, ...] = ()) -> None:
     a, b = load_file(run / runs.WEIGHTS), load_file(reference / runs.WEIGHTS)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    keys = ("epoch", "train_loss", "test_loss")
+    keys = ("epoch", "train_loss", "test_loss", "lr")
     assert [[r[k] for k in keys] for r in runs.read_metrics(run)] == \
         [[r[k] for k in keys] for r in runs.read_metrics(reference)]
-    from vaekit.train import _final_outputs
-
-    assert runs.is_complete(run, 1, _final_outputs())
+    assert runs.read_summary(run)["test_loss"] == runs.read_summary(reference)["test_loss"]
+    assert runs.is_complete(run, 1, outputs)
 
 
 def _kill_at(monkeypatch: pytest.MonkeyPatch, module: object, name: str, when=lambda *a, **k: True,
              after: bool = False) -> None:
-    """Make ``module.name`` die (before or after doing its work) the first time ``when`` holds."""
+    """Make the public function ``module.name`` die (before or after doing its work) the first time ``when``
+    holds."""
     real = getattr(module, name)
     fired = []
 
@@ -124,25 +147,31 @@ def test_killed_before_its_config_resumes_from_scratch(data: Path, reference: Pa
     _assert_same_run(out, reference)
 
 
-@pytest.mark.parametrize("window", ["after the last checkpoint", "before the summary", "while drawing figures"])
+WINDOWS = ["after the last checkpoint", "before the summary", "while drawing figures"]
+
+
+@pytest.mark.parametrize("window", WINDOWS)
 def test_killed_while_finishing_resumes_to_finish(window: str, data: Path, reference: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    """The old behaviour refused such a run ("already has 1 epochs") and left it without summary or figures."""
-    train_mod = importlib.import_module("vaekit.train")
+    """Killed after the last step: the resumed run finishes (weights, metrics, summary and, when the run makes
+    them, its artifacts) instead of refusing with "already has 1 epochs", and is then the uninterrupted run."""
     out = tmp_path / "run"
-    if window == "after the last checkpoint":
-        _kill_at(monkeypatch, train_mod, "save_checkpoint", lambda *a: a[-1].epoch == 1 and a[-1].step_in_epoch == 0,
-                 after=True)
+    callbacks: list[vaekit.Callback] = []
+    artifacts = window == "while drawing figures"
+    if window == "after the last checkpoint":  # the epoch's checkpoint is written; its weights are next
+        _kill_at(monkeypatch, runs, "save_weights")
     elif window == "before the summary":
-        _kill_at(monkeypatch, runs, "write_json", lambda path, obj: Path(path).name == runs.SUMMARY)
-    else:
-        _kill_at(monkeypatch, train_mod.viz, "save_samples")
+        callbacks.append(KillAt("on_fit_end"))
+    else:  # two of the five figures drawn
+        _kill_at(monkeypatch, figures, "save_figure", lambda fig, path: Path(path).name == figures.FIGURES[2])
     with pytest.raises(Killed):
-        vaekit.train(_cfg(data), out)
+        vaekit.train(_cfg(data, artifacts=artifacts), out, callbacks=callbacks)
     monkeypatch.undo()
+    outputs = FINAL_OUTPUTS if artifacts else ()
+    assert runs.read_tensors(out / runs.CHECKPOINT) and not runs.is_complete(out, 1, outputs)
     capsys.readouterr()
     assert main(["train", "--resume", "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
-    _assert_same_run(out, reference)
+    _assert_same_run(out, reference, outputs)
     assert main(["train", "--resume", "--out", str(out), "--quiet"]) == 2  # now it is finished
     assert "already has 1 epochs" in capsys.readouterr().err
 
@@ -151,28 +180,23 @@ def test_metrics_left_behind_by_a_kill_catch_up_when_resumed(data: Path, tmp_pat
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed between an epoch's checkpoint and its metrics, again and again: metrics.csv never falls more than
     that one epoch behind the checkpoint, because a resumed run rewrites it from the checkpoint first."""
-    train_mod = importlib.import_module("vaekit.train")
     out = tmp_path / "run"
     for epoch in (1, 2):
-        _kill_at(monkeypatch, train_mod, "save_checkpoint", lambda *a, e=epoch: a[-1].epoch == e, after=True)
+        _kill_at(monkeypatch, runs, "write_metrics", lambda path, rows, e=epoch: rows[-1]["epoch"] == e)
         with pytest.raises(Killed):
             vaekit.train(_cfg(data, epochs=3), out, resume=epoch > 1)
         monkeypatch.undo()
         assert [r["epoch"] for r in runs.read_metrics(out)] == list(range(1, epoch)), "one epoch behind"
-    _kill_at(monkeypatch, train_mod, "save_checkpoint")  # the resumed run dies at its first checkpoint
-    with pytest.raises(Killed):
-        vaekit.train(_cfg(data, epochs=3), out, resume=True)
+    with pytest.raises(Killed):  # the resumed run dies before its first step
+        vaekit.train(_cfg(data, epochs=3), out, resume=True, callbacks=[KillAt("on_epoch_start")])
     assert [r["epoch"] for r in runs.read_metrics(out)] == [1, 2], "caught up with the checkpoint"
 
 
-def test_force_then_killed_never_resumes_the_replaced_run(data: Path, reference: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_force_then_killed_never_resumes_the_replaced_run(data: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     vaekit.train(_cfg(data, seed=5), out)  # the run to be replaced
-    _kill_at(monkeypatch, runs, "write_config", after=True)
-    with pytest.raises(Killed):
-        vaekit.train(_cfg(data), out, force=True)
-    monkeypatch.undo()
+    with pytest.raises(Killed):  # the old run is removed and the new config written; no step taken yet
+        vaekit.train(_cfg(data), out, force=True, callbacks=[KillAt("on_fit_start")])
     left = sorted(p.name for p in out.iterdir() if not runs.is_temporary(p.name))
     assert left == [runs.CONFIG], left  # only the new run's config: the old run is gone
     assert json.loads((out / runs.CONFIG).read_text())["train"]["seed"] == 0
@@ -180,31 +204,42 @@ def test_force_then_killed_never_resumes_the_replaced_run(data: Path, reference:
     _assert_same_run(out, reference)
 
 
+class AnomalyProbe(vaekit.Callback):
+    """Records whether anomaly mode is on at every step."""
+
+    def __init__(self) -> None:
+        self.modes: list[bool] = []
+
+    def on_step_end(self, trainer, result) -> None:
+        self.modes.append(torch.is_anomaly_enabled())
+
+
+class NaNWeight(vaekit.Callback):
+    """Puts a NaN into the decoder before the first step: its forward and backward produce NaN."""
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        with torch.no_grad():
+            trainer.model.decoder[-1].weight[0, 0] = float("nan")
+
+
 @pytest.mark.filterwarnings("ignore:Error detected in")
-def test_detect_anomaly_is_accepted_and_turns_anomaly_mode_on(data: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    train_mod = importlib.import_module("vaekit.train")
-    real = train_mod.batch_loss
-    modes: list[bool] = []
-
-    def recording(*args: object, **kwargs: object) -> torch.Tensor:
-        modes.append(torch.is_anomaly_enabled())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "batch_loss", recording)
-    args = ["train", "--dataset", "mnist", "--data-dir", str(data), "--epochs", "1", "--batch-size", "64",
-            "--device", "cpu", "--quiet", "--grid-size", "2", "--out", str(tmp_path / "run")]
-    assert main([*args, "--detect-anomaly"]) == 0
-    assert modes and all(modes), "anomaly mode is on for every training step"
+def test_detect_anomaly_turns_anomaly_mode_on_and_reports_its_finding_in_one_line(data: Path,
+                                                                                  tmp_path: Path) -> None:
+    config, _ = config_from_args(build_parser().parse_args(["train", "--detect-anomaly"]))
+    assert config.detect_anomaly is True
+    probe = AnomalyProbe()
+    vaekit.train(_cfg(data, detect_anomaly=True), tmp_path / "run", callbacks=[probe])
+    assert probe.modes and all(probe.modes), "anomaly mode is on for every training step"
     assert json.loads((tmp_path / "run" / runs.CONFIG).read_text())["train"]["detect_anomaly"] is True
     assert not torch.is_anomaly_enabled(), "and off again afterwards"
+    off = AnomalyProbe()
+    vaekit.train(_cfg(data), tmp_path / "plain", callbacks=[off])
+    assert off.modes and not any(off.modes)
 
-    # A NaN made in the backward pass: anomaly mode names the operation; vaekit reports it in one line.
-    def poisoned(*args: object, **kwargs: object) -> torch.Tensor:
-        return real(*args, **kwargs) * float("nan")
-
-    monkeypatch.setattr(train_mod, "batch_loss", poisoned)
-    capsys.readouterr()
-    assert main([*args, "--detect-anomaly", "--force"]) == 1
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vaekit train: error:")]
-    assert len(err) == 1 and "--detect-anomaly stopped training" in err[0] and "Backward" in err[0], err
+    # A NaN in the backward pass: anomaly mode names the operation; vaekit reports it in one line.
+    with pytest.raises(NonFiniteError) as info:
+        vaekit.train(_cfg(data, detect_anomaly=True), tmp_path / "nan", callbacks=[NaNWeight()])
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("--detect-anomaly stopped training: Function '")
+    assert "Backward" in message and "no checkpoint had been written yet" in message
+    assert not torch.is_anomaly_enabled()

@@ -10,12 +10,7 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,11 +21,11 @@ import torch
 from torch import nn
 
 import vaekit
-from vaekit.cli import main
-from vaekit.config import TrainConfig
-from vaekit.explore import ExplorerError, decoder_layers, explorer_html
-from vaekit.models import VAE, model_config
+from vaekit.artifacts import EXPLORER, FIGURES, REPORT, write_artifacts
+from vaekit.artifacts.explorer import ExplorerError, decoder_layers, explorer_html
+from vaekit.model import VAE, model_config
 
+from .artifact_runs import Html, make_run
 from .conftest import hermetic_env
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
@@ -60,11 +55,14 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seed-preset run trained long enough that different latent points decode differently."""
-    out = tmp_path_factory.mktemp("explorer") / "run"
+    """A finished seed-preset run with all its artifacts, as ``vaekit train`` leaves it.
+
+    Its weights are random: different latent points decode differently all the same, and the page must
+    compute what PyTorch computes for any weights.
+    """
+    out = make_run(tmp_path_factory.mktemp("explorer") / "run", tiny_data)
     with hermetic_env(tmp_path_factory.mktemp("cache")):
-        vaekit.train(TrainConfig(dataset="mnist", data_dir=str(tiny_data), epochs=2, batch_size=32, lr=1e-3,
-                                 device="cpu", progress=False), out)
+        write_artifacts(out)
     return out
 
 
@@ -115,7 +113,7 @@ def _reference(model: VAE, z: torch.Tensor) -> torch.Tensor:
 
 
 def test_page_parity_api_and_decode_speed(open_page: Any, trained_run: Path, capsys, record_property) -> None:
-    page = open_page(trained_run / "explorer.html")  # training wrote it
+    page = open_page(trained_run / EXPLORER)  # the artifacts stage wrote it
     model = vaekit.load_model(trained_run)
     assert page.page.evaluate("window.vaekit.zdim") == 2
     assert page.page.evaluate("window.vaekit.imageShape") == [28, 28]
@@ -150,7 +148,7 @@ def test_page_parity_api_and_decode_speed(open_page: Any, trained_run: Path, cap
 
 
 def test_pointer_clicks_keys_and_buttons_drive_the_page(open_page: Any, trained_run: Path, tmp_path: Path) -> None:
-    page = open_page(trained_run / "explorer.html")
+    page = open_page(trained_run / EXPLORER)
     p = page.page
     box = p.locator("#plane").bounding_box()
     assert box is not None
@@ -256,13 +254,30 @@ def test_report_links_to_the_explorer(browser: Any, trained_run: Path) -> None:
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto((trained_run / "report.html").resolve().as_uri())
-    assert page.locator("img").count() == 5
+    page.goto((trained_run / REPORT).resolve().as_uri())
+    assert page.locator("img").count() == len(FIGURES)
+    assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 100)")  # PNGs decode
     page.click("a.explorer")
     page.wait_for_function("window.vaekit !== undefined")
     assert page.evaluate("window.vaekit.zdim") == 2
     page.close()
     assert errors == []
+
+
+def test_page_title_cannot_break_out_of_its_script(open_page: Any, tmp_path: Path) -> None:
+    """A run named like markup is shown as text: the page's own two scripts run, and nothing else does."""
+    model = _random_model("seed", 2)
+    title = "</script><script>window.injected = 1</script><b>x"
+    path = tmp_path / "page.html"
+    path.write_text(explorer_html(model, np.zeros((3, 2)), np.array([0, 1, 2]), title=title))
+    doc = Html(path.read_text())
+    assert len(doc.find("script")) == 2 and not doc.find("b")  # the data block and the program, no more
+    links = [a.get("src") or a.get("href") or "" for _, a in doc.elements]
+    assert not [link for link in links if "://" in link or link.startswith("//")]  # nothing from the network
+    page = open_page(path)
+    assert page.page.evaluate("window.injected === undefined")
+    assert page.page.title() == f"vaekit latent explorer: {title}"
+    assert page.errors == []
 
 
 # ---------------------------------------------------------------------------------------------- no browser
@@ -273,68 +288,3 @@ def test_unsupported_decoder_layers_are_refused() -> None:
     model.decoder[2] = nn.Softplus()
     with pytest.raises(ExplorerError, match="Softplus"):
         decoder_layers(model)
-
-
-def test_page_text_cannot_break_out_of_its_script() -> None:
-    model = _random_model("seed", 2)
-    page = explorer_html(model, np.zeros((3, 2)), np.array([0, 1, 2]), title="</script><script>alert(1)")
-    assert "</script><script>alert(1)" not in page
-    assert page.count("</script>") == 2  # the data block's and the program's
-    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    assert "https://" not in page
-
-
-def test_cli_explore_writes_the_page_and_opens_it(trained_run: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    opened: list[str] = []
-    monkeypatch.setattr("webbrowser.open", lambda url, *a, **k: opened.append(url) or True)
-    out = tmp_path / "page.html"
-    assert main(["explore", str(trained_run), "--out", str(out), "--open"]) == 0
-    assert capsys.readouterr().out.strip() == str(out)
-    assert "window.vaekit" in out.read_text() and opened == [out.resolve().as_uri()]
-
-
-@pytest.mark.parametrize("args,needle", [
-    (["/nonexistent/run"], "does not exist"),
-    (["RUN", "--port", "8000"], "--port needs --serve"),
-    (["RUN", "--serve", "--port", "70000"], "port number"),
-])
-def test_cli_explore_bad_input_is_one_line(trained_run: Path, capsys, args: list[str], needle: str) -> None:
-    args = [str(trained_run) if a == "RUN" else a for a in args]
-    try:
-        code = main(["explore", *args])
-    except SystemExit as e:
-        code = e.code
-    err = capsys.readouterr().err
-    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
-
-
-def test_corrupt_run_folder_is_one_line(trained_run: Path, tmp_path: Path, capsys) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
-    (run / "model.safetensors").write_bytes(b"garbage")
-    assert main(["explore", str(run)]) == 2
-    err = capsys.readouterr().err
-    assert "model.safetensors" in err and len(err.strip().splitlines()) == 1
-
-
-def test_cli_serve_answers_http_on_localhost(trained_run: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "vaekit", "explore", str(trained_run), "--serve", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-    try:
-        line = proc.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:\d+/", line)
-        assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
-        with urllib.request.urlopen(match.group(0), timeout=10) as r:
-            assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
-            assert b"window.vaekit" in r.read()
-        with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(match.group(0) + "config.json", timeout=10)
-        assert e.value.code == 404  # only the page is served, never the run folder
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0

@@ -8,6 +8,7 @@ or command line that trained it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +68,7 @@ class ModelConfig:
 
     preset: str = "seed"
     zdim: int = 2
-    image_shape: tuple[int, int] = (28, 28)
+    image_shape: tuple[int, ...] = (28, 28)  # (H, W) for grey images, (H, W, 3) for colour
     encoder_hidden: list[int] = field(default_factory=lambda: [256, 64, 32])
     decoder_hidden: list[int] = field(default_factory=lambda: [32, 64, 256])
     activation: str = "elu"
@@ -79,7 +80,7 @@ class ModelConfig:
 
     @property
     def input_dim(self) -> int:
-        return int(self.image_shape[0] * self.image_shape[1])
+        return int(math.prod(self.image_shape))
 
     def validate(self) -> None:
         if not isinstance(self.zdim, int) or self.zdim < 1:
@@ -90,20 +91,22 @@ class ModelConfig:
             sizes = getattr(self, name)
             if not sizes or any((not isinstance(h, int)) or h < 1 for h in sizes):
                 raise ConfigError(f"{name} must be a non-empty list of positive integers (got {sizes!r})")
-        if len(self.image_shape) != 2 or any(int(s) < 1 for s in self.image_shape):
-            raise ConfigError(f"image_shape must be two positive integers (got {self.image_shape!r})")
+        shape = tuple(self.image_shape)
+        if len(shape) not in (2, 3) or any(int(s) < 1 for s in shape) or (len(shape) == 3 and shape[2] not in CHANNELS):
+            raise ConfigError(f"image_shape must be (H, W) or (H, W, 3) with positive sizes (got {self.image_shape!r})")
         if not (isinstance(self.sigma_init, (int, float)) and 0 < self.sigma_init < float("inf")):
             raise ConfigError(f"sigma_init must be a positive finite number (got {self.sigma_init!r})")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         cfg = cls(**_known(cls, d))
-        cfg.image_shape = (int(cfg.image_shape[0]), int(cfg.image_shape[1]))
+        cfg.image_shape = tuple(int(v) for v in cfg.image_shape)
         cfg.encoder_hidden = list(cfg.encoder_hidden)
         cfg.decoder_hidden = list(cfg.decoder_hidden)
         return cfg
 
 
+CHANNELS = (1, 3)  # grey or colour images
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OBJECTIVES = ("elbo", "iwae")
@@ -122,11 +125,16 @@ class TrainConfig:
 
     dataset: str | None = None  # None: MNIST, falling back to the embedded subset when offline
     data_dir: str | None = None
+    data: str | None = None  # your own images: a folder, or a .npy/.npz array file (instead of --dataset)
+    image_size: int | None = None  # resize the shorter side to N and centre-crop N x N
+    channels: int | None = None  # 1 or 3 (None: 1 when every image is grey, else 3)
+    test_fraction: float = 0.1  # share of your own images held out for testing, unless train/ and test/ are given
+    skip_bad: bool = False  # leave unreadable images out (listed in the run folder) instead of stopping
     epochs: int = 50
     batch_size: int = 128
     lr: float = 3e-4
     zdim: int | None = None  # None: the preset's own latent size (2 for `seed`)
-    model: str = "seed"
+    model: str | None = None  # None: seed (the post's) for 28x28 grey images, else mlp
     hidden: list[int] | None = None  # hidden sizes of the `mlp` preset (encoder order)
     activation: str | None = None
     likelihood: str = "bernoulli"
@@ -145,7 +153,7 @@ class TrainConfig:
     grid_size: int = 20
     grid_spacing: str = "linear"
     detect_anomaly: bool = False
-    # How the step is computed (see README "Speed and scale"); the defaults are the post's fp32 eager step.
+    # How the step is computed (see docs/speed.md); the defaults are the post's fp32 eager step.
     precision: str = "fp32"  # fp32, bf16 (autocast; CPUs with AVX-512 BF16 or AMX, and CUDA) or fp16 (CUDA)
     compile: bool = False  # torch.compile the loss, falling back to eager where it cannot compile
     lr_schedule: str = "constant"  # constant (the post's) or cosine (decays to 0 at the last step)
@@ -164,6 +172,7 @@ class TrainConfig:
             raise ConfigError(f"zdim must be an integer >= 1 (got {self.zdim!r})")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and self.lr == self.lr and self.lr < float("inf")):
             raise ConfigError(f"lr must be a positive finite number (got {self.lr!r})")
+        self._validate_data()
         if self.likelihood not in LIKELIHOODS:
             raise ConfigError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
         if not (self.sigma > 0 and self.sigma < float("inf")):
@@ -197,6 +206,19 @@ class TrainConfig:
             raise ConfigError(f"lr_warmup must be a finite number of epochs >= 0 (got {self.lr_warmup!r})")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+
+    def _validate_data(self) -> None:
+        if self.data is not None and (self.dataset is not None or self.data_dir is not None):
+            raise ConfigError("--data trains on your own images; it cannot be combined with --dataset or --data-dir")
+        if self.image_size is not None:
+            _positive_int("image_size", self.image_size)
+        if self.channels is not None and (isinstance(self.channels, bool) or self.channels not in CHANNELS):
+            raise ConfigError(f"channels must be 1 or 3 (got {self.channels!r})")
+        f = self.test_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
+            raise ConfigError(f"test_fraction must be a number between 0 and 1 (got {f!r})")
+        if self.model is not None and self.model not in PRESETS:
+            raise ConfigError(f"unknown model preset {self.model!r}; choose one of {', '.join(PRESETS)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

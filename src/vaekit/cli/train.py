@@ -10,6 +10,7 @@ from vaekit.cli.common import _number, nonnegative_int, positive_float, positive
 from vaekit.config import (
     ACTIVATIONS,
     BINARIZE,
+    CHANNELS,
     GRID_SPACINGS,
     LIKELIHOODS,
     LR_SCHEDULES,
@@ -31,6 +32,17 @@ def _hidden(text: str) -> list[int]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
     return sizes
+
+
+def _fraction(text: str) -> float:
+    """A number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
 
 
 def _sigma(text: str) -> float | str:
@@ -58,6 +70,16 @@ def _data_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--dataset", help="mnist, fashion-mnist or kmnist (default: MNIST, or its embedded "
                                      "5,000-digit subset when offline)")
     g.add_argument("--data-dir", help="folder holding the four IDX files of the dataset")
+    g.add_argument("--data", metavar="PATH", help="train on your own images: a folder of images (class subfolders "
+                   "give labels; train/ and test/ subfolders give the split) or a .npy/.npz array")
+    g.add_argument("--image-size", type=positive_int, metavar="N",
+                   help="resize the shorter side to N and centre-crop N x N (needed when sizes differ)")
+    g.add_argument("--channels", type=int, choices=CHANNELS,
+                   help="1 (grey) or 3 (colour); default: 1 when every image is grey, else 3")
+    g.add_argument("--test-fraction", type=_fraction, metavar="F",
+                   help="share of the images held out for testing when no test/ folder is given (default 0.1)")
+    g.add_argument("--skip-bad", action="store_true", default=None,
+                   help="leave unreadable images out (listed in RUN/skipped_files.txt) instead of stopping")
     g.add_argument("--binarize", choices=BINARIZE,
                    help="none (grey levels, default), dynamic (pixels redrawn as Bernoulli(grey) every batch) or "
                         "static (one fixed binarized copy); evaluation uses one binarized test copy of fixed seed")
@@ -126,7 +148,8 @@ _FLAG_TO_FIELD = {
     "detect_anomaly": "detect_anomaly", "learn_sigma": "learn_sigma", "objective": "objective", "k": "k",
     "beta": "beta", "kl_warmup": "kl_warmup", "binarize": "binarize",
     "precision": "precision", "compile": "compile", "lr_schedule": "lr_schedule", "lr_warmup": "lr_warmup",
-    "recipe": "recipe", "artifacts": "artifacts", "tensorboard": "tensorboard",
+    "recipe": "recipe", "artifacts": "artifacts", "tensorboard": "tensorboard", "data": "data",
+    "image_size": "image_size", "channels": "channels", "test_fraction": "test_fraction", "skip_bad": "skip_bad",
 }
 
 

@@ -230,31 +230,40 @@ def _empty_error(plan: FolderPlan) -> BadInputError:
     )
 
 
+def _layout(
+    plan: FolderPlan, image_size: int | None, channels: int | None, progress: bool
+) -> tuple[list[int], int, tuple[int, int], list[tuple[str, str]]]:
+    """(entries to decode, channels, (height, width), files refused by their header).
+
+    The headers are read only when they decide something: the channels or, without ``image_size``, the size.
+    """
+    if image_size is not None and channels is not None:
+        return list(range(len(plan.entries))), channels, (image_size, image_size), []
+    probes, bad = _probe_all(plan, progress)
+    found = [p for p in probes if p is not None]
+    if image_size is None and len({(p.width, p.height) for p in found}) > 1:
+        raise _size_error(plan, probes, len(plan.bad) + len(bad))
+    if image_size is not None:
+        size = (image_size, image_size)
+    else:
+        size = (found[0].height, found[0].width) if found else (1, 1)
+    usable = [i for i, p in enumerate(probes) if p is not None]
+    return usable, _channels_for(probes, channels), size, bad
+
+
 def _decode_plan(
     plan: FolderPlan, image_size: int | None, channels: int | None, skip_bad: bool, progress: bool
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Decode the plan's images; return (images of the usable rows, their entry indices, the bad files)."""
-    probes, bad = _probe_all(plan, progress)
-    bad = sorted(plan.bad + bad)
-    usable = [i for i, p in enumerate(probes) if p is not None]
-    if image_size is None and len({(probes[i].width, probes[i].height) for i in usable}) > 1:  # type: ignore[union-attr]
-        raise _size_error(plan, probes, len(bad))
-    n_channels = _channels_for(probes, channels)
-    if usable:
-        first = probes[usable[0]]
-        assert first is not None
-        height, width = (image_size, image_size) if image_size else (first.height, first.width)
-    else:
-        height = width = 1
+    usable, n_channels, (height, width), header_bad = _layout(plan, image_size, channels, progress)
     out = np.empty((len(usable), height, width) + ((3,) if n_channels == 3 else ()), dtype=np.uint8)
     failed = _decode_all(plan, usable, out, n_channels, image_size, progress)
-    if failed:
-        bad = sorted(bad + failed)
-        if skip_bad:
-            failed_rels = {rel for rel, _ in failed}
-            keep = [slot for slot, i in enumerate(usable) if plan.entries[i].rel not in failed_rels]
-            out = out[keep]
-            usable = [usable[slot] for slot in keep]
+    bad = sorted(plan.bad + header_bad + failed)
+    if failed and skip_bad:
+        failed_rels = {rel for rel, _ in failed}
+        keep = [slot for slot, i in enumerate(usable) if plan.entries[i].rel not in failed_rels]
+        out = out[keep]
+        usable = [usable[slot] for slot in keep]
     if bad and not skip_bad:
         raise bad_files_error(plan.root, bad)
     return out, usable, bad

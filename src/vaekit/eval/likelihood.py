@@ -244,12 +244,8 @@ def estimate_log_px(
     if n == 0:
         raise ValueError("no images to evaluate")
     device = torch.device(device) if device is not None else images.device
-    rows = rows if rows is not None else (ROWS if device.type == "cpu" else ROWS_ACCELERATOR)
-    if rows < 1:
-        raise ValueError(f"rows must be a positive integer (got {rows!r})")
-    batch = max(1, min(n, rows // samples))  # images per batch: all K draws of a batch fit in `rows`
-    chunk = max(1, min(samples, rows // batch))  # draws per decoder call
-    n_chunks = -(-samples // chunk)
+    batch, chunk, n_chunks = chunk_layout(n, samples, rows, device)
+
     def chunk_log_w(x: Tensor, mu: Tensor, std: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
         z = mu + std * eps
         return log_importance_weights(log_px_z(x, z), eps, logvar, z)
@@ -268,19 +264,40 @@ def estimate_log_px(
         xb = images[i : i + batch].reshape(-1, dim).to(device)
         x = to_unit(xb) if xb.dtype == torch.uint8 else xb
         x = x.to(dtype) if dtype is not None else x
-        mu, logvar = encode(x)
-        acc = StreamingLogMeanExp(x.shape[0], device)
-        std = torch.exp(0.5 * logvar)
-        for c in range(n_chunks):
-            k = min(chunk, samples - c * chunk)
-            eps = torch.randn((k, *mu.shape), generator=gen, device=device, dtype=mu.dtype)
-            acc.add(weights.run(lambda f: f(x, mu, std, logvar, eps)))  # noqa: B023 - called at once
-            bar.update(1)
+        acc = _batch_weights(x, encode, weights, gen, samples, chunk, bar)
         out["log_px"][i : i + batch] = acc.log_mean_exp().cpu()
         out["stderr"][i : i + batch] = acc.stderr().cpu()
         out["elbo"][i : i + batch] = acc.mean_log().cpu()
     bar.close()
     return LogLikelihood(out["log_px"], out["stderr"], out["elbo"], samples, dim)
+
+
+def chunk_layout(n: int, samples: int, rows: int | None, device: torch.device) -> tuple[int, int, int]:
+    """Images per batch, draws per decoder call and calls per batch, decoding at most ``rows`` rows at once.
+
+    All K draws of a batch fit in ``rows`` (default ``ROWS`` on the CPU, ``ROWS_ACCELERATOR`` elsewhere),
+    so a batch is encoded once however large K is.
+    """
+    rows = rows if rows is not None else (ROWS if device.type == "cpu" else ROWS_ACCELERATOR)
+    if rows < 1:
+        raise ValueError(f"rows must be a positive integer (got {rows!r})")
+    batch = max(1, min(n, rows // samples))
+    chunk = max(1, min(samples, rows // batch))
+    return batch, chunk, -(-samples // chunk)
+
+
+def _batch_weights(x: Tensor, encode: Encoder, weights: CompiledForward, gen: torch.Generator, samples: int,
+                   chunk: int, bar: Any) -> StreamingLogMeanExp:
+    """The K = ``samples`` log weights of one batch of images, drawn and accumulated ``chunk`` draws at a time."""
+    mu, logvar = encode(x)
+    acc = StreamingLogMeanExp(x.shape[0], x.device)
+    std = torch.exp(0.5 * logvar)
+    for start in range(0, samples, chunk):
+        k = min(chunk, samples - start)
+        eps = torch.randn((k, *mu.shape), generator=gen, device=x.device, dtype=mu.dtype)
+        acc.add(weights.run(lambda f: f(x, mu, std, logvar, eps)))  # noqa: B023 - called at once
+        bar.update(1)
+    return acc
 
 
 def model_log_px(model: VAE, images: Tensor, samples: int = 5000, likelihood: str = "bernoulli", sigma: float = 1.0,

@@ -23,15 +23,24 @@ NLL_KEYS = ("nll", "nll_stderr", "nll_test_set_stderr", "bits_per_dim", "nll_sam
             "kl_per_dim", "nll_protocol")
 
 
-def load_run_data(run: Run, data_dir: str | os.PathLike | None = None, binarize: str | None = None) -> Splits:
+def load_run_data(run: Run, data_dir: str | os.PathLike | None = None, binarize: str | None = None,
+                  data: Any = None) -> Splits:
     """The dataset a run was trained on, found the same way training found it (``data_dir`` overrides).
 
-    The test images are those the run is evaluated on: the binarized copy (drawn with the run's recorded
+    For your own images the run's record rebuilds exactly the same images and split, and checks it did;
+    ``data_dir`` (or ``data``: a path or the same in-memory array) names where the images are now. The test
+    images are those the run is evaluated on: the binarized copy (drawn with the run's recorded
     ``binarize_seed``) when the run was trained with ``--binarize`` dynamic or static, or when ``binarize``
     asks for one; the training images are left as found.
     """
-    name = run.data.get("dataset") or run.train_config.dataset
-    splits = load_splits(name, data_dir or run.train_config.data_dir, progress=False)
+    own = run.data.get("own")
+    if own is not None or run.train_config.data is not None:
+        from vaekit.data import load_own_data_from_info
+
+        splits, _ = load_own_data_from_info(own, data if data is not None else data_dir)
+    else:
+        name = run.data.get("dataset") or run.train_config.dataset
+        splits = load_splits(name, data_dir or run.train_config.data_dir, progress=False)
     if tuple(splits.test_images.shape[1:]) != tuple(run.model_config.image_shape):
         raise RunFolderError(f"the data found for {run.path} has images of shape {splits.test_images.shape[1:]}, "
                              f"but the model expects {tuple(run.model_config.image_shape)}")
@@ -41,7 +50,7 @@ def load_run_data(run: Run, data_dir: str | os.PathLike | None = None, binarize:
 
 def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = None, device: str = "cpu", *,
                  nll: bool = False, samples: int = 5000, binarize: str | None = None, save: bool = True,
-                 progress: bool = False, compile: bool | None = None) -> dict[str, Any]:  # noqa: A002
+                 progress: bool = False, compile: bool | None = None, data: Any = None) -> dict[str, Any]:  # noqa: A002
     """Test-set metrics of a run: the keys of ``summary.json``'s ``test_*`` entries and more.
 
     ``protocol`` says which data and likelihood the numbers belong to. With ``nll`` it adds the
@@ -58,7 +67,7 @@ def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = N
     run = load_run(path, resolve_device(device))
     cfg = run.train_config
     mode = binarize or cfg.binarize
-    splits = load_run_data(run, data_dir, mode)
+    splits = load_run_data(run, data_dir, mode, data)
     x_test = torch.from_numpy(splits.test_images.reshape(len(splits.test_images), -1))
     metrics = evaluate_elbo(run.model, x_test, cfg.likelihood, cfg.sigma, cfg.eval_batch_size)
     proto = protocol(mode, cfg.binarize_seed, cfg.likelihood, cfg.learn_sigma, cfg.sigma)

@@ -10,7 +10,7 @@ def model_config(
     zdim: int | None = None,
     hidden: list[int] | None = None,
     activation: str | None = None,
-    image_shape: tuple[int, int] = (28, 28),
+    image_shape: tuple[int, ...] = (28, 28),
     learn_sigma: bool = False,
     sigma_init: float = 1.0,
 ) -> ModelConfig:

@@ -39,19 +39,26 @@ from vaekit.training.trainer import TrainData, Trainer
 
 # Settings a resumed run may change; everything else must match the stored run. precision and compile
 # change how a step is computed, not what it computes (bit-for-bit continuation holds when they stay).
+# Seed of the random train/test split of your own images: fixed, so runs of any --seed share a test set.
+OWN_SPLIT_SEED = 0
+SKIPPED = "skipped_files.txt"  # with --skip-bad: the images left out, one "path<TAB>problem" per line
 RESUMABLE = ("epochs", "device", "progress", "checkpoint_every", "detect_anomaly", "precision", "compile",
              "artifacts", "tensorboard")
 
 
 def train(config: TrainConfig | None = None, out: str | os.PathLike | None = None, *, resume: bool = False,
-          force: bool = False, callbacks: Sequence[Callback] = ()) -> runs.Run:
+          force: bool = False, callbacks: Sequence[Callback] = (), data: Any = None) -> runs.Run:
     """Train a VAE as ``config`` says and return the finished :class:`~vaekit.run.Run`.
 
     ``out`` is the run folder (default ``runs/vae-<time>``). With ``resume=True`` the folder's own config is
     used, with the settings in ``RESUMABLE`` taken from ``config`` (so ``epochs`` may grow). ``callbacks``
     run after the default ones (progress, checkpoints, metrics, log); see :mod:`vaekit.training.callbacks`.
+    ``data`` is your own images: a folder or ``.npy``/``.npz`` path (as ``config.data``), a NumPy array or a
+    tensor (N, H, W) or (N, H, W, C), or an ``(images, labels)`` pair.
     """
     config = config or TrainConfig()
+    if data is not None and isinstance(data, (str, os.PathLike)):
+        config, data = replace(config, data=os.fspath(data)), None
     config.validate()
     with distributed.session(config.device) as ctx:  # joins the process group when started by torchrun
         run_dir, config, stored_epochs = _settle(config, out, resume, force, ctx)
@@ -61,11 +68,17 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
         device = ctx.device or resolve_device(config.device)
         precision.resolve(config.precision, device)  # fp16 away from CUDA fails here, before the data is read
         extra = default_callbacks(config.progress, config.tensorboard, run_dir) + list(callbacks)
-        splits, mcfg = _read_data(config, run_dir, ctx)
+        splits, own = _read_data(config, run_dir, ctx, data, stored_epochs)
+        config = replace(config, model=config.model or default_model(splits, ctx.is_main))
+        mcfg = model_config(config.model, config.zdim, config.hidden, config.activation,
+                            tuple(splits.train_images.shape[1:]), learn_sigma=config.learn_sigma,
+                            sigma_init=config.sigma)
         with _folder_held(run_dir, config, resume, ctx):
             t = build_trainer(config, mcfg, splits, run_dir, device, ctx)
-            data_info, test_labels = data_description(splits), splits.test_labels
+            data_info, test_labels = data_description(splits, own), splits.test_labels
             del splits
+            if ctx.is_main and own is not None:
+                _report_skipped(run_dir, own)
             if resume:
                 _restore(t, stored_epochs)
             if ctx.is_main:
@@ -109,28 +122,65 @@ def _check_fresh_folder(run_dir: Path, force: bool) -> None:
         raise RunFolderError(f"cannot create run folder {run_dir}: {parent} is not writable")
 
 
-def _read_data(config: TrainConfig, run_dir: Path, ctx: distributed.DistContext) -> tuple[Splits, ModelConfig]:
-    """Create the run folder (so an unwritable --out fails first), then read the data and size the model.
+def _read_data(config: TrainConfig, run_dir: Path, ctx: distributed.DistContext, data: Any,
+               stored_epochs: int | None) -> tuple[Splits, dict[str, Any] | None]:
+    """Create the run folder (so an unwritable --out fails first), then read the data.
 
-    A failure removes the folders this created: a run that never started leaves nothing behind.
+    Returns the splits and, for your own images, the record that rebuilds them (``None`` for a named
+    dataset). A failure removes the folders this created: a run that never started leaves nothing behind.
     """
-    model_config(config.model, config.zdim, config.hidden, config.activation)  # bad settings fail before data
+    if config.model is not None:  # bad model settings fail before the data is read
+        model_config(config.model, config.zdim, config.hidden, config.activation)
     missing = [p for p in [run_dir, *run_dir.parents] if not p.exists()][::-1] if ctx.is_main else []
     try:
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-        splits = load_splits(config.dataset, config.data_dir, progress=config.progress)
+        splits, own = _load(config, run_dir, data, stored_epochs is not None)
         splits = binarize_splits(splits, config.binarize, config.binarize_seed)
-        mcfg = model_config(config.model, config.zdim, config.hidden, config.activation,
-                            tuple(splits.train_images.shape[1:]), learn_sigma=config.learn_sigma,
-                            sigma_init=config.sigma)
     except OSError as e:
         _remove_created(missing)
         raise RunFolderError(f"cannot create run folder {run_dir}: {e.strerror}; choose another --out") from e
     except BaseException:
         _remove_created(missing)
         raise
-    return splits, mcfg
+    return splits, own
+
+
+def _load(config: TrainConfig, run_dir: Path, data: Any, resuming: bool) -> tuple[Splits, dict[str, Any] | None]:
+    """A named dataset, or your own images (a resumed run rebuilds exactly the images it was trained on)."""
+    if config.data is None and data is None:
+        return load_splits(config.dataset, config.data_dir, progress=config.progress), None
+    from vaekit.data import load_own_data, load_own_data_from_info
+
+    if resuming:
+        _, _, recorded = runs.read_config(run_dir)
+        return load_own_data_from_info(recorded.get("own"), data, progress=config.progress)
+    return load_own_data(config.data if data is None else data, image_size=config.image_size,
+                         channels=config.channels, test_fraction=config.test_fraction, seed=OWN_SPLIT_SEED,
+                         skip_bad=config.skip_bad, progress=config.progress)
+
+
+def default_model(splits: Splits, announce: bool) -> str:
+    """The post's ``seed`` model for 28x28 grey images; otherwise ``mlp``, which fits any H x W x C, said once."""
+    shape = tuple(splits.train_images.shape[1:])
+    if shape == (28, 28):
+        return "seed"
+    if announce:
+        size = "x".join(map(str, shape[:2])) + (" colour" if len(shape) == 3 else " grey")
+        print(f"vaekit train: {size} images: using the mlp preset, which fits any image size "
+              "(choose another with --model)", file=sys.stderr, flush=True)
+    return "mlp"
+
+
+def _report_skipped(run_dir: Path, own: dict[str, Any]) -> None:
+    """With --skip-bad: the list of skipped files beside the run, and one warning line that points to it."""
+    from vaekit.data import bad_files_text, skipped_warning
+
+    listing = run_dir / SKIPPED
+    message = skipped_warning(own, listing)
+    if message is not None:
+        runs.write_bytes(listing, bad_files_text(own).encode())
+        warn(message)
 
 
 def _remove_created(folders: list[Path]) -> None:
@@ -265,10 +315,11 @@ def _test_only(data_info: dict[str, Any], test_images: np.ndarray, test_labels: 
                   test_images.reshape(-1, *shape), test_labels, data_info["source"])
 
 
-def data_description(splits: Splits) -> dict[str, Any]:
-    """The ``data`` section of config.json: which data the run saw."""
-    return {"dataset": splits.name, "source": splits.source, "n_train": int(len(splits.train_images)),
+def data_description(splits: Splits, own: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``data`` section of config.json: which data the run saw (``own``: the record of your own images)."""
+    info = {"dataset": splits.name, "source": splits.source, "n_train": int(len(splits.train_images)),
             "n_test": int(len(splits.test_images)), "image_shape": list(splits.train_images.shape[1:])}
+    return {**info, "own": own} if own is not None else info
 
 
 def summary_of(config: TrainConfig, model: VAE, state: TrainState, data_info: dict[str, Any],
