@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 import vaekit
-from vaekit.data import load_splits
 from vaekit.config import RECIPES, recipe_config
+from vaekit.data import load_splits
 
 try:
     from throughput import post_train

@@ -3,7 +3,6 @@ fallback, learning-rate schedules and recipes. Speed itself is measured by bench
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -12,20 +11,27 @@ import torch
 from safetensors.torch import load_file
 
 import vaekit
-from vaekit.cli import build_parser, config_from_args, main
+from vaekit import compiled
+from vaekit.cli import build_parser, main
+from vaekit.cli.train import config_from_args
 from vaekit.config import TrainConfig
-from vaekit.engine import FiniteGuard, lr_at
 from vaekit.errors import NonFiniteError
-from vaekit.models import VAE, model_config
-from vaekit.precision import Precision, cpu_has_native_bf16
-
-train_mod = importlib.import_module("vaekit.train")
-engine_mod = importlib.import_module("vaekit.engine")
+from vaekit.model import VAE, model_config
+from vaekit.training import step as step_mod
+from vaekit.training.objective import Noise, batch_loss
+from vaekit.training.precision import Precision, cpu_has_native_bf16
+from vaekit.training.schedule import lr_at
+from vaekit.training.step import FiniteGuard
 
 
 def _cfg(data: Path, **kw) -> TrainConfig:
-    base = dict(dataset="mnist", data_dir=str(data), epochs=2, batch_size=128, device="cpu", progress=False)
+    base = dict(dataset="mnist", data_dir=str(data), epochs=2, batch_size=128, device="cpu", progress=False,
+                artifacts=False)
     return TrainConfig(**{**base, **kw})
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, so nothing in vaekit handles it."""
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -60,33 +66,43 @@ def test_deferred_checks_give_the_same_weights_as_per_step_checks(tiny_data: Pat
                                                                   monkeypatch) -> None:
     """The accelerator path (flag read every N steps, the fused optimizer honouring it) run on the CPU."""
     eager = vaekit.train(_cfg(tiny_data), tmp_path / "eager")
-    monkeypatch.setattr(train_mod, "_sync_every", lambda device, fused: 3)
+    monkeypatch.setattr(step_mod, "sync_every", lambda device, fused: 3)
     deferred = vaekit.train(_cfg(tiny_data), tmp_path / "deferred")
     _assert_bitwise_equal(_weights(eager.path), _weights(deferred.path))
 
 
+class InfiniteBiasAfterStep(vaekit.Callback):
+    """After step ``step`` sets a decoder bias to +inf, so every later loss is infinite; keeps the weights as they
+    stood then, and as they stand when training stops."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.steps: list[int] = []
+        self.poisoned: list[torch.Tensor] = []
+        self.final: list[torch.Tensor] = []
+
+    def on_step_end(self, trainer, result) -> None:
+        self.steps.append(result.step)
+        if result.step == self.step:
+            with torch.no_grad():
+                trainer.model.decoder[-1].bias[0] = float("inf")
+            self.poisoned = [p.detach().clone() for p in trainer.model.parameters()]
+
+    def teardown(self, trainer) -> None:
+        self.final = [p.detach().clone() for p in trainer.model.parameters()]
+
+
 def test_deferred_checks_name_the_first_bad_step_and_never_update_with_it(tiny_data: Path, tmp_path: Path,
                                                                           monkeypatch) -> None:
-    monkeypatch.setattr(train_mod, "_sync_every", lambda device, fused: 4)
-    real_loss, real_error = train_mod.batch_loss, train_mod._nonfinite_error
-    calls: list[int] = []
-    seen: list[list[torch.Tensor]] = []
-
-    def poisoned(model, x, config, noise, *args):
-        calls.append(1)
-        loss = real_loss(model, x, config, noise, *args)
-        return loss * float("nan") if len(calls) == 2 else loss
-
-    def spy(guard, *args):
-        seen.append([p.detach().clone() for p in guard.params])
-        return real_error(guard, *args)
-
-    monkeypatch.setattr(train_mod, "batch_loss", poisoned)
-    monkeypatch.setattr(train_mod, "_nonfinite_error", spy)
-    with pytest.raises(NonFiniteError, match=r"the loss became nan at epoch 1, step 2; no checkpoint"):
-        vaekit.train(_cfg(tiny_data), tmp_path / "run")
-    assert len(calls) == 4  # read back at step 4, naming step 2
-    assert seen and all(torch.isfinite(p).all() for p in seen[0])  # steps 2-4 were skipped, not applied
+    """Read every 4 steps: the loss of step 2 is infinite, the host learns it at step 4 and names step 2, and the
+    fused optimizer skipped the updates of steps 2, 3 and 4 (a NaN gradient never reached the weights)."""
+    monkeypatch.setattr(step_mod, "sync_every", lambda device, fused: 4)
+    probe = InfiniteBiasAfterStep(1)
+    with pytest.raises(NonFiniteError, match=r"the loss became inf at epoch 1, step 2; no checkpoint"):
+        vaekit.train(_cfg(tiny_data), tmp_path / "run", callbacks=[probe])
+    assert probe.steps == [1, 2, 3]  # read back at step 4, naming step 2
+    assert len(probe.final) == len(probe.poisoned) > 0
+    assert all(torch.equal(a, b) for a, b in zip(probe.final, probe.poisoned, strict=True))
 
 
 # ------------------------------------------------------------------------------------ precision
@@ -101,7 +117,8 @@ def test_reduced_precision_keeps_the_objective_in_float32() -> None:
     with prec.autocast():
         inner = model.decoder[0](torch.zeros(8, 2))
         out = model.decoder(torch.zeros(8, 2))
-        loss = train_mod.batch_loss(model, x, TrainConfig(), torch.Generator().manual_seed(0))
+        loss = batch_loss(model, x, Noise(torch.randn(8, 2, generator=torch.Generator().manual_seed(0))),
+                          TrainConfig())
     assert inner.dtype == torch.bfloat16  # the products inside run in bf16 ...
     assert out.dtype == torch.float32 and loss.dtype == torch.float32  # ... what leaves the decoder is float32
     prec.detach()
@@ -139,15 +156,17 @@ def test_fp16_on_the_cpu_is_a_one_line_error_before_anything_is_written(tiny_dat
 
 def test_compile_failure_falls_back_to_exactly_the_eager_run(tiny_data: Path, tmp_path: Path, monkeypatch,
                                                              capsys) -> None:
+    """A compiled step that fails after accumulating some gradient: its partial work is dropped and the step
+    redone eagerly, so the run ends bit for bit where an eager run ends, with one warning."""
     def broken_compile(fn, *args, **kwargs):
-        def run(x, noise, *rest):
-            torch.randn(5, generator=noise)  # a partial run that consumed random numbers before failing
+        def run(*inputs):
+            fn(*inputs).backward()  # partial work: gradients accumulated before the failure
             raise RuntimeError("no compiler today")
 
         return run
 
     eager = vaekit.train(_cfg(tiny_data), tmp_path / "eager")
-    monkeypatch.setattr(engine_mod, "compile_unsupported_reason", lambda device: None)
+    monkeypatch.setattr(compiled, "compile_unsupported_reason", lambda device: None)
     monkeypatch.setattr(torch, "compile", broken_compile)
     capsys.readouterr()
     fallen = vaekit.train(_cfg(tiny_data, compile=True), tmp_path / "compiled")
@@ -159,7 +178,7 @@ def test_compile_failure_falls_back_to_exactly_the_eager_run(tiny_data: Path, tm
 
 def test_compile_where_it_cannot_work_says_why_and_trains(tiny_data: Path, tmp_path: Path, monkeypatch,
                                                           capsys) -> None:
-    monkeypatch.setattr(engine_mod, "compile_unsupported_reason", lambda device: "no C++ compiler was found")
+    monkeypatch.setattr(compiled, "compile_unsupported_reason", lambda device: "no C++ compiler was found")
     run = vaekit.train(_cfg(tiny_data, epochs=1, compile=True), tmp_path / "run")
     assert "--compile: no C++ compiler was found; training without it" in capsys.readouterr().err
     assert run.summary["compiled"] is False and json.loads((run.path / "config.json").read_text())["train"]["compile"]
@@ -176,22 +195,27 @@ def test_learning_rate_schedules() -> None:
     assert lr_at("constant", 2.0, 4, 100, 1) == pytest.approx(1.0)  # warm-up applies to constant too
 
 
-def test_scheduled_run_resumes_bit_for_bit_mid_epoch(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+class KillAtSavePoint(vaekit.Callback):
+    """Dies right after the save point (mid-epoch checkpoint) at ``epoch`` (completed) + ``step`` steps."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        self.at = (epoch, step)
+
+    def on_save_point(self, trainer, state) -> None:  # runs after the checkpoint callback has written it
+        if (state.epoch, state.step_in_epoch) == self.at:
+            raise Killed
+
+
+def test_scheduled_run_resumes_bit_for_bit_mid_epoch(tiny_data: Path, tmp_path: Path) -> None:
     settings = dict(epochs=3, lr=2e-3, lr_schedule="cosine", lr_warmup=0.5)
     full = vaekit.train(_cfg(tiny_data, **settings), tmp_path / "full")
-    real_save = train_mod.save_checkpoint
-
-    def save_then_die(run_dir, model, opt, gens, shuffle, state):
-        real_save(run_dir, model, opt, gens, shuffle, state)
-        if state.epoch == 1 and state.step_in_epoch == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        vaekit.train(_cfg(tiny_data, checkpoint_every=4, **settings), tmp_path / "part")
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    with pytest.raises(Killed):  # global step 8, inside the second epoch, past the warm-up, decaying
+        vaekit.train(_cfg(tiny_data, checkpoint_every=4, **settings), tmp_path / "part",
+                     callbacks=[KillAtSavePoint(1, 3)])
     resumed = vaekit.train(_cfg(tiny_data, **settings), tmp_path / "part", resume=True)
     _assert_bitwise_equal(_weights(full.path), _weights(resumed.path))
+    assert [r["lr"] for r in resumed.metrics] == [r["lr"] for r in full.metrics]
+    assert full.metrics[0]["lr"] > full.metrics[1]["lr"] > full.metrics[2]["lr"] >= 0
 
 
 def test_recipe_fast_sets_its_settings_and_explicit_flags_win() -> None:

@@ -55,18 +55,41 @@ PRESETS: dict[str, dict] = {
         activation="relu",
         skip_first_decoder_activation=False,
     ),
+    # A convolutional VAE for any image size: strided 3x3 convolutions doubling the channels (32-64-128-256,
+    # times --width) down to about 4x4, mirrored by transposed convolutions; zdim 32.
+    "conv": dict(
+        architecture="conv",
+        zdim=32,
+        encoder_hidden=[32, 64, 128, 256],
+        decoder_hidden=[256, 128, 64, 32],
+        activation="leaky_relu",
+        skip_first_decoder_activation=False,
+    ),
+    # After PyTorch-VAE's VanillaVAE (made for 64x64 colour CelebA): five strided 3x3 convolutions of
+    # 32-64-128-256-512 channels with LeakyReLU, zdim 128, the decoder mirrored, without its batch norm.
+    "pytorch-vae-vanilla": dict(
+        architecture="conv",
+        zdim=128,
+        encoder_hidden=[32, 64, 128, 256, 512],
+        decoder_hidden=[512, 256, 128, 64, 32],
+        activation="leaky_relu",
+        skip_first_decoder_activation=False,
+    ),
 }
+ARCHITECTURES = ("mlp", "conv")
 
 
 @dataclass
 class ModelConfig:
-    """Architecture of an MLP VAE over flattened images.
+    """Architecture of a VAE over flattened images: an MLP, or convolutions (``architecture`` "conv").
 
-    ``skip_first_decoder_activation`` reproduces the original blog model, whose decoder has no
-    non-linearity between its first two linear layers (so they compose to a single linear map).
+    For an MLP, ``encoder_hidden``/``decoder_hidden`` are layer widths; for a conv model they are the
+    channels of each level (encoder order, then mirrored). ``skip_first_decoder_activation`` reproduces the
+    original blog model, whose decoder has no non-linearity between its first two linear layers.
     """
 
     preset: str = "seed"
+    architecture: str = "mlp"
     zdim: int = 2
     image_shape: tuple[int, ...] = (28, 28)  # (H, W) for grey images, (H, W, 3) for colour
     encoder_hidden: list[int] = field(default_factory=lambda: [256, 64, 32])
@@ -87,6 +110,8 @@ class ModelConfig:
             raise ConfigError(f"zdim must be an integer >= 1 (got {self.zdim!r})")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
         for name in ("encoder_hidden", "decoder_hidden"):
             sizes = getattr(self, name)
             if not sizes or any((not isinstance(h, int)) or h < 1 for h in sizes):
@@ -107,7 +132,10 @@ class ModelConfig:
 
 
 CHANNELS = (1, 3)  # grey or colour images
-LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli")
+LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli", "discretized-logistic")
+# The discretized logistic's per-pixel scales start at 1/16 of the pixel range (16 grey levels): wide enough
+# that no pixel starts at a vanishing probability, and then learned.
+DISCRETIZED_LOGISTIC_SCALE = 1 / 16
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OBJECTIVES = ("elbo", "iwae")
 BINARIZE = ("none", "dynamic", "static")
@@ -134,7 +162,8 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 3e-4
     zdim: int | None = None  # None: the preset's own latent size (2 for `seed`)
-    model: str | None = None  # None: seed (the post's) for 28x28 grey images, else mlp
+    model: str | None = None  # None: seed (the post's) for 28x28 grey images, else conv
+    width: float = 1.0  # channel multiplier of the conv presets
     hidden: list[int] | None = None  # hidden sizes of the `mlp` preset (encoder order)
     activation: str | None = None
     likelihood: str = "bernoulli"
@@ -177,7 +206,7 @@ class TrainConfig:
             raise ConfigError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
         if not (self.sigma > 0 and self.sigma < float("inf")):
             raise ConfigError(f"sigma must be a positive finite number (got {self.sigma!r})")
-        if self.learn_sigma and self.likelihood != "gaussian":
+        if self.learn_sigma and self.likelihood not in ("gaussian", "discretized-logistic"):
             raise ConfigError(f"a learned sigma needs --likelihood gaussian (got {self.likelihood!r})")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
@@ -217,6 +246,8 @@ class TrainConfig:
         f = self.test_fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
             raise ConfigError(f"test_fraction must be a number between 0 and 1 (got {f!r})")
+        if isinstance(self.width, bool) or not isinstance(self.width, (int, float)) or not 0 < self.width <= 64:
+            raise ConfigError(f"width must be a positive number up to 64 (got {self.width!r})")
         if self.model is not None and self.model not in PRESETS:
             raise ConfigError(f"unknown model preset {self.model!r}; choose one of {', '.join(PRESETS)}")
 

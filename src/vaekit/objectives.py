@@ -87,7 +87,28 @@ def continuous_bernoulli_log_likelihood(x: Tensor, logits: Tensor) -> Tensor:
     return bernoulli_log_likelihood(x, logits) + continuous_bernoulli_log_norm(logits).sum(dim=-1)
 
 
-LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli")
+# Half the width of one of the 256 levels of an 8-bit pixel scaled to [0, 1] (level k sits at k / 255).
+HALF_LEVEL = 0.5 / 255
+
+
+def discretized_logistic_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
+    """log P(x) per row for 8-bit pixels ``x`` in {0, 1/255, ..., 1} under logistics discretized to 256 levels.
+
+    Level k gets the logistic's mass over its bin [k/255 - h, k/255 + h] (h = ``HALF_LEVEL``); the first and
+    last levels take the tails (Salimans et al., 2017; Kingma et al., 2016), so the 256 probabilities sum to 1
+    exactly. With a = (x + h - mean) / s and b = (x - h - mean) / s, the bin's mass is sigmoid(a) - sigmoid(b),
+    whose log is computed without cancellation as log(expm1(a - b)) - softplus(-b) - softplus(a), and the
+    tails as -softplus(-a) and -softplus(b). log(expm1(d)) is taken as d + log(-expm1(-d)), finite for any
+    scale, however small.
+    """
+    inv_scale = torch.exp(-log_scale)
+    a = (x - mean + HALF_LEVEL) * inv_scale
+    b = (x - mean - HALF_LEVEL) * inv_scale
+    d = 2 * HALF_LEVEL * inv_scale
+    bin_mass = d + torch.log(-torch.expm1(-d)) - F.softplus(-b) - F.softplus(a)
+    first, last = -F.softplus(-a), -F.softplus(b)
+    log_p = torch.where(x < HALF_LEVEL, first, torch.where(x > 1 - HALF_LEVEL, last, bin_mass))
+    return log_p.sum(dim=-1)
 
 
 def log_likelihood(name: str, x: Tensor, logits: Tensor, sigma: float = 1.0,
@@ -95,7 +116,8 @@ def log_likelihood(name: str, x: Tensor, logits: Tensor, sigma: float = 1.0,
     """log p(x|z) for the decoder output ``logits`` under the named likelihood, per row.
 
     The Gaussian likelihood uses ``sigmoid(logits)`` as its mean (the blog decoder ends in a sigmoid)
-    and a fixed standard deviation ``sigma``, or the per-pixel ``log_sigma`` when the model learns it.
+    and a fixed standard deviation ``sigma``, or the per-pixel ``log_sigma`` when the model learns it; the
+    discretized logistic uses the same mean and the model's learned per-pixel log-scales ``log_sigma``.
     ``x`` may have fewer leading dimensions than ``logits`` (one image, many latent draws): it broadcasts.
     """
     if x.shape != logits.shape:
@@ -106,6 +128,10 @@ def log_likelihood(name: str, x: Tensor, logits: Tensor, sigma: float = 1.0,
         return continuous_bernoulli_log_likelihood(x, logits)
     if name == "gaussian":
         return gaussian_log_likelihood(x, torch.sigmoid(logits), math.log(sigma) if log_sigma is None else log_sigma)
+    if name == "discretized-logistic":
+        if log_sigma is None:
+            raise ValueError("the discretized logistic needs the model's learned per-pixel log-scales")
+        return discretized_logistic_log_likelihood(x, torch.sigmoid(logits), log_sigma)
     raise ValueError(f"unknown likelihood {name!r}")
 
 

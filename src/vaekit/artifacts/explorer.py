@@ -6,6 +6,7 @@ base64 little-endian float32, the test set's posterior means and labels as JSON)
 with no server and no network. The decoder is described layer by layer from the model's ``decoder``
 ``nn.Sequential`` rather than from assumed sizes, so every preset, latent size and activation runs in the
 page exactly as in PyTorch (including the seed preset's missing activation between its first two layers).
+:func:`make_server` serves a page from memory on localhost (``vaekit explore --serve``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import html
 import json
 import math
 import os
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -163,3 +166,61 @@ def write_explorer(run: runs.Run, splits: Any, out: str | os.PathLike | None = N
     path = Path(out) if out is not None else run.path / EXPLORER
     runs.write_bytes(path, build_explorer(run, splits).encode("utf-8"))
     return path
+
+
+# ---------------------------------------------------------------------------------------------- serving
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers ``/`` (and ``/index.html``, ``/explorer.html``) with the page; everything else is 404."""
+
+    page = b""
+
+    def _answer(self, body: bool) -> None:
+        if self.path.split("?", 1)[0] not in ("/", "/index.html", "/" + EXPLORER):
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(self.page)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if body:
+            self.wfile.write(self.page)
+
+    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+        self._answer(True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer(False)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # a quiet server: the command prints its address and nothing else
+
+
+class PageServer(ThreadingHTTPServer):
+    """A threaded HTTP server for one page held in memory, so nothing else on the disk is ever exposed."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-answer is routine (a closed tab): no traceback, and the server goes on."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return
+        print(f"vaekit: warning: a request from {client_address[0]} failed: {error!r}", file=sys.stderr,
+              flush=True)
+
+
+def make_server(page: bytes, port: int, host: str = "127.0.0.1") -> PageServer:
+    """A server on ``host:port`` answering with ``page``; port 0 picks a free one.
+
+    Run it with ``serve_forever()`` (in a thread of its own to keep a notebook responsive); it answers
+    until ``shutdown()``.
+    """
+    handler = type("PageHandler", (_Handler,), {"page": page})
+    try:
+        return PageServer((host, port), handler)
+    except OSError as e:
+        raise ExplorerError(f"cannot serve on {host}:{port}: {e.strerror or e}; choose another --port "
+                            "(0 picks a free one)") from e

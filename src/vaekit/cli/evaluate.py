@@ -30,6 +30,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         elif isinstance(v, float):
             v = f"{v:.4f}"
         tag = f"  [{proto}{k if key.startswith(('nll', 'bits')) else ''}]" if key in _PROTOCOL_KEYS else ""
+        if key == "bits_per_dim":
+            tag += f"  ({result['nll_protocol']['bits_per_dim']})"
         print(f"{key:<{width}}  {v}{tag}")
     return 0
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import webbrowser
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -20,59 +18,6 @@ from vaekit.artifacts import EXPLORER
 
 DEFAULT_PORT = 8765
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Answers ``/`` (and ``/index.html``, ``/explorer.html``) with the page; everything else is 404."""
-
-    page = b""
-
-    def _answer(self, body: bool) -> None:
-        if self.path.split("?", 1)[0] not in ("/", "/index.html", "/" + EXPLORER):
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(self.page)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if body:
-            self.wfile.write(self.page)
-
-    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
-        self._answer(True)
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._answer(False)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass  # a quiet server: the command prints its address and nothing else
-
-
-class PageServer(ThreadingHTTPServer):
-    """A threaded HTTP server for one page held in memory, so nothing else on the disk is ever exposed."""
-
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that hangs up mid-answer is routine (a closed tab): no traceback, and the server goes on."""
-        error = sys.exc_info()[1]
-        if isinstance(error, (ConnectionError, TimeoutError)):
-            return
-        print(f"vaekit explore: warning: a request from {client_address[0]} failed: {error!r}", file=sys.stderr,
-              flush=True)
-
-
-def make_server(page: bytes, port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> PageServer:
-    """A server on ``host:port`` answering with ``page``; port 0 picks a free one."""
-    from vaekit.artifacts.explorer import ExplorerError
-
-    handler = type("PageHandler", (_Handler,), {"page": page})
-    try:
-        return PageServer((host, port), handler)
-    except OSError as e:
-        raise ExplorerError(f"cannot serve on {host}:{port}: {e.strerror or e}; choose another --port "
-                            "(0 picks a free one)") from e
 
 
 class _Stop(Exception):
@@ -84,6 +29,8 @@ class _Stop(Exception):
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    for s in STOP_SIGNALS:  # one stop is enough: a second Ctrl-C while stopping must not break the clean exit
+        signal.signal(s, signal.SIG_IGN)
     raise _Stop(signum)
 
 
@@ -93,6 +40,10 @@ def serve(page: bytes, port: int = DEFAULT_PORT, open_browser: bool = False) -> 
     The handlers are installed for the time of serving only (the main thread's previous ones come back
     afterwards), and replace an inherited SIG_IGN: that is what makes Ctrl-C work in a background job.
     """
+    import webbrowser
+
+    from vaekit.artifacts.explorer import make_server
+
     server = make_server(page, port)
     previous = {s: signal.signal(s, _raise_stop) for s in STOP_SIGNALS}
     try:
@@ -140,6 +91,8 @@ def add_explore_parser(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_explore(args: argparse.Namespace) -> int:
     """Write (or serve) the page through the artifacts stage; with --out or --serve, the same page elsewhere."""
+    import webbrowser
+
     from vaekit.artifacts import load_inputs, write_artifacts
     from vaekit.artifacts.explorer import ExplorerError, build_explorer
     from vaekit.run import write_bytes

@@ -86,13 +86,17 @@ def _data_flags(g: argparse._ArgumentGroup) -> None:
 
 
 def _model_flags(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--model", choices=tuple(PRESETS), help="model preset: seed (the post's MLP, default), mlp, "
-                   "burda (the IWAE paper's 2x200 tanh, zdim 50) or pytorch-example (400 ReLU, zdim 20)")
+    g.add_argument("--model", choices=tuple(PRESETS), help="model preset: seed (the post's MLP, default for 28x28 "
+                   "grey images), mlp, burda (the IWAE paper's 2x200 tanh, zdim 50), pytorch-example (400 ReLU, zdim "
+                   "20), conv (convolutional, any size, zdim 32; default for other images) or pytorch-vae-vanilla "
+                   "(after PyTorch-VAE's VanillaVAE for 64x64 colour, zdim 128)")
     g.add_argument("--zdim", type=positive_int, help="latent dimensions (default: the preset's, 2 for seed)")
+    g.add_argument("--width", type=positive_float, help="channel multiplier of the conv presets (default 1)")
     g.add_argument("--hidden", type=_hidden, help="hidden sizes of the mlp preset, e.g. 512,256")
     g.add_argument("--activation", choices=ACTIVATIONS, help="activation of the mlp preset")
-    g.add_argument("--likelihood", choices=LIKELIHOODS, help="bernoulli (the post's BCE, default), gaussian or "
-                   "continuous-bernoulli (the normalized density on [0, 1])")
+    g.add_argument("--likelihood", choices=LIKELIHOODS, help="bernoulli (the post's BCE, default), gaussian, "
+                   "continuous-bernoulli (the normalized density on [0, 1]) or discretized-logistic (the discrete "
+                   "likelihood of 8-bit pixels, with learned per-pixel scales; bits/dim comparable to papers)")
     g.add_argument("--sigma", type=_sigma, help="standard deviation of the gaussian likelihood (default 1), or "
                                                 "'learned' for a learned per-pixel one")
     g.add_argument("--learn-sigma", action="store_true", default=None,
@@ -140,22 +144,18 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
-_FLAG_TO_FIELD = {
-    "dataset": "dataset", "data_dir": "data_dir", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
-    "zdim": "zdim", "model": "model", "hidden": "hidden", "activation": "activation",
-    "likelihood": "likelihood", "sigma": "sigma", "device": "device", "seed": "seed",
-    "checkpoint_every": "checkpoint_every", "grid_size": "grid_size", "grid_spacing": "grid_spacing",
-    "detect_anomaly": "detect_anomaly", "learn_sigma": "learn_sigma", "objective": "objective", "k": "k",
-    "beta": "beta", "kl_warmup": "kl_warmup", "binarize": "binarize",
-    "precision": "precision", "compile": "compile", "lr_schedule": "lr_schedule", "lr_warmup": "lr_warmup",
-    "recipe": "recipe", "artifacts": "artifacts", "tensorboard": "tensorboard", "data": "data",
-    "image_size": "image_size", "channels": "channels", "test_fraction": "test_fraction", "skip_bad": "skip_bad",
-}
+# The TrainConfig fields set by flags of the same name (dashes for underscores).
+_FIELDS = (
+    "dataset", "data_dir", "data", "image_size", "channels", "test_fraction", "skip_bad", "epochs", "batch_size",
+    "lr", "zdim", "model", "width", "hidden", "activation", "likelihood", "sigma", "learn_sigma", "device", "seed",
+    "checkpoint_every", "grid_size", "grid_spacing", "detect_anomaly", "objective", "k", "beta", "kl_warmup",
+    "binarize", "precision", "compile", "lr_schedule", "lr_warmup", "recipe", "artifacts", "tensorboard",
+)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
     """The TrainConfig the flags describe, and the subset of fields the user set explicitly."""
-    given = {field: getattr(args, flag) for flag, field in _FLAG_TO_FIELD.items() if getattr(args, flag) is not None}
+    given = {field: getattr(args, field) for field in _FIELDS if getattr(args, field) is not None}
     if given.get("sigma") == "learned":  # --sigma learned: a learned sigma starting at 1
         del given["sigma"]
         given["learn_sigma"] = True

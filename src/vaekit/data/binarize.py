@@ -80,6 +80,8 @@ def protocol(binarize: str, seed: int, likelihood: str, learn_sigma: bool = Fals
     lik = likelihood
     if likelihood == "gaussian":
         lik = "gaussian (learned per-pixel sigma)" if learn_sigma else f"gaussian (sigma {sigma:g})"
+    elif likelihood == "discretized-logistic":
+        lik = "discretized-logistic (256 levels, learned per-pixel scales)"
     return {
         "binarize": binarize,
         "eval_binarize_seed": seed if binarize != "none" else None,
@@ -95,3 +97,19 @@ def describe(p: dict) -> str:
         parts.append(f"eval binarization seed {p['eval_binarize_seed']}")
     parts.append(p["likelihood"] + ("" if p.get("density", True) else " on grey levels, not a density"))
     return ", ".join(parts)
+
+
+def bits_per_dim_scale(binarize: str, likelihood: str) -> str:
+    """What a bits-per-dimension figure of this protocol measures, to print and store beside it.
+
+    Only a discrete likelihood of the 256 levels gives the 8-bit bits/dim that papers report for CIFAR-10
+    and ImageNet; a density on [0, 1] differs from it by the unmeasured quantization, and a Bernoulli of
+    grey levels is a cross-entropy.
+    """
+    if likelihood == "discretized-logistic":
+        return "8-bit: -log2 P of the 256-level pixels, comparable to published bits/dim"
+    if binarize != "none":
+        return "binary pixels: -log2 P of the binarized images"
+    if likelihood == "bernoulli":
+        return "a cross-entropy of grey levels, not a likelihood: not comparable"
+    return "a density on [0, 1], not the 8-bit scale: not comparable to published bits/dim"

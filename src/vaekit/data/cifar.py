@@ -32,7 +32,10 @@ _TEST = f"{_FOLDER}/test_batch.bin"
 CIFAR10_MEMBERS = (*_TRAIN, _TEST)
 _SIDE = 32
 _RECORD = 1 + 3 * _SIDE * _SIDE
-_MAX_RECORDS = 100_000  # per batch; the official ones hold 10,000, so anything larger is not CIFAR-10
+_MAX_RECORDS = 20_000  # per batch; the official ones hold 10,000, so anything larger is not CIFAR-10
+# Bound on the decompressed archive (six batches of at most _MAX_RECORDS, plus headers and the class list),
+# so a small hostile file cannot expand to fill the memory.
+_MAX_TAR_BYTES = len(CIFAR10_MEMBERS) * _MAX_RECORDS * _RECORD + (1 << 20)
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -83,10 +86,32 @@ def _records(data: bytes, name: str, source: str) -> tuple[np.ndarray, np.ndarra
     return np.ascontiguousarray(images), labels
 
 
+def _gunzip(data: bytes, source: str) -> bytes:
+    """Decompress the whole gzip stream, checking its CRC (so a truncated download is caught) and its size."""
+    stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        raw = stream.decompress(data, _MAX_TAR_BYTES)
+    except zlib.error as exc:
+        raise ArchiveError(
+            f"{source}: corrupt gzip stream ({exc}); the file is damaged or incomplete, download or copy it again"
+        ) from exc
+    if stream.unconsumed_tail:
+        raise ArchiveError(
+            f"{source}: decompresses to more than {_MAX_TAR_BYTES:,} bytes, far more than CIFAR-10; this is not the "
+            "CIFAR-10 binary archive, replace it"
+        )
+    if not stream.eof or stream.unused_data.strip(b"\0"):
+        problem = "ends before its gzip stream does" if not stream.eof else "has bytes after its gzip stream"
+        raise ArchiveError(f"{source}: the file {problem}; it is incomplete or damaged, download or copy it again")
+    return raw
+
+
 def decode_cifar10(data: bytes, source: str = "<bytes>") -> ArchiveContents:
     """Decode the archive's bytes (``.tar.gz`` or plain ``.tar``) into train/test images and labels."""
+    compressed = data[:2] == GZIP_MAGIC
+    raw = _gunzip(data, source) if compressed else data
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
             batches = {name: _read_member(tar, name, source) for name in CIFAR10_MEMBERS}
     except ArchiveError:
         raise
@@ -109,7 +134,7 @@ def decode_cifar10(data: bytes, source: str = "<bytes>") -> ArchiveContents:
     }
     return ArchiveContents(
         arrays=arrays,
-        compressed=data[:2] == GZIP_MAGIC,
+        compressed=compressed,
         file_md5=hashlib.md5(data, usedforsecurity=False).hexdigest(),
         payload_sha256=digest.hexdigest(),
     )

@@ -12,7 +12,7 @@ import torch
 from vaekit import run as runs
 from vaekit.config import BINARIZE, ConfigError
 from vaekit.data import Splits, load_splits
-from vaekit.data.binarize import binarize_splits, protocol
+from vaekit.data.binarize import binarize_splits, bits_per_dim_scale, protocol
 from vaekit.devices import resolve_device
 from vaekit.errors import RunFolderError, VaekitError
 from vaekit.eval.elbo import evaluate_elbo
@@ -86,7 +86,7 @@ def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = N
         "bits_per_dim": est["bits_per_dim"], "nll_samples": samples, "nll_neg_elbo": est["neg_elbo"],
         "active_units": stats["active_units"], "kl_per_dim": stats["kl_per_dim"],
         "nll_protocol": {**proto, "samples": samples, "draw_seed": NLL_SEED, "dataset": splits.name,
-                         "n_test": len(x_test)},
+                         "n_test": len(x_test), "bits_per_dim": bits_per_dim_scale(mode, cfg.likelihood)},
     }
     result.update(extra)
     if save:

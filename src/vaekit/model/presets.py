@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vaekit.config import PRESETS, ConfigError, ModelConfig
+from vaekit.model.conv import conv_levels
 
 
 def model_config(
@@ -13,10 +14,13 @@ def model_config(
     image_shape: tuple[int, ...] = (28, 28),
     learn_sigma: bool = False,
     sigma_init: float = 1.0,
+    width: float = 1.0,
 ) -> ModelConfig:
     """Resolve a preset name and optional overrides into a validated :class:`ModelConfig`.
 
-    ``learn_sigma`` adds a per-pixel decoder log standard deviation starting at ``log(sigma_init)``.
+    ``learn_sigma`` adds a per-pixel decoder log standard deviation starting at ``log(sigma_init)``. For
+    the ``conv`` preset the number of levels follows the image size (down to about 4 x 4) and ``width``
+    multiplies the channels of a conv preset.
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown model preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
@@ -30,6 +34,12 @@ def model_config(
         spec["activation"] = activation
     if zdim is not None:
         spec["zdim"] = zdim
+    if spec.get("architecture") == "conv":
+        channels = spec["encoder_hidden"]
+        if preset == "conv" and hidden is None:
+            channels = channels[: conv_levels(image_shape[0], image_shape[1], len(channels))]
+        channels = [max(1, round(ch * width)) for ch in channels]
+        spec["encoder_hidden"], spec["decoder_hidden"] = channels, channels[::-1]
     cfg = ModelConfig(preset=preset, image_shape=tuple(image_shape), learn_sigma=learn_sigma,
                       sigma_init=float(sigma_init) if learn_sigma else 1.0, **spec)
     cfg.validate()

@@ -1,4 +1,4 @@
-"""The VAE: an MLP encoder q(z|x) and decoder p(x|z) over flattened images.
+"""The VAE: an encoder q(z|x) and decoder p(x|z) over flattened images, MLP or convolutional.
 
 The encoder maps a flattened image ``x`` to the mean ``mu`` and log-variance ``logvar`` of the Gaussian
 posterior q(z|x); the decoder maps a latent ``z`` to per-pixel *logits*. Likelihoods work on logits
@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from vaekit.config import ModelConfig
+from vaekit.model.conv import conv_decoder, conv_encoder
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "elu": nn.ELU,
@@ -45,10 +46,16 @@ class VAE(nn.Module):
         self.config = config
         self.zdim = config.zdim
         d = config.input_dim
-        self.encoder = _mlp([d, *config.encoder_hidden, 2 * config.zdim], config.activation)
-        self.decoder = _mlp(
-            [config.zdim, *config.decoder_hidden, d], config.activation, config.skip_first_decoder_activation
-        )
+        if config.architecture == "conv":
+            h, w, *c = config.image_shape
+            shape, act = (h, w, c[0] if c else 1), _ACTIVATIONS[config.activation]
+            self.encoder = conv_encoder(shape, config.encoder_hidden, config.zdim, act)
+            self.decoder = conv_decoder(shape, config.encoder_hidden, config.zdim, act)
+        else:
+            self.encoder = _mlp([d, *config.encoder_hidden, 2 * config.zdim], config.activation)
+            self.decoder = _mlp(
+                [config.zdim, *config.decoder_hidden, d], config.activation, config.skip_first_decoder_activation
+            )
         # The learned per-pixel log standard deviation of a gaussian p(x|z); None (and absent from the
         # state dict) otherwise, so models without it keep their exact weights file.
         self.log_sigma: nn.Parameter | None
@@ -59,12 +66,18 @@ class VAE(nn.Module):
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior parameters ``(mu, logvar)`` for flattened images ``x`` in [0, 1]."""
-        mu, logvar = torch.split(self.encoder(x), self.zdim, dim=-1)
+        mu, logvar = torch.split(self._batched(self.encoder, x), self.zdim, dim=-1)
         return mu, logvar
 
     def decode(self, z: Tensor) -> Tensor:
         """Per-pixel logits of p(x|z); ``torch.sigmoid`` of them is the decoded image."""
-        return self.decoder(z)
+        return self._batched(self.decoder, z)
+
+    def _batched(self, body: nn.Module, rows: Tensor) -> Tensor:
+        """``body(rows)`` for rows with any leading dimensions (k draws of a batch): convolutions take one."""
+        if rows.dim() <= 2 or self.config.architecture != "conv":
+            return body(rows)
+        return body(rows.reshape(-1, rows.shape[-1])).reshape(*rows.shape[:-1], -1)
 
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from vaekit import run as runs
-from vaekit.config import ConfigError, ModelConfig, TrainConfig
+from vaekit.config import DISCRETIZED_LOGISTIC_SCALE, ConfigError, ModelConfig, TrainConfig
 from vaekit.data import Splits, load_splits
 from vaekit.data.binarize import binarize_splits, describe, protocol
 from vaekit.devices import resolve_device
@@ -70,9 +70,7 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
         extra = default_callbacks(config.progress, config.tensorboard, run_dir) + list(callbacks)
         splits, own = _read_data(config, run_dir, ctx, data, stored_epochs)
         config = replace(config, model=config.model or default_model(splits, ctx.is_main))
-        mcfg = model_config(config.model, config.zdim, config.hidden, config.activation,
-                            tuple(splits.train_images.shape[1:]), learn_sigma=config.learn_sigma,
-                            sigma_init=config.sigma)
+        mcfg = model_config_for(config, tuple(splits.train_images.shape[1:]))
         with _folder_held(run_dir, config, resume, ctx):
             t = build_trainer(config, mcfg, splits, run_dir, device, ctx)
             data_info, test_labels = data_description(splits, own), splits.test_labels
@@ -161,15 +159,27 @@ def _load(config: TrainConfig, run_dir: Path, data: Any, resuming: bool) -> tupl
 
 
 def default_model(splits: Splits, announce: bool) -> str:
-    """The post's ``seed`` model for 28x28 grey images; otherwise ``mlp``, which fits any H x W x C, said once."""
+    """The post's ``seed`` model for 28x28 grey images; otherwise ``conv``, which fits any size, said once."""
     shape = tuple(splits.train_images.shape[1:])
     if shape == (28, 28):
         return "seed"
     if announce:
         size = "x".join(map(str, shape[:2])) + (" colour" if len(shape) == 3 else " grey")
-        print(f"vaekit train: {size} images: using the mlp preset, which fits any image size "
+        print(f"vaekit train: {size} images: using the conv preset, a convolutional VAE for any image size "
               "(choose another with --model)", file=sys.stderr, flush=True)
-    return "mlp"
+    return "conv"
+
+
+def model_config_for(config: TrainConfig, image_shape: tuple[int, ...]) -> ModelConfig:
+    """The model a run trains: its preset and overrides sized for the data, with the likelihood's scales.
+
+    The discretized logistic always learns its per-pixel scales (a weight of the model, like a learned
+    Gaussian sigma), starting at ``DISCRETIZED_LOGISTIC_SCALE``.
+    """
+    learn = config.learn_sigma or config.likelihood == "discretized-logistic"
+    start = DISCRETIZED_LOGISTIC_SCALE if config.likelihood == "discretized-logistic" else config.sigma
+    return model_config(config.model, config.zdim, config.hidden, config.activation, image_shape,
+                        learn_sigma=learn, sigma_init=start, width=config.width)
 
 
 def _report_skipped(run_dir: Path, own: dict[str, Any]) -> None:

@@ -1,0 +1,113 @@
+"""Convolutional presets and the discretized logistic likelihood, against independent references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vaekit.model import VAE, model_config, n_params
+from vaekit.objectives import discretized_logistic_log_likelihood, log_likelihood
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (32, 32, 3), (64, 64, 3), (20, 24, 3), (17, 9)])
+@pytest.mark.parametrize("preset", ["conv", "pytorch-vae-vanilla"])
+def test_conv_models_fit_any_size_and_round_trip_shapes(shape: tuple[int, ...], preset: str) -> None:
+    model = VAE(model_config(preset, image_shape=shape))
+    d = math.prod(shape)
+    x = torch.rand(3, d)
+    logits, mu, logvar = model(x, torch.randn(3, model.zdim))
+    assert logits.shape == (3, d) and mu.shape == logvar.shape == (3, model.zdim)
+    assert model.decode(torch.randn(4, 3, model.zdim)).shape == (4, 3, d)  # k draws of a batch
+
+
+def test_conv_layout_is_channels_last_like_the_data() -> None:
+    """A decoder whose output is a per-channel constant puts it in the channel slot of every pixel."""
+    model = VAE(model_config("conv", image_shape=(8, 8, 3)))
+    final = model.decoder[-2]
+    assert isinstance(final, torch.nn.Conv2d)
+    with torch.no_grad():
+        final.weight.zero_()
+        final.bias.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    out = model.decode(torch.zeros(1, model.zdim)).reshape(8, 8, 3)
+    assert torch.equal(out, torch.tensor([1.0, 2.0, 3.0]).expand(8, 8, 3))
+
+
+def test_conv_preset_sizes_and_width() -> None:
+    assert model_config("conv", image_shape=(28, 28)).encoder_hidden == [32, 64, 128]
+    assert model_config("conv", image_shape=(64, 64, 3)).encoder_hidden == [32, 64, 128, 256]
+    assert model_config("conv", image_shape=(32, 32, 3), width=0.5).encoder_hidden == [16, 32, 64]
+    assert model_config("conv", image_shape=(32, 32, 3)).zdim == 32
+    vanilla = VAE(model_config("pytorch-vae-vanilla", image_shape=(64, 64, 3)))
+    assert vanilla.zdim == 128 and n_params(vanilla) == 3_934_627  # the figure docs/models.md gives
+
+
+def test_conv_evaluation_does_not_depend_on_the_batch() -> None:
+    torch.manual_seed(0)
+    model = VAE(model_config("conv", image_shape=(16, 16, 3))).eval()
+    x = torch.rand(6, 16 * 16 * 3)
+    mu_all, _ = model.encode(x)
+    mu_one, _ = model.encode(x[2:3])
+    torch.testing.assert_close(mu_all[2:3], mu_one)
+
+
+def _reference(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Straight from the definition in 50-digit arithmetic (mpmath): logistic CDF differences over each level's
+    bin, the tails for the end levels; no cancellation to worry about at that precision."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    h = mpmath.mpf(1) / 510
+    rows = []
+    for xr, mr in zip(x.double().tolist(), mean.double().tolist(), strict=True):
+        total = mpmath.mpf(0)
+        for xv, mv, ls in zip(xr, mr, log_scale.double().tolist(), strict=True):
+            xv, mv, s = mpmath.mpf(xv), mpmath.mpf(mv), mpmath.exp(mpmath.mpf(ls))
+
+            def cdf(v: object, mv: object = mv, s: object = s) -> object:
+                return 1 / (1 + mpmath.exp(-(v - mv) / s))
+
+            upper = 1 if xv > 1 - h else cdf(xv + h)
+            lower = 0 if xv < h else cdf(xv - h)
+            total += mpmath.log(upper - lower)
+        rows.append(float(total))
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.05, 0.01])
+def test_discretized_logistic_sums_to_one_over_the_256_levels(scale: float) -> None:
+    levels = (torch.arange(256, dtype=torch.float64) / 255)[:, None].expand(256, 5)
+    mean = torch.tensor([0.0, 0.2, 0.5, 0.93, 1.0], dtype=torch.float64)
+    log_scale = torch.full((5,), math.log(scale), dtype=torch.float64)
+    per_level = torch.stack([discretized_logistic_log_likelihood(levels[:, j:j + 1], mean[j:j + 1],
+                                                                 log_scale[j:j + 1]) for j in range(5)], dim=1)
+    torch.testing.assert_close(torch.logsumexp(per_level, dim=0), torch.zeros(5, dtype=torch.float64),
+                               atol=1e-12, rtol=0)
+
+
+def test_discretized_logistic_matches_a_float64_reference_in_float32() -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (8, 48), generator=gen).float() / 255
+    mean = torch.rand(8, 48, generator=gen)
+    log_scale = torch.empty(48).uniform_(math.log(0.01), math.log(0.3), generator=gen)
+    got = discretized_logistic_log_likelihood(x, mean, log_scale)
+    torch.testing.assert_close(got.double(), _reference(x, mean, log_scale), rtol=1e-6, atol=1e-3)
+
+
+def test_discretized_logistic_stays_finite_with_tiny_scales() -> None:
+    x = torch.tensor([[0.0, 0.5, 1.0, 100 / 255]])
+    log_scale = torch.full((4,), math.log(1e-6), requires_grad=True)
+    mean = torch.tensor([[0.9, 0.1, 0.0, 0.4]], requires_grad=True)
+    lp = discretized_logistic_log_likelihood(x, mean, log_scale)
+    lp.sum().backward()
+    assert torch.isfinite(lp).all() and torch.isfinite(log_scale.grad).all() and torch.isfinite(mean.grad).all()
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "continuous-bernoulli", "discretized-logistic", "bernoulli"])
+def test_every_likelihood_scores_colour_conv_output(likelihood: str) -> None:
+    learn = likelihood in ("gaussian", "discretized-logistic")
+    model = VAE(model_config("conv", image_shape=(12, 12, 3), learn_sigma=learn, sigma_init=0.1))
+    x = torch.randint(0, 256, (4, 12 * 12 * 3)).float() / 255
+    logits, _, _ = model(x, torch.randn(4, model.zdim))
+    lp = log_likelihood(likelihood, x, logits, 1.0, model.log_sigma)
+    assert lp.shape == (4,) and torch.isfinite(lp).all()
