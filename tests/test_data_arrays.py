@@ -174,6 +174,9 @@ def test_bad_labels(tmp_path: Path) -> None:
     np.savez(tmp_path / "both.npz", x=x, images=x)
     with pytest.raises(BadInputError, match="holds both 'x' and 'images'"):
         load_own_data(tmp_path / "both.npz")
+    np.savez(tmp_path / "half.npz", x_train=x, x_test=x, y_train=np.zeros(4, int))
+    with pytest.raises(BadInputError, match="holds y_train but not y_test; give labels for both splits or for neither"):
+        load_own_data(tmp_path / "half.npz")
     np.savez(tmp_path / "what.npz", a=x, b=x)
     with pytest.raises(BadInputError, match="holds arrays 'a', 'b'; put the images under 'x'"):
         load_own_data(tmp_path / "what.npz")

@@ -143,10 +143,13 @@ def test_train_and_test_subfolders_are_used_as_given(tmp_path: Path) -> None:
     assert np.array_equal(splits.test_images[2], grey(100, (6, 5)))
 
 
-def test_given_split_with_different_layouts_is_refused(tmp_path: Path) -> None:
+def test_given_split_with_different_layouts_or_an_empty_part_is_refused(tmp_path: Path) -> None:
     classes_folder(tmp_path / "d" / "train", {"cat": 2})
     save(tmp_path / "d" / "test" / "a.png", grey(0))
     with pytest.raises(BadInputError, match="same layout in train/ and test/"):
+        load_own_data(tmp_path / "d", progress=False)
+    (tmp_path / "d" / "test" / "a.png").unlink()
+    with pytest.raises(BadInputError, match=r"d/test: holds no usable images; put images there"):
         load_own_data(tmp_path / "d", progress=False)
 
 
@@ -311,7 +314,9 @@ def _truncated(tmp: Path) -> bytes:
 
 BAD_FILES: dict[str, tuple[Callable[[Path], bytes], str]] = {
     "truncated": (_truncated, "truncated or corrupt image"),
-    "text": (lambda tmp: b"hello, I am a text file\n", "not an image Pillow can read"),
+    "text": (lambda tmp: b"hello, I am a text file\n", "a text file, not an image"),
+    "binary_junk": (lambda tmp: bytes(range(200, 256)), "not an image Pillow can read (unrecognised format)"),
+    "cut_header": (lambda tmp: encode(grey(5, (6, 5)), "PNG")[:20], "truncated or corrupt PNG image"),
     "empty": (lambda tmp: b"", "empty file"),
     "corrupt_jpeg": (lambda tmp: encode(grey(4, (40, 40)), "JPEG")[:300], "corrupt"),
 }
@@ -383,7 +388,7 @@ def test_unreadable_file_is_a_bad_file(tmp_path: Path) -> None:
 
 def test_empty_folder_and_only_ignored_files(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(BadInputError, match="holds no images; vaekit reads .bmp"):
+    with pytest.raises(BadInputError, match="holds no images; vaekit reads PNG, JPEG, BMP, GIF, TIFF, WebP and PNM"):
         load_own_data(tmp_path / "empty", progress=False)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "readme.txt").write_text("hi")
@@ -510,6 +515,13 @@ def test_rebuild_from_info(tmp_path: Path) -> None:
     save(moved / "b" / "000.png", grey(4321))
     with pytest.raises(DataError, match="same number of images .* but different pixels"):
         load_own_data_from_info(stored, moved)
+
+
+def test_rebuild_reuses_the_decode_cache(tmp_path: Path, decodes: list[str]) -> None:
+    classes_folder(tmp_path / "d", {"a": 4, "b": 4})
+    splits, info = load_own_data(tmp_path / "d", progress=False)
+    again, _ = load_own_data_from_info(json.loads(json.dumps(info)))
+    assert len(decodes) == 8 and np.array_equal(again.train_images, splits.train_images)
 
 
 def test_rebuild_refuses_a_damaged_record(tmp_path: Path) -> None:

@@ -150,21 +150,33 @@ def _pick(data: Mapping[str, Any], keys: tuple[str, ...], where: str, what: str)
     return found[0] if found else None
 
 
-def _from_mapping(data: Mapping[str, Any], where: str, channels: int | None, image_size: int | None) -> tuple:
+Triple = tuple[np.ndarray, np.ndarray | None, int | None]
+
+
+def _from_split_keys(data: Mapping[str, Any], where: str, channels: int | None, image_size: int | None) -> Triple:
+    """Keras-style ``x_train``/``x_test`` (and ``y_train``/``y_test``): training images first, then test."""
+    train = normalise_images(_get(data, "x_train", where), f"{where}[x_train]", channels=channels,
+                             image_size=image_size)
+    test = normalise_images(_get(data, "x_test", where), f"{where}[x_test]", channels=channels, image_size=image_size)
+    if train.shape[1:] != test.shape[1:]:
+        raise _fail(where, f"x_train images are {train.shape[1:]} but x_test images are {test.shape[1:]}; both "
+                    "splits need the same image shape")
+    given = [k for k in ("y_train", "y_test") if k in data]
+    if len(given) == 1:
+        raise _fail(where, f"holds {given[0]} but not {({'y_train', 'y_test'} - set(given)).pop()}; give labels for "
+                    "both splits or for neither")
+    labels = None
+    if given:
+        labels = np.concatenate([normalise_labels(_get(data, k, where), len(a), f"{where}[{k}]")
+                                 for k, a in (("y_train", train), ("y_test", test))])
+    return np.concatenate([train, test]), labels, len(train)
+
+
+def _from_mapping(data: Mapping[str, Any], where: str, channels: int | None, image_size: int | None) -> Triple:
     """(images, labels or None, n_given_train) from ``.npz``-style keys."""
     keys = list(data.keys())
     if all(k in data for k in _SPLIT_KEYS):
-        train = normalise_images(_get(data, "x_train", where), f"{where}[x_train]", channels=channels,
-                                 image_size=image_size)
-        test = normalise_images(_get(data, "x_test", where), f"{where}[x_test]", channels=channels,
-                                image_size=image_size)
-        if train.shape[1:] != test.shape[1:]:
-            raise _fail(where, f"x_train images are {train.shape[1:]} but x_test images are {test.shape[1:]}")
-        labels = None
-        if "y_train" in data or "y_test" in data:
-            labels = np.concatenate([normalise_labels(_get(data, k, where), len(a), f"{where}[{k}]")
-                                     for k, a in (("y_train", train), ("y_test", test))])
-        return np.concatenate([train, test]), labels, len(train)
+        return _from_split_keys(data, where, channels, image_size)
     image_key = _pick(data, _IMAGE_KEYS, where, "images")
     if image_key is None and len(keys) == 1:
         image_key = keys[0]

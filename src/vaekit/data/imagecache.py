@@ -51,6 +51,7 @@ def images_root() -> Path:
 
 
 def entry_dir(key: str) -> Path:
+    """The folder of the entry stored under ``key``."""
     return images_root() / key
 
 

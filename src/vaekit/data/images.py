@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 __all__ = [
+    "FORMAT_NAMES",
     "IMAGE_EXTENSIONS",
     "ImageProblem",
     "Probe",
@@ -51,7 +52,16 @@ IMAGE_EXTENSIONS = frozenset(
 )
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _SIXTEEN_BIT = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+# Human names of the formats behind IMAGE_EXTENSIONS, for messages.
+FORMAT_NAMES = "PNG, JPEG, BMP, GIF, TIFF, WebP and PNM"
 _ORIENTATION = 0x0112  # EXIF tag; values 5-8 swap width and height
+# Leading bytes of the formats above, to tell a damaged image from a file that is no image at all.
+_MAGIC = (
+    (b"\x89PNG", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"), (b"II*\0", "TIFF"),
+    (b"MM\0*", "TIFF"), (b"RIFF", "WebP"), (b"P1", "PNM"), (b"P2", "PNM"), (b"P3", "PNM"), (b"P4", "PNM"),
+    (b"P5", "PNM"), (b"P6", "PNM"),
+)
+_HEAD = 16
 _REASON_CHARS = 100
 
 Source = str | os.PathLike[str] | bytes
@@ -98,6 +108,23 @@ def _opened(source: Source) -> Iterator[Image.Image]:
         handle.close()
 
 
+def _unreadable(handle: BinaryIO, reason: str | None) -> str:
+    """Why Pillow could not open a file: a damaged image (named by its leading bytes), text, or no image.
+
+    ``reason`` is Pillow's own explanation, or ``None`` when it could not even identify the format.
+    """
+    handle.seek(0)
+    head = handle.read(_HEAD)
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return f"truncated or corrupt {name} image ({reason or 'Pillow cannot read its header'})"
+    if reason is not None:
+        return f"corrupt image header ({reason})"
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "a text file, not an image"
+    return "not an image Pillow can read (unrecognised format)"
+
+
 def _identify(handle: BinaryIO) -> Image.Image:
     """``Image.open`` on ``handle`` with its failures and oversized images turned into :class:`ImageProblem`."""
     try:
@@ -105,9 +132,9 @@ def _identify(handle: BinaryIO) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageProblem(f"decompression bomb refused by Pillow ({_reason(exc)})") from exc
     except Image.UnidentifiedImageError as exc:
-        raise ImageProblem("not an image Pillow can read (unrecognised format)") from exc
+        raise ImageProblem(_unreadable(handle, None)) from exc
     except Exception as exc:  # Pillow's format plugins raise many exception types for damaged headers
-        raise ImageProblem(f"corrupt image header ({_reason(exc)})") from exc
+        raise ImageProblem(_unreadable(handle, _reason(exc))) from exc
     width, height = im.size
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and width * height > limit:

@@ -166,6 +166,7 @@ def load_own_data(
         "stratified": random and raw.labels is not None,
         "image_size": image_size,
         "channels": splits.channels,
+        "channels_option": channels,
         "image_shape": list(splits.image_shape),
         "n_train": int(len(splits.train_images)),
         "n_test": int(len(splits.test_images)),
@@ -225,7 +226,9 @@ def load_own_data_from_info(
         raise DataError(f"{source}: the data the run was trained on is no longer there; pass --data PATH to a "
                         "copy of it")
     splits, new = load_own_data(
-        source, image_size=info["image_size"], channels=info["channels"], test_fraction=info["test_fraction"] or 0.1,
+        # The options as first given (channels=None, not its outcome), so a folder's decode cache is reused.
+        source, image_size=info["image_size"], channels=info.get("channels_option", info["channels"]),
+        test_fraction=info["test_fraction"] or 0.1,
         seed=info["seed"] if info["seed"] is not None else 0, skip_bad=bool(info["skip_bad"]), progress=progress,
         cache=cache,
     )
