@@ -106,18 +106,21 @@ class ModelConfig:
         return int(math.prod(self.image_shape))
 
     def validate(self) -> None:
-        if not isinstance(self.zdim, int) or self.zdim < 1:
-            raise ConfigError(f"zdim must be an integer >= 1 (got {self.zdim!r})")
+        _positive_int("zdim", self.zdim, MAX_ZDIM)
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown model preset {self.preset!r:.40}; choose one of {', '.join(PRESETS)}")
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
         for name in ("encoder_hidden", "decoder_hidden"):
             sizes = getattr(self, name)
-            if not sizes or any((not isinstance(h, int)) or h < 1 for h in sizes):
-                raise ConfigError(f"{name} must be a non-empty list of positive integers (got {sizes!r})")
+            if not sizes or not all(_int_between(h, 1, MAX_WIDTH) for h in sizes):
+                raise ConfigError(f"{name} must be a non-empty list of integers from 1 to {MAX_WIDTH:,} "
+                                  f"(got {_short(sizes)})")
         shape = tuple(self.image_shape)
-        if len(shape) not in (2, 3) or any(int(s) < 1 for s in shape) or (len(shape) == 3 and shape[2] not in CHANNELS):
+        if len(shape) not in (2, 3) or any(not 1 <= int(s) <= 2**15 for s in shape) or (
+                len(shape) == 3 and shape[2] not in CHANNELS):
             raise ConfigError(f"image_shape must be (H, W) or (H, W, 3) with positive sizes (got {self.image_shape!r})")
         if not (isinstance(self.sigma_init, (int, float)) and 0 < self.sigma_init < float("inf")):
             raise ConfigError(f"sigma_init must be a positive finite number (got {self.sigma_init!r})")
@@ -132,6 +135,13 @@ class ModelConfig:
 
 
 CHANNELS = (1, 3)  # grey or colour images
+# Bounds of sense, checked before anything runs: beyond them a setting is a mistake, not a plan.
+MAX_EPOCHS = 1_000_000
+MAX_BATCH = 2**24
+MAX_GRID = 200  # cells per side of the latent grid: 40,000 decoded images
+MAX_SEED = 2**63 - 3  # the generators take 64-bit seeds, and a run seeds seed, seed + 1 and seed + 2
+MAX_ZDIM = 65_536
+MAX_WIDTH = 2**20  # hidden units or channels of one layer
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli", "discretized-logistic")
 # The discretized logistic's per-pixel scales start at 1/16 of the pixel range (16 grey levels): wide enough
 # that no pixel starts at a vanishing probability, and then learned.
@@ -193,12 +203,12 @@ class TrainConfig:
     tensorboard: bool = False  # also log per-epoch scalars to RUN/tensorboard/ (needs the tensorboard package)
 
     def validate(self) -> None:
-        _positive_int("epochs", self.epochs)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("eval_batch_size", self.eval_batch_size)
-        _positive_int("grid_size", self.grid_size)
-        if self.zdim is not None and (not isinstance(self.zdim, int) or self.zdim < 1):
-            raise ConfigError(f"zdim must be an integer >= 1 (got {self.zdim!r})")
+        _positive_int("epochs", self.epochs, MAX_EPOCHS)
+        _positive_int("batch_size", self.batch_size, MAX_BATCH)
+        _positive_int("eval_batch_size", self.eval_batch_size, MAX_BATCH)
+        _positive_int("grid_size", self.grid_size, MAX_GRID)
+        if self.zdim is not None:
+            _positive_int("zdim", self.zdim, MAX_ZDIM)
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and self.lr == self.lr and self.lr < float("inf")):
             raise ConfigError(f"lr must be a positive finite number (got {self.lr!r})")
         self._validate_data()
@@ -210,7 +220,7 @@ class TrainConfig:
             raise ConfigError(f"a learned sigma needs --likelihood gaussian (got {self.likelihood!r})")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        _positive_int("k", self.k)
+        _positive_int("k", self.k, 100_000)
         if not (isinstance(self.beta, (int, float)) and 0 <= self.beta < float("inf")):
             raise ConfigError(f"beta must be a finite number >= 0 (got {self.beta!r})")
         if isinstance(self.kl_warmup, bool) or not isinstance(self.kl_warmup, int) or self.kl_warmup < 0:
@@ -225,8 +235,8 @@ class TrainConfig:
             raise ConfigError(f"checkpoint_every must be an integer >= 0 (got {self.checkpoint_every!r})")
         if self.grid_spacing not in GRID_SPACINGS:
             raise ConfigError(f"unknown grid_spacing {self.grid_spacing!r}; choose one of {', '.join(GRID_SPACINGS)}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be an integer >= 0 (got {self.seed!r})")
+        if not _int_between(self.seed, 0, MAX_SEED):
+            raise ConfigError(f"seed must be an integer from 0 to {MAX_SEED} (got {_short(self.seed)})")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -240,7 +250,7 @@ class TrainConfig:
         if self.data is not None and (self.dataset is not None or self.data_dir is not None):
             raise ConfigError("--data trains on your own images; it cannot be combined with --dataset or --data-dir")
         if self.image_size is not None:
-            _positive_int("image_size", self.image_size)
+            _positive_int("image_size", self.image_size, 2**15)
         if self.channels is not None and (isinstance(self.channels, bool) or self.channels not in CHANNELS):
             raise ConfigError(f"channels must be 1 or 3 (got {self.channels!r})")
         f = self.test_fraction
@@ -256,9 +266,22 @@ class TrainConfig:
         return cls(**_known(cls, d))
 
 
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer (got {value!r})")
+def _positive_int(name: str, value: Any, most: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (most is not None and value > most):
+        bound = f" up to {most:,}" if most is not None else ""
+        raise ConfigError(f"{name} must be a positive integer{bound} (got {_short(value)})")
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a value, cut short: a config may hold a number of thousands of digits."""
+    if isinstance(value, int) and value.bit_length() >= 200:
+        return f"a {value.bit_length()}-bit integer"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _int_between(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:

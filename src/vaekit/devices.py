@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
-from vaekit.config import ConfigError
+from vaekit.config import DEVICES, ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA, then Apple's MPS, then the CPU; an explicit device must exist."""
+    if name not in DEVICES and not re.fullmatch(r"(cuda|mps):\d{1,3}", name):
+        raise ConfigError(f"--device {name[:40]}: unknown device; choose one of {', '.join(DEVICES)} or cuda:N")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -19,4 +23,6 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     if name.startswith("mps") and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s); pick one of them")
     return torch.device(name)

@@ -30,6 +30,10 @@ class NonFiniteError(VaekitError):
 
 
 class Interrupted(VaekitError):
-    """Training stopped on Ctrl-C after saving a consistent checkpoint."""
+    """Training stopped on Ctrl-C (exit 130) or SIGTERM (exit 143) after saving a consistent checkpoint."""
 
     exit_code = 130
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # as a shell reports a process ended by that signal

@@ -4,8 +4,9 @@ With zdim 2 every point of the latent plane decodes to an image; a static grid s
 lets you move through the space. Everything it needs is embedded in the file (the decoder's weights as
 base64 little-endian float32, the test set's posterior means and labels as JSON), so it works from disk
 with no server and no network. The decoder is described layer by layer from the model's ``decoder``
-``nn.Sequential`` rather than from assumed sizes, so every preset, latent size and activation runs in the
-page exactly as in PyTorch (including the seed preset's missing activation between its first two layers).
+``nn.Sequential`` rather than from assumed sizes, so every preset (MLP or convolutional), image size,
+latent size and activation runs in the page exactly as in PyTorch (including the seed preset's missing
+activation between its first two layers, and the conv presets' transposed convolutions).
 :func:`make_server` serves a page from memory on localhost (``vaekit explore --serve``).
 """
 
@@ -31,63 +32,132 @@ from vaekit.artifacts import EXPLORER
 from vaekit.artifacts.figures import latent_means
 from vaekit.errors import VaekitError
 from vaekit.model import VAE
+from vaekit.model.conv import ToRows
 
 MAX_POINTS = 10_000  # test means embedded in the page (MNIST's whole test set)
-
-# Label names of the known datasets; anything else is shown by its number.
-CLASS_NAMES: dict[str, list[str]] = {
-    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                      "Ankle boot"],
-    "kmnist": ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],
-}
 
 
 class ExplorerError(VaekitError):
     """The explorer cannot be built or served (an unsupported layer, a port in use)."""
 
 
+_ACTIVATION_NAMES: dict[type, str] = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
+                                      nn.Identity: "identity"}
+SUPPORTED = ("Linear, Unflatten, Conv2d, ConvTranspose2d (zero padding, no groups or dilation), ToRows, ELU, ReLU, "
+             "LeakyReLU, Tanh, GELU, SiLU, Sigmoid")
+
+
+class _Weights:
+    """The decoder's parameters as one little-endian float32 buffer, each array referred to by its offset."""
+
+    def __init__(self) -> None:
+        self.chunks: list[np.ndarray] = []
+        self.offset = 0
+
+    def add(self, t: torch.Tensor | np.ndarray) -> int:
+        arr = t.detach().to("cpu", torch.float32).numpy() if isinstance(t, torch.Tensor) else t
+        arr = np.ascontiguousarray(arr, dtype="<f4").ravel()
+        self.chunks.append(arr)
+        start, self.offset = self.offset, self.offset + arr.size
+        return start
+
+    def tobytes(self) -> bytes:
+        return np.concatenate(self.chunks).tobytes() if self.chunks else b""
+
+
+def _activation(module: nn.Module) -> dict[str, Any] | None:
+    """An activation's description (with its own parameters), or None for a module that is not one."""
+    if isinstance(module, nn.ELU):
+        return {"type": "elu", "alpha": float(module.alpha)}
+    if isinstance(module, nn.LeakyReLU):
+        return {"type": "leaky_relu", "negative_slope": float(module.negative_slope)}
+    if isinstance(module, nn.GELU):
+        return {"type": "gelu", "approximate": str(module.approximate)}
+    name = _ACTIVATION_NAMES.get(type(module))
+    return {"type": name} if name is not None else None
+
+
+def _conv(module: nn.Conv2d | nn.ConvTranspose2d, shape: tuple[int, ...], weights: _Weights) -> dict[str, Any]:
+    """A 2-d convolution or transposed convolution of an image of ``shape`` (C, H, W), as the page runs it.
+
+    The weight goes into the buffer as (out channels, kernel rows, kernel columns, in channels) for both
+    kinds (PyTorch stores a transposed convolution's as (in, out, rows, columns)): the page's inner loop
+    then runs along one input pixel's channels, which lie next to each other in its channels-last images.
+    """
+    transposed = isinstance(module, nn.ConvTranspose2d)
+    name = type(module).__name__
+    if (isinstance(module.padding, str) or module.groups != 1 or tuple(module.dilation) != (1, 1)
+            or module.padding_mode != "zeros"):
+        raise ExplorerError(f"the decoder has a {name} with groups, dilation or padding the explorer page cannot "
+                            "run (it runs numeric zero padding, groups 1, dilation 1)")
+    if len(shape) != 3 or shape[0] != module.in_channels:
+        raise ExplorerError(f"the decoder's {name} expects {module.in_channels} channels of an image but gets "
+                            f"values of shape {shape}; the explorer cannot run it")
+    (kh, kw), (sh, sw), (ph, pw) = module.kernel_size, module.stride, module.padding
+    _, h, w = shape
+    if transposed:
+        oph, opw = module.output_padding
+        size = [(h - 1) * sh - 2 * ph + kh + oph, (w - 1) * sw - 2 * pw + kw + opw]
+        wt = module.weight.detach().permute(1, 2, 3, 0)
+    else:
+        size = [(h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1]
+        wt = module.weight.detach().permute(0, 2, 3, 1)
+    if min(size) < 1:
+        raise ExplorerError(f"the decoder's {name} makes an empty image from {shape}")
+    bias = module.bias if module.bias is not None else torch.zeros(module.out_channels)
+    return {"type": "conv_transpose2d" if transposed else "conv2d", "in": module.in_channels,
+            "out": module.out_channels, "kernel": [kh, kw], "stride": [sh, sw], "padding": [ph, pw],
+            "inSize": [h, w], "outSize": size, "w": weights.add(wt), "b": weights.add(bias)}
+
+
+def _layer(module: nn.Module, shape: tuple[int, ...], weights: _Weights) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """One decoder module's description and the shape of what it outputs: (n,) values or a (C, H, W) image."""
+    act = _activation(module)
+    if act is not None:
+        return act, shape
+    if isinstance(module, nn.Linear):
+        if shape != (module.in_features,):
+            raise ExplorerError(f"the decoder's Linear layer expects {module.in_features} values but gets {shape}")
+        bias = module.bias if module.bias is not None else torch.zeros(module.out_features)
+        return ({"type": "linear", "in": module.in_features, "out": module.out_features,
+                 "w": weights.add(module.weight), "b": weights.add(bias)}, (module.out_features,))
+    if isinstance(module, nn.Unflatten):
+        size = tuple(int(s) for s in module.unflattened_size)
+        if module.dim not in (-1, 1) or len(size) != 3 or len(shape) != 1 or math.prod(size) != shape[0]:
+            raise ExplorerError(f"the decoder unflattens {shape} into {size}; the explorer page runs only the "
+                                "unflattening of a row of values into one (C, H, W) image")
+        return {"type": "unflatten", "shape": list(size)}, size
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        desc = _conv(module, shape, weights)
+        return desc, (desc["out"], *desc["outSize"])
+    if isinstance(module, ToRows):
+        if len(shape) != 3:
+            raise ExplorerError(f"the decoder flattens {shape}, which is not an image")
+        return {"type": "to_rows"}, (math.prod(shape),)
+    raise ExplorerError(f"the decoder has a {type(module).__name__} layer, which the explorer page cannot run; "
+                        f"supported: {SUPPORTED}")
+
+
 def decoder_layers(model: VAE) -> tuple[list[dict[str, Any]], bytes]:
     """The decoder as layer descriptions for the page, and one float32 buffer holding all their parameters.
 
     Linear layers refer to their weight (row-major, out x in, as PyTorch stores it) and bias by offset
-    into the buffer; activations carry their own parameters (ELU's alpha, LeakyReLU's slope, GELU's
-    approximation) so the page computes what PyTorch computes.
+    into the buffer; convolutions to theirs as :func:`_conv` lays them out, with the sizes of the images
+    they read and write; activations carry their own parameters (ELU's alpha, LeakyReLU's slope, GELU's
+    approximation) so the page computes what PyTorch computes. The page keeps images channels last, so
+    ``unflatten`` reorders a row of (C, H, W) values and ``to_rows`` (channels last, flattened) is free.
     """
     layers: list[dict[str, Any]] = []
-    chunks: list[np.ndarray] = []
-    offset = 0
-
-    def add(t: torch.Tensor) -> int:
-        nonlocal offset
-        arr = t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").ravel()
-        chunks.append(arr)
-        start, offset = offset, offset + arr.size
-        return start
-
+    weights = _Weights()
+    shape: tuple[int, ...] = (model.zdim,)
     for module in model.decoder:
-        if isinstance(module, nn.Linear):
-            w = add(module.weight)
-            bias = module.bias if module.bias is not None else torch.zeros(module.out_features)
-            layers.append({"type": "linear", "in": module.in_features, "out": module.out_features, "w": w,
-                           "b": add(bias)})
-        elif isinstance(module, nn.ELU):
-            layers.append({"type": "elu", "alpha": float(module.alpha)})
-        elif isinstance(module, nn.LeakyReLU):
-            layers.append({"type": "leaky_relu", "negative_slope": float(module.negative_slope)})
-        elif isinstance(module, nn.GELU):
-            layers.append({"type": "gelu", "approximate": str(module.approximate)})
-        elif isinstance(module, (nn.ReLU, nn.Tanh, nn.SiLU, nn.Sigmoid, nn.Identity)):
-            layers.append({"type": {nn.ReLU: "relu", nn.Tanh: "tanh", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
-                                    nn.Identity: "identity"}[type(module)]})
-        else:
-            raise ExplorerError(f"the decoder has a {type(module).__name__} layer, which the explorer page "
-                                "cannot run; supported: Linear, ELU, ReLU, LeakyReLU, Tanh, GELU, SiLU, Sigmoid")
-    linear = [la for la in layers if la["type"] == "linear"]
+        layer, shape = _layer(module, shape, weights)
+        layers.append(layer)
     npix = model.config.input_dim
-    if not linear or layers[-1]["type"] != "linear" or linear[0]["in"] != model.zdim or linear[-1]["out"] != npix:
+    if shape != (npix,) or layers[-1]["type"] not in ("linear", "to_rows"):
         raise ExplorerError(f"the decoder does not map {model.zdim} latent dimensions to {npix} pixel logits "
-                            "through linear layers; the explorer cannot run it")
-    return layers, np.concatenate(chunks).tobytes()
+                            f"(its output has shape {shape}); the explorer cannot run it")
+    return layers, weights.tobytes()
 
 
 def plane_range(means: np.ndarray) -> float:
@@ -99,9 +169,12 @@ def plane_range(means: np.ndarray) -> float:
 
 
 def class_names(dataset: str | None, labels: np.ndarray, known: list[str] | tuple[str, ...] | None = None) -> list[str]:
-    """A name for every label: ``known`` (the data's own names), those of a known dataset, else the number."""
+    """A name for every label: ``known`` (the data's own), else the registry's for ``dataset``, else the number."""
+    from vaekit.data import DATASETS
+
     n = int(labels.max()) + 1 if labels.size else 0
-    known = list(known) if known else CLASS_NAMES.get(str(dataset), [])
+    spec = DATASETS.get(str(dataset))
+    known = list(known or (spec.class_names if spec is not None else None) or ())
     return [known[i] if i < len(known) else str(i) for i in range(max(n, len(known)))]
 
 

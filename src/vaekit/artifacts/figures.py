@@ -63,10 +63,10 @@ def grid_ticks(coords: np.ndarray, most: int = GRID_TICKS) -> tuple[list[int], l
 
 @torch.no_grad()
 def decode_images(model: VAE, z: torch.Tensor) -> np.ndarray:
-    """Decoder means (sigmoid of the logits) as float images of the model's image shape."""
+    """Decoder means (sigmoid of the logits) as float images of the model's image shape: (N, H, W[, 3])."""
     device = next(model.parameters()).device
-    h, w = model.config.image_shape
-    return torch.sigmoid(model.decode(z.to(device, torch.float32))).reshape(-1, h, w).cpu().numpy()
+    shape = tuple(model.config.image_shape)
+    return torch.sigmoid(model.decode(z.to(device, torch.float32))).reshape(-1, *shape).cpu().numpy()
 
 
 def latent_grid(model: VAE, n: int = 20, spacing: str = "linear", bound: float = GRID_BOUND) -> np.ndarray:
@@ -83,14 +83,15 @@ def latent_grid(model: VAE, n: int = 20, spacing: str = "linear", bound: float =
     if model.zdim > 1:
         z[:, 1] = torch.from_numpy(z2.ravel()).float()
     imgs = decode_images(model, z)
-    h, w = imgs.shape[1:]
-    return imgs.reshape(n, n, h, w).transpose(0, 2, 1, 3).reshape(n * h, n * w)
+    h, w, *c = imgs.shape[1:]
+    return imgs.reshape(n, n, h, w, *c).swapaxes(1, 2).reshape(n * h, n * w, *c)
 
 
 def _tile(imgs: np.ndarray, cols: int) -> np.ndarray:
+    """Images (N, H, W[, 3]) side by side, ``cols`` to a row; white where a row has fewer."""
     rows = -(-len(imgs) // cols)
-    h, w = imgs.shape[1:]
-    out = np.ones((rows * h, cols * w), dtype=np.float32)
+    h, w, *c = imgs.shape[1:]
+    out = np.ones((rows * h, cols * w, *c), dtype=np.float32)
     for i, im in enumerate(imgs):
         r, c = divmod(i, cols)
         out[r * h : (r + 1) * h, c * w : (c + 1) * w] = im
@@ -150,6 +151,7 @@ def project_2d(mu: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def latent_scatter_figure(model: VAE, images: np.ndarray, labels: np.ndarray) -> Figure:
+    """Where the encoder puts the test images, coloured by class: whether the latent space separates them."""
     xy, axis = project_2d(latent_means(model, images))
     fig = new_figure(8, 7)
     ax = fig.add_subplot()
@@ -163,6 +165,7 @@ def latent_scatter_figure(model: VAE, images: np.ndarray, labels: np.ndarray) ->
 
 @torch.no_grad()
 def reconstructions_figure(model: VAE, images: np.ndarray, n: int = 16) -> Figure:
+    """The first ``n`` test images over their decodings at the posterior means: what the code keeps."""
     n = min(n, len(images))
     device = next(model.parameters()).device
     x = to_unit(torch.from_numpy(images[:n].reshape(n, -1)).to(device))
@@ -178,6 +181,7 @@ def reconstructions_figure(model: VAE, images: np.ndarray, n: int = 16) -> Figur
 
 
 def samples_figure(model: VAE, n: int = 64, seed: int = 0) -> Figure:
+    """Decodings of ``n`` prior draws from a fixed seed: what the model generates, the same on every redraw."""
     z = torch.randn(n, model.zdim, generator=torch.Generator().manual_seed(seed))
     fig = new_figure(6, 6)
     ax = fig.add_subplot()
@@ -188,6 +192,7 @@ def samples_figure(model: VAE, n: int = 64, seed: int = 0) -> Figure:
 
 
 def loss_curve_figure(history: list[dict[str, float]]) -> Figure:
+    """Train and test loss per epoch from ``metrics.csv`` rows: convergence and overfitting at a glance."""
     epochs = [r["epoch"] for r in history]
     fig = new_figure(7, 4.5)
     ax = fig.add_subplot()

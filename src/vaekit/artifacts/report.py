@@ -209,9 +209,24 @@ def likelihood_text(t: TrainConfig, m: ModelConfig) -> str:
         if t.learn_sigma or m.learn_sigma:
             return f"Gaussian with a learned per-pixel sigma (from {m.sigma_init:g}), constants included"
         return f"Gaussian with sigma {t.sigma:g}, constants included"
+    if t.likelihood == "discretized-logistic":
+        return f"discretized logistic over 256 levels with learned per-pixel scales (from {m.sigma_init:g})"
     return {"bernoulli": "Bernoulli (binary cross-entropy on the logits, the blog post's loss)",
             "continuous-bernoulli": "continuous Bernoulli (the normalized density on [0, 1])"}.get(t.likelihood,
                                                                                                    t.likelihood)
+
+
+def model_text(m: ModelConfig) -> str:
+    """The architecture in one sentence: layer widths of an MLP, channels of a convolutional model."""
+    shape = "x".join(map(str, m.image_shape))
+    if getattr(m, "architecture", "mlp") == "conv":
+        return (f"Model: {m.preset} preset for {shape} images, convolutional: encoder channels "
+                f"{'-'.join(map(str, m.encoder_hidden))} (3x3, stride 2) to 2x{m.zdim}, decoder mirrored with "
+                f"transposed convolutions, {m.activation} activations.")
+    return (f"Model: {m.preset} preset for {shape} images, encoder {m.input_dim}-{'-'.join(map(str, m.encoder_hidden))}"
+            f"-2x{m.zdim}, decoder {m.zdim}-{'-'.join(map(str, m.decoder_hidden))}-{m.input_dim}, {m.activation} "
+            "activations" + (", none between the decoder's first two layers" if m.skip_first_decoder_activation
+                             else "") + ".")
 
 
 # Settings that change the blog post's objective, with the post's values; shown only where a run differs.
@@ -222,9 +237,7 @@ def _protocol(run: runs.Run) -> str:
     t, m = run.train_config, run.model_config
     changed = ", ".join(f"{k} {getattr(t, k)}" for k, v in POST_OBJECTIVE.items() if getattr(t, k) != v)
     items = [
-        f"Model: {m.preset} preset, encoder {m.input_dim}-{'-'.join(map(str, m.encoder_hidden))}-2x{m.zdim}, "
-        f"decoder {m.zdim}-{'-'.join(map(str, m.decoder_hidden))}-{m.input_dim}, {m.activation} activations"
-        + (", none between the decoder's first two layers" if m.skip_first_decoder_activation else "") + ".",
+        model_text(m),
         f"Likelihood: {likelihood_text(t, m)}; prior N(0, I); diagonal Gaussian posterior; closed-form KL.",
         f"Optimisation: Adam, learning rate {t.lr:g}, batch {t.batch_size}, {t.epochs} epochs, seed {t.seed}; "
         "the loss is the negative ELBO summed over the batch, reported per image"

@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from vaekit.config import MAX_GRID, MAX_SEED
+
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (``vaekit train: error: ...``) with exit code 2."""
@@ -15,16 +17,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _number(kind: type, minimum: float, inclusive: bool = True, what: str = "") -> Callable[[str], Any]:
+def _number(kind: type, minimum: float, inclusive: bool = True, what: str = "",
+            maximum: float | None = None) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
+        shown = repr(text) if len(text) <= 40 else repr(text[:37] + "...")
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {shown}") from None
         if value != value or value in (float("inf"), float("-inf")) or (
             value < minimum if inclusive else value <= minimum
-        ):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        ) or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {shown}")
         return value
 
     return parse
@@ -33,3 +37,5 @@ def _number(kind: type, minimum: float, inclusive: bool = True, what: str = "") 
 positive_int = _number(int, 1, what="a positive integer")
 nonnegative_int = _number(int, 0, what="an integer >= 0")
 positive_float = _number(float, 0.0, inclusive=False, what="a positive number")
+seed_int = _number(int, 0, what=f"an integer from 0 to {MAX_SEED}", maximum=MAX_SEED)
+grid_int = _number(int, 1, what=f"an integer from 1 to {MAX_GRID}", maximum=MAX_GRID)

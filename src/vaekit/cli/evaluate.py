@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vaekit.cli.common import positive_int
+from vaekit.cli.common import grid_int, positive_int
 from vaekit.config import BINARIZE, GRID_SPACINGS
 
 
@@ -73,6 +73,6 @@ def add_plot_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="(re)draw a run's figures", description="Write the five figures of a run.")
     p.add_argument("run", help="run folder written by vaekit train")
     p.add_argument("--data-dir", help="folder with the dataset's files, if not where training found them")
-    p.add_argument("--grid-size", type=positive_int, default=None, help="cells per side of the latent grid")
+    p.add_argument("--grid-size", type=grid_int, default=None, help="cells per side of the latent grid")
     p.add_argument("--grid-spacing", choices=GRID_SPACINGS, default=None)
     p.set_defaults(func=cmd_plot)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from vaekit.cli.common import _number, nonnegative_int, positive_float, positive_int
+from vaekit.cli.common import _number, grid_int, nonnegative_int, positive_float, positive_int, seed_int
 from vaekit.config import (
     ACTIVATIONS,
     BINARIZE,
@@ -120,7 +120,7 @@ def _optimization_flags(g: argparse._ArgumentGroup) -> None:
                    help="constant (default) or cosine (decays to 0 at the last step)")
     g.add_argument("--lr-warmup", type=_number(float, 0.0, what="a number of epochs >= 0"),
                    help="epochs of linear learning-rate warm-up (default 0)")
-    g.add_argument("--seed", type=nonnegative_int, help="random seed; same seed, same weights on CPU (default 0)")
+    g.add_argument("--seed", type=seed_int, help="random seed; same seed, same weights on CPU (default 0)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     g.add_argument("--precision", choices=PRECISIONS,
                    help="fp32 (default), bf16 (autocast; CUDA, or CPUs with AVX-512 BF16/AMX) or fp16 (CUDA)")
@@ -135,7 +135,7 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--force", action="store_true", help="train into an existing --out folder, replacing its run")
     g.add_argument("--checkpoint-every", type=nonnegative_int, help="also checkpoint every N optimizer steps")
-    g.add_argument("--grid-size", type=positive_int, help="cells per side of latent_grid.png (default 20)")
+    g.add_argument("--grid-size", type=grid_int, help="cells per side of latent_grid.png (default 20)")
     g.add_argument("--grid-spacing", choices=GRID_SPACINGS, help="even spacing or normal quantiles")
     g.add_argument("--no-artifacts", dest="artifacts", action="store_false", default=None,
                    help="skip the figures, explorer and report at the end (vaekit plot/explore/report make them)")

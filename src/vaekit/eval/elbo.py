@@ -43,7 +43,7 @@ def evaluate_elbo(
     n = images.shape[0]
     for i in range(0, n, batch_size):
         x = to_unit(images[i : i + batch_size].to(device, non_blocking=True))
-        eps = torch.randn((x.shape[0], model.zdim), generator=gen, device=device)
+        eps = torch.randn((x.shape[0], model.zdim), generator=gen, device=device, dtype=x.dtype)
         logits, mu, logvar = model(x, eps)
         t = elbo_terms(logits, x, mu, logvar, likelihood, sigma, model.log_sigma)
         totals += torch.stack([t.loss.sum(), t.recon.sum(), t.kl.sum()]).double()

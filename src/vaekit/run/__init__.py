@@ -27,6 +27,7 @@ from .folder import (
 )
 from .io import (
     atomic_write,
+    check_path_length,
     check_state,
     is_temporary,
     load_state_into,
@@ -41,7 +42,8 @@ from .lock import LOCK, RunLock
 __all__ = [
     "CHECKPOINT", "CONFIG", "FORMAT_VERSION", "LOCK", "METRICS", "METRIC_COLUMNS", "REQUIRED_METRIC_COLUMNS",
     "SUMMARY", "WEIGHTS", "Run",
-    "RunLock", "atomic_write", "check_state", "is_complete", "is_temporary", "is_unstarted", "load_model",
+    "RunLock", "atomic_write", "check_path_length", "check_state", "is_complete", "is_temporary", "is_unstarted",
+    "load_model",
     "load_run", "load_state_into", "read_config", "read_json", "read_metrics", "read_summary", "read_tensors",
     "remove_run_files", "save_weights", "write_bytes", "write_config", "write_json", "write_metrics",
     "write_tensors",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import os
 import types
 import typing
@@ -22,7 +23,17 @@ import torch
 from ..config import ConfigError, ModelConfig, TrainConfig
 from ..errors import RunFolderError
 from ..model import VAE
-from .io import check_state, is_temporary, read_json, read_tensors, write_bytes, write_json, write_tensors
+from .io import (
+    check_path_length,
+    check_state,
+    is_temporary,
+    read_json,
+    read_tensors,
+    read_text,
+    write_bytes,
+    write_json,
+    write_tensors,
+)
 from .lock import LOCK
 
 CONFIG = "config.json"
@@ -122,6 +133,29 @@ _DATA_FIELDS: dict[str, Any] = {"dataset": str | None, "source": str | None, "n_
                                 "image_shape": list[int]}
 
 
+# Entries without which a section does not describe a run (the others have defaults, for older runs).
+_REQUIRED = {"model": ("preset", "zdim", "image_shape", "encoder_hidden", "decoder_hidden", "activation"),
+             "train": ("epochs", "batch_size", "lr", "likelihood")}
+
+
+def _section(d: dict[str, Any], name: str, cls: type) -> Any:
+    """The ``model`` or ``train`` section as its config class: known keys only, required keys present,
+    every value of its declared type and of sense (``validate``)."""
+    section = d[name]
+    if not isinstance(section, dict):
+        raise ConfigError(f"{name} is a JSON {type(section).__name__}, expected an object")
+    unknown = sorted(set(section) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0][:40]} is not a setting this vaekit knows")
+    missing = [key for key in _REQUIRED[name] if key not in section]
+    if missing:
+        raise ConfigError(f"{name}.{missing[0]} is missing")
+    cfg = cls.from_dict(section)
+    _check_field_types(cfg, name)
+    cfg.validate()
+    return cfg
+
+
 def read_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
     """The model config, training config and data description of a run, each checked field by field."""
     path = Path(run_dir) / CONFIG
@@ -129,12 +163,13 @@ def read_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str, Any]
     try:
         if not isinstance(d, dict) or "model" not in d or "train" not in d:
             raise ConfigError("expected an object with 'model' and 'train' entries")
-        model = ModelConfig.from_dict(d["model"])
-        _check_field_types(model, "model")
-        model.validate()
-        train = TrainConfig.from_dict(d["train"])
-        _check_field_types(train, "train")
-        train.validate()
+        unknown = sorted(set(d) - {"format", "model", "train", "data"})
+        if unknown:
+            raise ConfigError(f"it has an entry {unknown[0][:40]!r} that no vaekit writes")
+        if d.get("format") != FORMAT_VERSION:
+            raise ConfigError(f"its format is {d.get('format')!r:.20}, and this vaekit reads format {FORMAT_VERSION}")
+        model = _section(d, "model", ModelConfig)
+        train = _section(d, "train", TrainConfig)
         data = d.get("data", {})
         if not isinstance(data, dict):
             raise ConfigError(f"data is {type(data).__name__}, expected an object")
@@ -168,22 +203,29 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    """The rows of ``metrics.csv`` (none if it is absent), every column a number and none missing."""
+    """The rows of ``metrics.csv`` (none if it is absent): every column a finite number, none missing."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
+    text = read_text(path)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in REQUIRED_METRIC_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"it has no {missing[0]} column")
-            return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != "" or k == "epoch"}
-                    for row in reader]
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = [c for c in REQUIRED_METRIC_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"it has no {missing[0]} column")
+        rows = [{k: _number(k, v) for k, v in row.items() if k is not None and (v != "" or k == "epoch")}
+                for row in reader]
     except (ValueError, TypeError, csv.Error) as e:
-        raise RunFolderError(f"{path} is corrupt ({e})") from e
-    except OSError as e:
-        raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from e
+        raise RunFolderError(f"{path} is damaged ({' '.join(str(e).split())[:120]}); restore it or retrain") from e
+    return rows
+
+
+def _number(column: str, text: str | None) -> float:
+    """One metrics.csv cell as a number; a loss that is NaN or infinite marks the file as damaged."""
+    value = int(text) if column == "epoch" else float(text)  # type: ignore[arg-type]
+    if not math.isfinite(value):
+        raise ValueError(f"{column} is {text}")
+    return value
 
 
 @dataclass
@@ -214,6 +256,7 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
     """Open a run folder written by ``vaekit train``."""
     run_dir = Path(path)
+    check_path_length(run_dir, "RUN")
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} does not exist")
     model_cfg, train_cfg, data = read_config(run_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,21 +92,81 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], met
 
 # ---------------------------------------------------------------------------------------------- reading
 
+NAME_MAX, PATH_MAX = 255, 4096  # bytes, as Linux and macOS file systems take them
+
+
+def check_path_length(path: str | os.PathLike, flag: str) -> None:
+    """A path the file system can take: no name over ``NAME_MAX`` bytes, the whole under ``PATH_MAX``.
+
+    Checked before the path is used, so an overlong name is one line naming the flag, not an ``OSError``
+    from deep inside (or after) training.
+    """
+    for part in Path(path).parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise RunFolderError(f"{flag}: the name {part[:24]}... is {len(os.fsencode(part))} bytes, longer than "
+                                 f"the {NAME_MAX} a file name may have; use a shorter name")
+    if len(os.fsencode(os.path.abspath(path))) >= PATH_MAX:
+        raise RunFolderError(f"{flag}: the path is {len(os.fsencode(os.path.abspath(path)))} bytes long, more than "
+                             f"the {PATH_MAX} a path may have; use a shorter path")
+
+
+
+# A run's JSON and CSV files are kilobytes; a file this large is not one of them, and reading it whole could
+# exhaust memory (a link to /dev/zero never ends).
+MAX_TEXT_BYTES = 8 * 2**20
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def check_regular(path: Path, mode: int) -> None:
+    """A run folder holds only regular files: anything else (a FIFO, a device) could block or never end."""
+    if not stat.S_ISREG(mode):
+        raise RunFolderError(f"{path} is a {_kind(mode)}, not a regular file; a run folder holds only regular "
+                             "files, so replace it with the run's own file")
+
+
+def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
+    """The text of a regular file of at most ``limit`` bytes; anything else is one line naming the file.
+
+    The file is opened without blocking (a FIFO cannot stall the open) and its type checked on the open
+    descriptor, so it cannot be swapped between the check and the read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} is missing; is {path.parent} a vaekit run folder?") from None
+    except OSError as e:
+        raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from e
+    with os.fdopen(fd, "rb") as f:
+        check_regular(path, os.fstat(fd).st_mode)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise RunFolderError(f"{path} is larger than {limit // 2**20} MB, far more than any vaekit run file; it is "
+                             "not one of them, so replace it")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RunFolderError(f"{path} is not a vaekit file: it is not UTF-8 text ({e.reason})") from e
+
 
 def read_json(path: Path) -> Any:
     """Parse a JSON file, turning every failure into one line naming the file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RunFolderError(f"{path} is missing; is {path.parent} a vaekit run folder?") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RunFolderError(f"cannot read {path}: {e}") from e
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise RunFolderError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); the file is corrupt") from e
     except RecursionError:
         raise RunFolderError(f"{path} is not a vaekit file: its JSON is nested too deeply to read") from None
+    except ValueError:  # an integer of thousands of digits: Python refuses to convert it
+        raise RunFolderError(f"{path} is not a vaekit file: it holds a number of thousands of digits, which no "
+                             "vaekit setting or result has") from None
 
 
 
@@ -139,6 +200,10 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             raise RunFolderError(f"{path} is missing and {pickles[0]} next to it is a pickle-based PyTorch file; "
                                  f"{_NO_PICKLES}")
         raise RunFolderError(f"{path} is missing")
+    try:
+        check_regular(path, os.stat(path).st_mode)
+    except OSError as e:
+        raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from e
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}

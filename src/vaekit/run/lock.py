@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 
 from ..errors import RunFolderError
-from .io import TEMP_NAME
+from .io import TEMP_NAME, read_text
 
 LOCK = ".lock"
 
@@ -134,9 +134,9 @@ class RunLock:
     def _owner(path: Path) -> int | None:
         """PID of a live process holding the lock file ``path``, or None when the lock is stale or gone."""
         try:
-            parts = path.read_text().split()
+            parts = read_text(path, limit=4096).split()
             pid = int(parts[0])
-        except (OSError, ValueError, IndexError):
+        except (RunFolderError, ValueError, IndexError):
             return None
         host = parts[1] if len(parts) > 1 else ""
         start = parts[2] if len(parts) > 2 else ""

@@ -71,7 +71,7 @@ def fit(t: Trainer, callbacks: Sequence[Callback] = ()) -> TrainState:
                 cbs.on_epoch_end(t, t.state.history[-1])
                 if stopped and epoch < t.config.epochs:
                     raise Interrupted(f"interrupted after epoch {epoch}; checkpoint saved; "
-                                      f"continue with: vaekit train --resume --out {t.run_dir}")
+                                      f"continue with: vaekit train --resume --out {t.run_dir}", stop.signal or 2)
         cbs.on_fit_end(t)
     finally:
         t.step.close()
@@ -109,7 +109,7 @@ def train_epoch(t: Trainer, epoch: int, stop: StopFlag, cbs: Callback) -> bool:
             if step == spe:
                 break  # the epoch is complete: finish it and save at its end, as usual
             raise Interrupted(f"interrupted at epoch {epoch}, step {step}; checkpoint saved; "
-                              f"continue with: vaekit train --resume --out {t.run_dir}")
+                              f"continue with: vaekit train --resume --out {t.run_dir}", stop.signal or 2)
     _end_epoch(t, epoch, loss_sum, t.state.epoch_seconds + time.perf_counter() - t0)
     return stopping
 

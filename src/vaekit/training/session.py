@@ -91,6 +91,7 @@ def _settle(config: TrainConfig, out: str | os.PathLike | None, resume: bool, fo
             ctx: distributed.DistContext) -> tuple[Path, TrainConfig, int | None]:
     """The run folder, the config to train with and, when resuming, the epochs the stored run was set to."""
     run_dir = Path(out) if out is not None else Path("runs") / time.strftime("vae-%Y%m%d-%H%M%S")
+    runs.check_path_length(run_dir, "--out")
     if ctx.enabled and out is None:
         raise ConfigError("training with torchrun needs --out: every process must name the same run folder")
     if resume and not (run_dir / runs.CONFIG).exists():
