@@ -40,6 +40,7 @@ from safetensors.torch import load_file
 
 from vaekit import run as runs
 from vaekit.data import write_idx
+from vaekit.training.checkpoint import check_train_state
 
 PNG_END = b"IEND\xaeB`\x82"
 
@@ -85,7 +86,7 @@ def folder_problems(run_dir: Path) -> list[str]:
     check(runs.CONFIG, runs.read_config)
     check(runs.WEIGHTS, lambda d: runs.read_tensors(d / runs.WEIGHTS))
     check(runs.SUMMARY, runs.read_summary)
-    state = check(runs.CHECKPOINT, lambda d: runs.check_train_state(
+    state = check(runs.CHECKPOINT, lambda d: check_train_state(
         json.loads(runs.read_tensors(d / runs.CHECKPOINT)[1]["state"]), d / runs.CHECKPOINT))
     metrics = check(runs.METRICS, runs.read_metrics)
     if metrics is not None:
@@ -396,6 +397,73 @@ def bad_inputs(run: Path, data: Path, workdir: Path, count: int, epochs: int,
     return tried, problems
 
 
+def _with_nan(metrics: Path) -> bytes:
+    """metrics.csv with the first epoch's train_loss replaced by nan."""
+    header, first, *rest = metrics.read_text().splitlines()
+    epoch, _, *cells = first.split(",")
+    return "\n".join([header, ",".join([epoch, "nan", *cells]), *rest, ""]).encode()
+
+
+def _hostile_cases(run: Path) -> list[tuple[str, str | None, bytes | str | None, list[str]]]:
+    """(what, file to replace, its new content: bytes, a path to link to, "fifo" or None, the command)."""
+    evaluate = ["evaluate", "{case}"]
+    cases: list[tuple[str, str | None, bytes | str | None, list[str]]] = []
+    for name in (runs.CONFIG, runs.SUMMARY, runs.METRICS):
+        cases += [(f"{name} -> /dev/zero", name, "/dev/zero", evaluate),
+                  (f"{name} -> /dev/urandom", name, "/dev/urandom", evaluate),
+                  (f"{name} is a FIFO", name, "fifo", evaluate)]
+    cases += [(f"{runs.WEIGHTS} is a FIFO", runs.WEIGHTS, "fifo", evaluate),
+              (f"{runs.CHECKPOINT} is a FIFO (resume)", runs.CHECKPOINT, "fifo",
+               ["train", "--resume", "--out", "{case}", "--epochs", "99", "--quiet"]),
+              ("config.json with a 100,000-digit zdim", runs.CONFIG,
+               b'{"format": 1, "model": {"zdim": ' + b"9" * 100_000 + b'}, "train": {}}', evaluate),
+              ("summary.json with a 5,000-digit number", runs.SUMMARY, b'{"nll": ' + b"7" * 5000 + b"}", evaluate),
+              ("metrics.csv with nan", runs.METRICS, _with_nan(run / runs.METRICS), evaluate)]
+    cases += [("--seed of 29 digits", None, None, ["train", "--seed", "9" * 29, "--out", "{work}/seed"]),
+              ("--out name of 300 bytes", None, None, ["train", "--out", "{work}/" + "x" * 300]),
+              ("--out path of 5,000 bytes", None, None, ["train", "--out", "{work}/" + "/".join(["y" * 200] * 25)]),
+              ("--grid-size 100000000", None, None, ["plot", "{case}", "--grid-size", "100000000"]),
+              ("evaluate --device tpu", None, None, ["evaluate", "{case}", "--device", "tpu"])]
+    return cases
+
+
+def hostile_inputs(run: Path, workdir: Path) -> tuple[int, list[str], int]:
+    """Device files, FIFOs, huge numbers, overlong paths and bad flags against real ``vaekit`` processes.
+
+    Each must end within 60 s with exit 2 and one line on stderr. Returns (cases tried, problems, the largest
+    peak resident memory of a case in kB, from the kernel's accounting of the child).
+    """
+    import resource
+
+    problems, worst = [], 0
+    folder = workdir / "hostile"
+    for what, name, content, argv in _hostile_cases(run):
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(run, folder)
+        if name is not None:
+            (folder / name).unlink()
+            if content == "fifo":
+                os.mkfifo(folder / name)
+            elif isinstance(content, str):
+                (folder / name).symlink_to(content)
+            else:
+                (folder / name).write_bytes(content)
+        args = [a.replace("{case}", str(folder)).replace("{work}", str(workdir)) for a in argv]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        try:
+            done = subprocess.run([sys.executable, "-m", "vaekit", *args], capture_output=True, text=True,
+                                  timeout=60, env=quiet_env())
+        except subprocess.TimeoutExpired:
+            problems.append(f"{what}: no answer within 60 s")
+            continue
+        worst = max(worst, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before)
+        lines = [line for line in done.stderr.splitlines() if "warning:" not in line]
+        if done.returncode != 2 or len(lines) != 1 or "Traceback" in done.stderr:
+            problems.append(f"{what}: exit {done.returncode}: {' | '.join(lines)[-300:]}")
+    shutil.rmtree(folder, ignore_errors=True)
+    return len(_hostile_cases(run)), problems, worst
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=50, help="SIGKILLs to survive (default 50)")
@@ -417,11 +485,15 @@ def main() -> int:
             print("  " + line)
         print(f"bad inputs: {args.bad_inputs} damaged copies of the finished run", flush=True)
         tried, bad_problems = bad_inputs(work / "reference", data, work, args.bad_inputs, epochs, args.seed)
-        lost = soak.problems + bad_problems
+        print("hostile inputs: device files, FIFOs, huge numbers, long paths, bad flags", flush=True)
+        hostile, hostile_problems, peak_kb = hostile_inputs(work / "reference", work)
+        lost = soak.problems + bad_problems + hostile_problems
         print()
         print(f"kills survived:             {soak.kills} ({soak.early} during start-up, {soak.mid_write} during a "
               f"write; {soak.starts} starts, {soak.seconds:.0f} s, {soak.seconds_per_kill:.1f} s per kill)")
         print(f"bad inputs tried:           {tried}")
+        print(f"hostile inputs tried:       {hostile} ({hostile - len(hostile_problems)} answered with one line and "
+              f"exit 2; peak memory of the worst {peak_kb / 1024:.0f} MB)")
         print(f"files lost or corrupted:    {len(lost)}")
         for problem in lost:
             print(f"  {problem}")

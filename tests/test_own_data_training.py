@@ -124,15 +124,15 @@ def test_colour_photos_of_several_sizes(tmp_path: Path, capsys: pytest.CaptureFi
 
     assert train_cli("--data", photos, "--image-size", "16", "--out", run, *QUICK) == 0
     err = capsys.readouterr().err
-    assert "16x16 colour images: using the mlp preset" in err
+    preset = json.loads((run / "config.json").read_text())["model"]["preset"]
+    assert preset != "seed" and f"vaekit train: 16x16 colour images: using the {preset} preset" in err
     record = own_record(run)
     assert record["kind"] == "folder" and record["path"] == str(photos.resolve())
     assert record["class_names"] == ["astronaut", "chelsea", "coffee", "rocket"]
     assert (record["image_size"], record["channels"], record["image_shape"]) == (16, 3, [16, 16, 3])
     assert (record["split"], record["test_fraction"], record["stratified"]) == ("random", 0.1, True)
     assert record["n_train"] + record["n_test"] == 24 and record["n_test"] == 2
-    config = json.loads((run / "config.json").read_text())
-    assert config["model"]["preset"] == "mlp" and config["model"]["image_shape"] == [16, 16, 3]
+    assert json.loads((run / "config.json").read_text())["model"]["image_shape"] == [16, 16, 3]
     test_loss = json.loads((run / "summary.json").read_text())["test_loss"]
 
     # Evaluation rebuilds the same 16x16 test images from the record, and the seeded test ELBO is the same number.
@@ -162,10 +162,10 @@ def _truncated_png() -> bytes:
     return data[: len(data) // 2]
 
 
-BAD = {
-    "text": (lambda: b"these are my notes, not a picture\n", "not an image Pillow can read"),
+BAD = {  # kind: (the file's bytes, the start of the problem reported for it)
+    "text": (lambda: b"these are my notes, not a picture\n", "a text file, not an image"),
     "empty": (lambda: b"", "empty file"),
-    "truncated": (_truncated_png, "truncated or corrupt image"),
+    "truncated": (_truncated_png, "truncated or corrupt"),
 }
 
 
@@ -199,7 +199,7 @@ def test_a_bad_file_stops_training_and_skip_bad_lists_it(kind: str, tmp_path: Pa
 # --- arrays in memory -----------------------------------------------------------------------------------------
 
 
-def test_numpy_array_and_tensor_in_memory(tmp_path: Path) -> None:
+def test_numpy_array_and_tensor_in_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
     config = vaekit.TrainConfig(epochs=1, device="cpu", artifacts=False, progress=False)
@@ -219,5 +219,25 @@ def test_numpy_array_and_tensor_in_memory(tmp_path: Path) -> None:
     record = own_record(run.path)
     assert (record["kind"], record["image_shape"], record["channels"]) == ("array", [10, 12, 3], 3)
     assert (record["n_train"], record["n_test"]) == (36, 4)
-    assert run.summary["model"] == "mlp"
+    preset = run.summary["model"]
+    assert preset != "seed" and f"10x12 colour images: using the {preset} preset" in capsys.readouterr().err
     assert vaekit.evaluate_run(run.path, data=colour)["test_loss"] == run.summary["test_loss"]
+
+
+def test_a_moved_folder_resumes_with_data_and_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Where the images are now is a --data of the resumed run; what they are must still be what it trained on."""
+    folder, moved, run = tmp_path / "images", tmp_path / "moved", tmp_path / "run"
+    folder.mkdir()
+    for i, image in enumerate(make_digits(20, seed=2)[0]):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    assert train_cli("--data", folder, "--out", run, *QUICK) == 0
+    folder.rename(moved)
+    assert train_cli("--resume", "--out", run, "--epochs", "2", "--quiet") == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "no longer there" in line and "--data PATH for train --resume" in line
+    Image.fromarray(make_digits(1, seed=5)[0][0]).save(moved / "extra.png")
+    assert train_cli("--resume", "--out", run, "--epochs", "2", "--data", moved, "--quiet") == 2
+    assert "now gives 21 images" in capsys.readouterr().err
+    (moved / "extra.png").unlink()
+    assert train_cli("--resume", "--out", run, "--epochs", "2", "--data", moved, "--quiet") == 0
+    assert [r["epoch"] for r in metrics(run)] == ["1", "2"]

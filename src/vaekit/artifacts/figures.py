@@ -1,5 +1,6 @@
-"""The run's figures: the latent grid of the blog post, the latent scatter, reconstructions, prior
-samples and the loss curves. Each is written atomically as PNG into the run folder.
+"""The run's figures: the latent grid of the blog post (for zdim > 2 in the plane of the test means'
+first two principal directions), the latent scatter, reconstructions, prior samples and the loss curves.
+Each is written atomically as PNG into the run folder.
 
 Figures are drawn with matplotlib's object API on a :class:`matplotlib.figure.Figure` of their own and
 saved through the Agg renderer, never through pyplot: drawing them in a notebook neither switches the
@@ -69,20 +70,49 @@ def decode_images(model: VAE, z: torch.Tensor) -> np.ndarray:
     return torch.sigmoid(model.decode(z.to(device, torch.float32))).reshape(-1, *shape).cpu().numpy()
 
 
-def latent_grid(model: VAE, n: int = 20, spacing: str = "linear", bound: float = GRID_BOUND) -> np.ndarray:
-    """One image tiling decoder outputs over the latent square [-bound, bound]^2.
+def principal_plane(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The plane of the latent grid for zdim > 2: the mean of ``means`` (N, zdim) and two steps (2, zdim).
 
-    Column j is decoded at z1 = ``grid_coordinates(...)[j]`` (left to right, ascending) and row i at
-    z2 = ``grid_coordinates(...)[n - 1 - i]`` (top to bottom, descending), as on a plot; other latent
-    dimensions are held at 0 (the prior mean).
+    The steps are the first two principal directions of the means, each as long as one standard deviation
+    of the means along it (sample standard deviation, N - 1), so grid coordinate c is c standard deviations
+    from the mean. Each direction's sign makes its largest component positive, so the plane is the same
+    on every run of the same means.
     """
-    coords = grid_coordinates(n, spacing, bound)
-    z1, z2 = np.meshgrid(coords, coords[::-1])
-    z = torch.zeros(n * n, model.zdim)
-    z[:, 0] = torch.from_numpy(z1.ravel()).float()
-    if model.zdim > 1:
-        z[:, 1] = torch.from_numpy(z2.ravel()).float()
-    imgs = decode_images(model, z)
+    means = np.asarray(means, dtype=np.float64)
+    centre = means.mean(0)
+    _, sv, vt = np.linalg.svd(means - centre, full_matrices=False)
+    signs = np.sign(vt[[0, 1], np.abs(vt[:2]).argmax(1)])
+    sd = sv[:2] / np.sqrt(max(len(means) - 1, 1))
+    return centre, vt[:2] * (signs * sd)[:, None]
+
+
+def grid_latents(zdim: int, coords: np.ndarray, plane: tuple[np.ndarray, np.ndarray] | None = None) -> torch.Tensor:
+    """The latent of every cell of the grid, row by row from the top: (n * n, zdim).
+
+    Column j is at coordinate ``coords[j]`` (ascending left to right) and row i at ``coords[n - 1 - i]``
+    (descending top to bottom), as on a plot. Without ``plane`` the coordinates are z1 and z2, the other
+    dimensions 0 (the prior mean); with ``plane`` = (origin, steps) the cell at (a, b) decodes
+    origin + a * steps[0] + b * steps[1].
+    """
+    a, b = (g.ravel() for g in np.meshgrid(coords, coords[::-1]))
+    if plane is not None:
+        origin, steps = plane
+        return torch.from_numpy(origin[None, :] + a[:, None] * steps[0] + b[:, None] * steps[1]).float()
+    z = torch.zeros(len(a), zdim)
+    z[:, 0] = torch.from_numpy(a).float()
+    if zdim > 1:
+        z[:, 1] = torch.from_numpy(b).float()
+    return z
+
+
+def latent_grid(model: VAE, n: int = 20, spacing: str = "linear", bound: float = GRID_BOUND,
+                plane: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """One image tiling decoder outputs over the square [-bound, bound]^2 of grid coordinates.
+
+    The coordinates of the cells are ``grid_coordinates(n, spacing, bound)``, in z1 and z2 or in the
+    ``plane`` given (see :func:`grid_latents`).
+    """
+    imgs = decode_images(model, grid_latents(model.zdim, grid_coordinates(n, spacing, bound), plane))
     h, w, *c = imgs.shape[1:]
     return imgs.reshape(n, n, h, w, *c).swapaxes(1, 2).reshape(n * h, n * w, *c)
 
@@ -113,26 +143,42 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def latent_grid_figure(model: VAE, n: int = 20, spacing: str = "linear") -> Figure:
-    """The latent grid with axes that give each labelled cell's latent coordinates (see :func:`grid_ticks`)."""
+def latent_grid_figure(model: VAE, n: int = 20, spacing: str = "linear", means: np.ndarray | None = None) -> Figure:
+    """The latent grid with axes that give each labelled cell's coordinates (see :func:`grid_ticks`).
+
+    With zdim 2 (or 1) it is the blog post's figure over z1 and z2. With zdim > 2 and the test set's
+    posterior ``means`` it spans their first two principal directions, +-2 standard deviations of the
+    means along each around their mean (:func:`principal_plane`), and its title says so; without means
+    it shows z1 and z2 with the other dimensions at 0.
+    """
+    plane = principal_plane(means) if model.zdim > 2 and means is not None and len(means) > 1 else None
     coords = grid_coordinates(n, spacing)
     fig = new_figure(8, 8)
     ax = fig.add_subplot()
     # One unit per cell; y counts cells upwards, so row i from the top is cell n - 1 - i: z2 = coords[n - 1 - i].
-    ax.imshow(latent_grid(model, n, spacing), cmap="gray", vmin=0, vmax=1, extent=(-0.5, n - 0.5, -0.5, n - 0.5))
+    ax.imshow(latent_grid(model, n, spacing, plane=plane), cmap="gray", vmin=0, vmax=1,
+              extent=(-0.5, n - 0.5, -0.5, n - 0.5))
     ticks, labels = grid_ticks(coords)
     ax.set_xticks(ticks, labels, rotation=90 if n > 12 else 0)
     ax.set_yticks(ticks, labels)
-    ax.set_xlabel("$z_1$ of the cell")
-    ax.set_ylabel("$z_2$ of the cell")
     where = "evenly spaced" if spacing == "linear" else "at evenly spaced quantiles of N(0, 1)"
-    ax.set_title(f"Decoder output over [-{GRID_BOUND:g}, {GRID_BOUND:g}]$^2$, {n}x{n} cells {where}")
+    if plane is None:
+        ax.set_xlabel("$z_1$ of the cell")
+        ax.set_ylabel("$z_2$ of the cell")
+        rest = "" if model.zdim <= 2 else f", $z_3$..$z_{{{model.zdim}}}$ at 0"
+        ax.set_title(f"Decoder output over [-{GRID_BOUND:g}, {GRID_BOUND:g}]$^2$, {n}x{n} cells {where}{rest}")
+    else:
+        ax.set_xlabel("standard deviations along the 1st principal direction")
+        ax.set_ylabel("standard deviations along the 2nd principal direction")
+        ax.set_title(f"Decoder output over the first two principal directions of the test posterior means,\n"
+                     f"\u00b1{GRID_BOUND:g} standard deviations around their mean (zdim {model.zdim}), "
+                     f"{n}x{n} cells {where}", fontsize=10)
     return fig
 
 
 @torch.no_grad()
 def latent_means(model: VAE, images_u8: np.ndarray, batch_size: int = 2000) -> np.ndarray:
-    """Posterior means of ``images_u8`` (N, H, W) as an (N, zdim) array."""
+    """Posterior means of ``images_u8`` (N, H, W[, 3]) as an (N, zdim) array."""
     device = next(model.parameters()).device
     x = torch.from_numpy(images_u8.reshape(len(images_u8), -1))
     out = [model.encode(to_unit(x[i : i + batch_size].to(device)))[0].cpu() for i in range(0, len(x), batch_size)]
@@ -150,9 +196,13 @@ def project_2d(mu: np.ndarray) -> tuple[np.ndarray, str]:
     return centred @ vt[:2].T, "PC"
 
 
-def latent_scatter_figure(model: VAE, images: np.ndarray, labels: np.ndarray) -> Figure:
-    """Where the encoder puts the test images, coloured by class: whether the latent space separates them."""
-    xy, axis = project_2d(latent_means(model, images))
+def latent_scatter_figure(model: VAE, images: np.ndarray, labels: np.ndarray,
+                          means: np.ndarray | None = None) -> Figure:
+    """Where the encoder puts the test images, coloured by class: whether the latent space separates them.
+
+    ``means`` are the images' posterior means when already computed.
+    """
+    xy, axis = project_2d(latent_means(model, images) if means is None else means)
     fig = new_figure(8, 7)
     ax = fig.add_subplot()
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=3, alpha=0.7, vmin=-0.5, vmax=9.5)
@@ -213,9 +263,10 @@ def write_figures(run_dir: str | os.PathLike, model: VAE, splits: Any, history: 
     """
     run_dir = Path(run_dir)
     model.eval()
+    means = latent_means(model, splits.test_images)  # the scatter's points, and the plane of the grid for zdim > 2
     draw = {
-        "latent_grid.png": lambda: latent_grid_figure(model, grid_size, spacing),
-        "latent_scatter.png": lambda: latent_scatter_figure(model, splits.test_images, splits.test_labels),
+        "latent_grid.png": lambda: latent_grid_figure(model, grid_size, spacing, means),
+        "latent_scatter.png": lambda: latent_scatter_figure(model, splits.test_images, splits.test_labels, means),
         "reconstructions.png": lambda: reconstructions_figure(model, splits.test_images),
         "samples.png": lambda: samples_figure(model),
         "loss_curve.png": lambda: loss_curve_figure(history),

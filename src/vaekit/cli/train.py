@@ -180,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 old = getattr(stored, field)
                 return old == value or (field == "recipe" and {old, value} <= {None, "post"})  # post: the default
 
-            clash = [f for f, v in given.items() if f not in RESUMABLE and not same(f, v)]
+            clash = [f for f, v in given.items() if f not in (*RESUMABLE, "data") and not same(f, v)]
             if clash:
                 flags = ", ".join("--" + f.replace("_", "-") for f in clash)
                 verb = "differs" if len(clash) == 1 else "differ"

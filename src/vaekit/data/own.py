@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 INFO_VERSION = 1
+# How a command is told where a run's images are now.
+WHERE_NOW = "--data-dir PATH for evaluate, plot and explore; --data PATH for train --resume"
 ARRAY_SUFFIXES = (".npy", ".npz")
 IN_MEMORY = "in-memory array"
 _INFO_KEYS = (
@@ -223,8 +225,8 @@ def load_own_data_from_info(
                         "pass the same array (or a .npy/.npz file of it) as the data")
     where = str(source) if isinstance(source, (str, os.PathLike)) else "the array given as data"
     if isinstance(source, (str, os.PathLike)) and not Path(source).expanduser().exists():
-        raise DataError(f"{source}: the data the run was trained on is no longer there; pass --data PATH to a "
-                        "copy of it")
+        raise DataError(f"{source}: the data the run was trained on is no longer there; give the path of a copy "
+                        f"of it ({WHERE_NOW})")
     splits, new = load_own_data(
         # The options as first given (channels=None, not its outcome), so a folder's decode cache is reused.
         source, image_size=info["image_size"], channels=info.get("channels_option", info["channels"]),
@@ -235,7 +237,7 @@ def load_own_data_from_info(
     problem = _changed(info, new, where)
     if problem is not None:
         raise DataError(f"{problem}; the run's results would not be comparable, so restore the data it was "
-                        "trained on (or pass --data PATH to an unchanged copy)")
+                        f"trained on (or give the path of an unchanged copy: {WHERE_NOW})")
     return splits, new
 
 

@@ -7,15 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vaekit import run as runs
 from vaekit.config import BINARIZE, ConfigError
 from vaekit.data import Splits, load_splits
 from vaekit.data.binarize import binarize_splits, bits_per_dim_scale, protocol
 from vaekit.devices import resolve_device
 from vaekit.errors import RunFolderError, VaekitError
-from vaekit.eval.elbo import evaluate_elbo
+from vaekit.eval.elbo import as_rows, evaluate_elbo
 from vaekit.run import Run, load_run
 
 # The keys an importance-sampled evaluation adds to the evaluate output and merges into summary.json.
@@ -68,7 +66,7 @@ def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = N
     cfg = run.train_config
     mode = binarize or cfg.binarize
     splits = load_run_data(run, data_dir, mode, data)
-    x_test = torch.from_numpy(splits.test_images.reshape(len(splits.test_images), -1))
+    x_test = as_rows(splits.test_images)
     metrics = evaluate_elbo(run.model, x_test, cfg.likelihood, cfg.sigma, cfg.eval_batch_size)
     proto = protocol(mode, cfg.binarize_seed, cfg.likelihood, cfg.learn_sigma, cfg.sigma)
     result = {**metrics, "dataset": splits.name, "n_test": len(x_test),

@@ -27,6 +27,7 @@ from vaekit.data import Splits, load_splits
 from vaekit.data.binarize import binarize_splits, describe, protocol
 from vaekit.devices import resolve_device
 from vaekit.errors import NonFiniteError, RunFolderError
+from vaekit.eval.elbo import as_rows
 from vaekit.model import VAE, model_config, n_params
 from vaekit.training import distributed, precision
 from vaekit.training.callbacks import Callback, default_callbacks, log
@@ -100,7 +101,8 @@ def _settle(config: TrainConfig, out: str | os.PathLike | None, resume: bool, fo
         resume = False  # killed before it wrote its config: nothing was done, so start it afresh
     if resume:
         _, stored, _ = runs.read_config(run_dir)
-        config = replace(stored, **{k: getattr(config, k) for k in RESUMABLE})
+        # --data may name where the run's images are now: what they are is checked against the run's record.
+        config = replace(stored, **{k: getattr(config, k) for k in RESUMABLE}, data=config.data or stored.data)
         config.validate()
         return run_dir, config, stored.epochs
     if ctx.is_main:
@@ -153,7 +155,8 @@ def _load(config: TrainConfig, run_dir: Path, data: Any, resuming: bool) -> tupl
 
     if resuming:
         _, _, recorded = runs.read_config(run_dir)
-        return load_own_data_from_info(recorded.get("own"), data, progress=config.progress)
+        return load_own_data_from_info(recorded.get("own"), config.data if data is None else data,
+                                       progress=config.progress)
     return load_own_data(config.data if data is None else data, image_size=config.image_size,
                          channels=config.channels, test_fraction=config.test_fraction, seed=OWN_SPLIT_SEED,
                          skip_bad=config.skip_bad, progress=config.progress)
@@ -257,9 +260,8 @@ def build_trainer(config: TrainConfig, mcfg: ModelConfig, splits: Splits, run_di
                      warn if ctx.is_main else lambda _: None)
     # The whole training split as one uint8 tensor (4x smaller than float); on the device for a single
     # process, on the host for data-parallel ranks, which gather their shard onto the device each epoch.
-    x_all = torch.from_numpy(splits.train_images.reshape(len(splits.train_images), -1))
-    x_test = torch.from_numpy(splits.test_images.reshape(len(splits.test_images), -1)).to(device) \
-        if ctx.is_main else None
+    x_all = as_rows(splits.train_images)
+    x_test = as_rows(splits.test_images).to(device) if ctx.is_main else None
     data = TrainData(x_all, None if ctx.enabled else x_all.to(device), x_test, config.batch_size)
     warmup = round(config.lr_warmup * data.steps_per_epoch)
     schedule = LRSchedule(config.lr_schedule, config.lr, warmup, config.epochs * data.steps_per_epoch)
