@@ -91,6 +91,23 @@ def test_cli_plot_redraws_the_figures_with_other_grid_settings(tiny_data: Path, 
     assert not (run_dir / EXPLORER).exists() and not (run_dir / REPORT).exists()
 
 
+def test_a_colour_run_gets_colour_figures_and_a_colour_explorer(tiny_data: Path, tmp_path: Path) -> None:
+    shape = (12, 10, 3)
+    run_dir = make_run(tmp_path / "run", tiny_data, preset="mlp", hidden=[32], image_shape=shape)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (30, *shape), dtype=np.uint8)
+    splits = Splits("mine", images[:0], np.empty(0, np.int64), images, rng.integers(0, 3, 30), "memory",
+                    class_names=("cat", "dog", "owl"))
+    assert [p.name for p in write_artifacts(run_dir, splits=splits)] == list(FINAL_OUTPUTS)
+    data = _page_data(run_dir / EXPLORER)
+    assert data["imageShape"] == list(shape) and data["classes"] == ["cat", "dog", "owl"]
+    assert data["layers"][-1]["out"] == 12 * 10 * 3
+    from matplotlib.image import imread
+
+    grid = imread(run_dir / "samples.png")
+    assert grid.ndim == 3 and np.abs(grid[..., 0] - grid[..., 1]).max() > 0.05  # drawn in colour, not grey
+
+
 # ---------------------------------------------------------------------------------------------- the latent grid
 
 

@@ -1,7 +1,8 @@
 """The latent explorer in a real browser: parity with PyTorch, decode speed, the pointer, the controls.
 
 Headless Chromium (Debian's ``chromium``) driven by Playwright loads the page from a file URL, as a user
-opening ``RUN/explorer.html`` does. The browser tests skip only when Chromium or Playwright is absent.
+opening ``RUN/explorer.html`` does, for MLP runs and convolutional colour runs. The browser tests skip only
+when Chromium or Playwright is absent; ``tests/test_explorer_conv.py`` has the conv checks that need none.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from torch import nn
 import vaekit
 from vaekit.artifacts import EXPLORER, FIGURES, REPORT, write_artifacts
 from vaekit.artifacts.explorer import ExplorerError, decoder_layers, explorer_html
+from vaekit.data import Splits
 from vaekit.model import VAE, model_config
+from vaekit.model.conv import ToRows
+from vaekit.run import save_weights
 
 from .artifact_runs import Html, make_run
 from .conftest import hermetic_env
@@ -240,6 +244,28 @@ def test_sliders_and_plane_dimensions_for_zdim_above_two(open_page: Any, tmp_pat
     assert page.errors == []
 
 
+def test_colour_images_decode_and_draw_in_colour(open_page: Any, tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    model = VAE(model_config("mlp", zdim=2, hidden=[32], image_shape=(12, 10, 3))).eval()
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(2.5)
+    page = open_page(_write_page(model, tmp_path / "page.html"))
+    assert page.page.evaluate("window.vaekit.imageShape") == [12, 10, 3]
+    z = torch.randn(50, 2, generator=torch.Generator().manual_seed(3)) * 2
+    assert float((page.decode(z) - _reference(model, z)).abs().max()) <= 1e-4
+    # the decoded image shows the pixels' own colours, channel for channel
+    page.page.evaluate("window.vaekit.setPoint([0.5, -1])")
+    rgba = page.page.evaluate("Array.from(document.getElementById('decoded').getContext('2d')"
+                              ".getImageData(0, 0, 10, 12).data)")
+    shown = torch.tensor(rgba, dtype=torch.float64).reshape(12, 10, 4)
+    expected = 255 * _reference(model, torch.tensor([[0.5, -1.0]])).reshape(12, 10, 3).double()
+    assert float((shown[..., :3] - expected).abs().max()) <= 1.0 and bool((shown[..., 3] == 255).all())
+    assert float((shown[..., 0] - shown[..., 1]).abs().max()) > 10  # not grey
+    assert page.canvas_size("grid") == (20 * 10, 20 * 12)
+    assert page.errors == []
+
+
 def test_seed_preset_without_training_matches_pytorch(open_page: Any, tmp_path: Path) -> None:
     model = _random_model("seed", 2)
     assert [type(m) for m in model.decoder[:2]] == [nn.Linear, nn.Linear]  # the post's missing activation
@@ -277,6 +303,177 @@ def test_page_title_cannot_break_out_of_its_script(open_page: Any, tmp_path: Pat
     page = open_page(path)
     assert page.page.evaluate("window.injected === undefined")
     assert page.page.title() == f"vaekit latent explorer: {title}"
+    assert page.errors == []
+
+
+# ---------------------------------------------------------------------------------------------- conv decoders
+
+CONV_SHAPE = (32, 32, 3)
+DECODE_MS = 30.0  # one decode of the conv preset on 32x32 colour images, median in headless Chromium
+
+
+@pytest.fixture(scope="module")
+def conv_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run of the ``conv`` preset (zdim 32, default width) on 32x32 colour images, all artifacts written.
+
+    Its decoder's weights are random and scaled up by 3, so that its logits spread over about +-4 and the
+    decoded pixels vary from latent to latent: parity is then tested where the sigmoid is not flat.
+    """
+    out = make_run(tmp_path_factory.mktemp("conv") / "run", tiny_data, preset="conv", image_shape=CONV_SHAPE,
+                   zdim=32)
+    model = vaekit.load_model(out)
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(3.0)
+    save_weights(out, model)
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (120, *CONV_SHAPE), dtype=np.uint8)
+    splits = Splits("mine", images[:0], np.empty(0, np.int64), images, rng.integers(0, 4, 120), "memory",
+                    class_names=("astronaut", "cat", "coffee", "rocket"))
+    with hermetic_env(tmp_path_factory.mktemp("cache")):
+        write_artifacts(out, splits=splits)
+    return out
+
+
+def test_conv_colour_run_matches_pytorch_and_decodes_in_time(open_page: Any, conv_run: Path, capsys,
+                                                            record_property) -> None:
+    page = open_page(conv_run / EXPLORER)
+    model = vaekit.load_model(conv_run)
+    assert model.config.architecture == "conv" and model.zdim == 32
+    assert page.page.evaluate("window.vaekit.imageShape") == list(CONV_SHAPE)
+    assert page.page.evaluate("window.vaekit.zdim") == 32
+    z = torch.randn(100, 32, generator=torch.Generator().manual_seed(0)) * 1.5
+    got, want = page.decode(z), _reference(model, z)
+    assert got.shape == (100, 32 * 32 * 3)
+    assert float(want.std(0).mean()) > 0.1  # the pixels depend on the latent: a wrong layer shows
+    diff = float((got - want).abs().max())
+    assert diff <= 1e-4
+
+    times = page.page.evaluate("""() => {
+        const rand = () => Array.from({length: 32}, () => Math.random() * 4 - 2);
+        for (let i = 0; i < 20; i++) window.vaekit.decode(rand());  // let the JIT compile it first
+        const ts = [];
+        for (let i = 0; i < 100; i++) {
+            const z = rand(), t0 = performance.now();
+            window.vaekit.decode(z);
+            ts.push(performance.now() - t0);
+        }
+        return ts;
+    }""")
+    median = statistics.median(times)
+    record_property("explorer_conv_decode_ms", median)
+    with capsys.disabled():
+        print(f"\nexplorer decode (conv preset, 32x32x3, zdim 32, headless Chromium): median {median:.2f} ms per "
+              f"call over 100 calls (fastest {min(times):.2f} ms); max |page - PyTorch| {diff:.2e}")
+    assert median <= DECODE_MS
+    assert page.errors == []
+
+
+def _pixels(page: Page, cid: str, x: int, y: int, w: int, h: int) -> torch.Tensor:
+    """The RGB values (h, w, 3) of a canvas's rectangle, as float64."""
+    rgba = page.page.evaluate("([id, x, y, w, h]) => Array.from(document.getElementById(id).getContext('2d')"
+                              ".getImageData(x, y, w, h).data)", [cid, x, y, w, h])
+    return torch.tensor(rgba, dtype=torch.float64).reshape(h, w, 4)[..., :3]
+
+
+def test_conv_colour_run_drives_every_control(open_page: Any, conv_run: Path) -> None:
+    page = open_page(conv_run / EXPLORER)
+    p, model = page.page, vaekit.load_model(conv_run)
+    h, w, _ = CONV_SHAPE
+    p.evaluate("window.vaekit.idle()")  # the grid drawn on load, slice by slice
+    assert page.canvas_size("grid") == (20 * w, 20 * h)
+    # a cell of the grid: z1 and z2 at the grid's coordinates (span 2), the other dimensions as set (0)
+    z = torch.zeros(1, 32)
+    z[0, 0], z[0, 1] = -2 + 4 * 13 / 19, -2 + 4 * (19 - 5) / 19  # column 13, row 5 from the top
+    cell = _pixels(page, "grid", 13 * w, 5 * h, w, h)
+    assert float((cell - 255 * _reference(model, z).reshape(h, w, 3).double()).abs().max()) <= 1.0
+
+    box = p.locator("#plane").bounding_box()
+    p.mouse.move(box["x"] + 0.25 * box["width"], box["y"] + 0.3 * box["height"])
+    first = page.image()
+    p.mouse.move(box["x"] + 0.8 * box["width"], box["y"] + 0.75 * box["height"])
+    assert page.image() != first
+    at = page.point()
+    shown = _pixels(page, "decoded", 0, 0, w, h)
+    want = 255 * _reference(model, torch.tensor([at])).reshape(h, w, 3).double()
+    assert float((shown - want).abs().max()) <= 1.0 and float((shown[..., 0] - shown[..., 2]).abs().max()) > 10
+
+    p.mouse.click(box["x"] + 0.3 * box["width"], box["y"] + 0.5 * box["height"])
+    p.mouse.click(box["x"] + 0.7 * box["width"], box["y"] + 0.5 * box["height"])
+    p.click("#sample-btn")
+    p.evaluate("window.vaekit.idle()")
+    assert page.canvas_size("interp") == (10 * w, h) and page.canvas_size("samples") == (10 * w, h)
+    assert float(_pixels(page, "samples", 9 * w, 0, w, h).std()) > 5  # the last sample was drawn too
+
+    assert p.locator("#sliders input[type=range]").count() == 32 and p.locator("#dims").is_visible()
+    before = page.image()
+    p.evaluate("(() => { const s = document.getElementById('slider-30'); s.value = '2'; "
+               "s.dispatchEvent(new Event('input')); })()")
+    assert page.point()[30] == 2 and page.image() != before
+    assert p.locator("#legend button").all_inner_texts() == ["astronaut", "cat", "coffee", "rocket"]
+    assert page.errors == []
+
+
+def test_a_newer_grid_replaces_one_still_being_drawn(open_page: Any, conv_run: Path) -> None:
+    """A 40 x 40 grid takes many slices; asking for a 3 x 3 one meanwhile stops it, and only the new one shows."""
+    page = open_page(conv_run / EXPLORER)
+    p, model = page.page, vaekit.load_model(conv_run)
+    p.evaluate("window.vaekit.idle()")
+    seconds = p.evaluate("""async () => {
+        const t0 = performance.now();
+        document.getElementById('grid-size').value = '40';
+        document.getElementById('grid-btn').click();
+        await new Promise((resolve) => setTimeout(resolve, 0));  // one slice of the large grid is drawn
+        document.getElementById('grid-size').value = '3';
+        document.getElementById('grid-btn').click();
+        await window.vaekit.idle();
+        return (performance.now() - t0) / 1000;
+    }""")
+    assert page.canvas_size("grid") == (3 * 32, 3 * 32)
+    assert seconds < 2.0  # 1600 decodes would take several
+    for row, col in [(0, 0), (2, 1)]:  # the cells of the new grid, not of the old one drawn on top
+        z = torch.zeros(1, 32)
+        z[0, 0], z[0, 1] = -2 + 2 * col, -2 + 2 * (2 - row)
+        want = 255 * _reference(model, z).reshape(32, 32, 3).double()
+        assert float((_pixels(page, "grid", 32 * col, 32 * row, 32, 32) - want).abs().max()) <= 1.0
+    assert page.errors == []
+
+
+def _odd_decoder() -> VAE:
+    """A decoder of other kernels, strides, paddings and output paddings than the presets', for 17x8 colour.
+
+    (8, 3, 4) -> ConvTranspose2d k4 s2 p1 -> (6, 6, 8) -> ConvTranspose2d k(5, 3) s(3, 2) p(2, 1) op(1, 0)
+    -> (5, 17, 15) -> Conv2d k(3, 5) s(1, 2) p(1, 2), no bias -> (3, 17, 8) -> rows.
+    """
+    torch.manual_seed(7)
+    model = VAE(model_config("mlp", zdim=5, hidden=[16], image_shape=(17, 8, 3))).eval()
+    model.decoder = nn.Sequential(
+        nn.Linear(5, 96), nn.Unflatten(-1, (8, 3, 4)), nn.ELU(),
+        nn.ConvTranspose2d(8, 6, 4, stride=2, padding=1), nn.Tanh(),
+        nn.ConvTranspose2d(6, 5, (5, 3), stride=(3, 2), padding=(2, 1), output_padding=(1, 0)), nn.SiLU(),
+        nn.Conv2d(5, 3, (3, 5), stride=(1, 2), padding=(1, 2), bias=False), ToRows()).eval()
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(4.0)
+    return model
+
+
+@pytest.mark.parametrize("case", ["grey-28", "colour-20x28-narrow", "odd-kernels"])
+def test_other_conv_decoders_match_pytorch(open_page: Any, tmp_path: Path, case: str) -> None:
+    if case == "odd-kernels":
+        model = _odd_decoder()
+    else:
+        shape, width = ((28, 28), 1.0) if case == "grey-28" else ((20, 28, 3), 0.25)
+        torch.manual_seed(5)
+        model = VAE(model_config("conv", zdim=8, image_shape=shape, width=width)).eval()
+        with torch.no_grad():
+            for p in model.decoder.parameters():
+                p.mul_(3.0)
+    page = open_page(_write_page(model, tmp_path / "page.html"))
+    z = torch.randn(40, model.zdim, generator=torch.Generator().manual_seed(6)) * 1.5
+    want = _reference(model, z)
+    assert float(want.std(0).mean()) > 0.05
+    assert float((page.decode(z) - want).abs().max()) <= 1e-4
     assert page.errors == []
 
 

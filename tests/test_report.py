@@ -110,15 +110,17 @@ def test_an_infinite_nll_is_shown_as_such(run_copy: Path) -> None:
     assert "log p(x) \u2248 -inf nats per test image" in section and "nan" not in section.lower()
 
 
-@pytest.mark.parametrize("sigma,learned,expected", [
-    (1.0, True, "Gaussian with a learned per-pixel sigma (from 1)"),  # what --sigma learned trains
-    (0.5, True, "Gaussian with a learned per-pixel sigma (from 0.5)"),
-    (0.25, False, "Gaussian with sigma 0.25"),
+@pytest.mark.parametrize("likelihood,sigma,learned,expected", [
+    ("gaussian", 1.0, True, "Gaussian with a learned per-pixel sigma (from 1), constants included"),  # --sigma learned
+    ("gaussian", 0.5, True, "Gaussian with a learned per-pixel sigma (from 0.5), constants included"),
+    ("gaussian", 0.25, False, "Gaussian with sigma 0.25, constants included"),
+    ("discretized-logistic", 0.0625, True,
+     "discretized logistic over 256 levels with learned per-pixel scales (from 0.0625)"),
 ])
-def test_the_gaussian_likelihood_is_described_as_trained(tiny_data: Path, tmp_path: Path, sigma: float,
-                                                         learned: bool, expected: str) -> None:
-    run_dir = make_run(tmp_path / "run", tiny_data, likelihood="gaussian", sigma=sigma, learn_sigma=learned)
-    assert _likelihood_item(_report(run_dir)) == f"Likelihood: {expected}, constants included"
+def test_the_likelihood_is_described_as_trained(tiny_data: Path, tmp_path: Path, likelihood: str, sigma: float,
+                                                learned: bool, expected: str) -> None:
+    run_dir = make_run(tmp_path / "run", tiny_data, likelihood=likelihood, sigma=sigma, learn_sigma=learned)
+    assert _likelihood_item(_report(run_dir)) == f"Likelihood: {expected}"
 
 
 def test_text_from_the_run_folder_is_escaped(run_copy: Path) -> None:
@@ -159,7 +161,7 @@ def test_cli_report_writes_through_the_stage_and_out_keeps_the_explorer_link(run
     (None, "does not exist"),
     ("config.json", "config.json is not valid JSON"),
     ("model.safetensors", "model.safetensors is not a readable safetensors file"),
-    ("metrics.csv", "metrics.csv is corrupt"),
+    ("metrics.csv", "metrics.csv is damaged"),
 ])
 def test_cli_report_bad_run_folders_are_one_line(run_copy: Path, capsys, damage: str | None, needle: str) -> None:
     target = run_copy

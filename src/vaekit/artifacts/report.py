@@ -29,7 +29,8 @@ RESULT_ORDER = ("test_loss", "test_recon", "test_kl", "train_loss", "epochs", "d
                 "likelihood", "n_params", "train_samples_per_s", "train_seconds", "device")
 
 CAPTIONS = {
-    "latent_grid.png": "Decoder means over a grid of the latent square (the blog post's figure).",
+    "latent_grid.png": "Decoder means over a grid of the latent square (the blog post's figure); for zdim > 2, over "
+                       "the test means' first two principal directions, \u00b12 standard deviations.",
     "latent_scatter.png": "Posterior means of the test set coloured by label (PCA when zdim > 2).",
     "reconstructions.png": "Test images (top) and their reconstructions from the posterior means (bottom).",
     "samples.png": "Decoder means of latents drawn from the prior N(0, I).",
