@@ -172,7 +172,8 @@ def vaekit_round(folder: Path, epochs: int, seed: int) -> float:
     with tempfile.TemporaryDirectory(prefix="vaekit-run-") as tmp:
         run = vaekit.train(config, Path(tmp) / "run")
         if run.summary["model"] != "seed":
-            raise SystemExit(f"vaekit picked the {run.summary['model']} model for 28x28 grey images, not seed")
+            picked = run.summary["model"]
+            raise SystemExit(f"vaekit picked the {picked} model for 28x28 grey images, not seed")
         seconds = sum(row["seconds"] for row in read_metrics(run.path))
         return epochs * run.data["n_train"] / seconds
 

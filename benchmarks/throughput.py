@@ -12,9 +12,19 @@ matrices, measured here both for one large product and for the model's own produ
 With ``--memory`` it measures the peak resident memory (VmHWM) of a whole one-epoch training process of
 each kind, each in a fresh subprocess on the full training set.
 
+With ``--model conv`` both sides train vaekit's ``conv`` preset (zdim 32) for the data's image size instead:
+vaekit's loop against a plain PyTorch loop of the same model, a per-sample dataset that turns each uint8 image
+into a float tensor in [0, 1], a ``DataLoader(batch_size=128, shuffle=True)``, the same ``vaekit.VAE`` module,
+``F.binary_cross_entropy_with_logits(reduction='sum')`` plus the KL, and Adam lr 3e-4 (no progress bar). The
+floor then counts the convolutions' products too and is compared with the large-product rate only.
+
+``--images N`` trains both on the first N training images (vaekit tests each epoch, untimed, on the first
+max(100, N // 10) test images); ``--crops N`` trains both on N colour 32x32 crops of scikit-image's photos, cut
+as ``benchmarks/paper_table.py`` cuts them (seed 0). Both are written to a temporary ``.npz`` for vaekit.
+
     python benchmarks/throughput.py [--dataset fashion-mnist] [--data-dir DIR] [--rounds 5] [--memory]
                                     [--device cpu|cuda] [--batch-size 128] [--precision fp32] [--compile]
-                                    [--threads N]
+                                    [--threads N] [--model seed|conv] [--images N] [--crops N]
 """
 
 from __future__ import annotations
@@ -112,10 +122,54 @@ def post_epoch(images: np.ndarray, device: torch.device = CPU, model: PostVAE | 
     return post_train(images, 1, device, model)[1][0]
 
 
-def vaekit_epochs(args: argparse.Namespace, epochs: int) -> list[float]:
-    """vaekit's own training loop (the real ``vaekit.train``); images per second of each epoch."""
+class PlainDataset(torch.utils.data.Dataset):
+    """The plain PyTorch way: one uint8 image per item, turned into a float row in [0, 1] (channels last, the
+    layout ``vaekit.VAE`` takes)."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(np.asarray(self.images[i])).float().div(255).flatten(), 0
+
+
+def conv_model(image_shape: tuple[int, ...]) -> nn.Module:
+    """vaekit's ``conv`` preset for this image size: the very module ``vaekit train --model conv`` builds."""
+    return vaekit.VAE(vaekit.model_config("conv", image_shape=tuple(image_shape)))
+
+
+def plain_conv_epoch(images: np.ndarray, device: torch.device = CPU, model: nn.Module | None = None) -> float:
+    """One epoch of a plain DataLoader loop over the conv VAE (BCE with logits, summed, plus the KL; Adam lr
+    3e-4) with a fresh optimizer; returns images per second."""
+    model = conv_model(images.shape[1:]).to(device) if model is None else model
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    loader = torch.utils.data.DataLoader(PlainDataset(images), batch_size=128, shuffle=True)
+    total = 0.0
+    _sync(device)
+    t0 = time.perf_counter()
+    for x, _ in loader:
+        x = x.to(device)
+        eps = torch.randn(x.shape[0], model.zdim, device=device)
+        logits, mu, logvar = model(x, eps)
+        kl = -0.5 * (1 + logvar - mu * mu - logvar.exp()).sum()
+        loss = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") + kl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += loss.item()
+    _sync(device)
+    return len(images) / (time.perf_counter() - t0)
+
+
+def vaekit_epochs(args: argparse.Namespace, epochs: int, data: str | None = None) -> list[float]:
+    """vaekit's own training loop (the real ``vaekit.train``; ``data``: an ``.npz`` of the images instead of
+    the dataset); images per second of each epoch. Figures are off: they come after the timed epochs."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = vaekit.TrainConfig(dataset=args.dataset, data_dir=args.data_dir, epochs=epochs, device=args.device,
+        where = dict(data=data) if data else dict(dataset=args.dataset, data_dir=args.data_dir)
+        cfg = vaekit.TrainConfig(**where, model=args.model, epochs=epochs, device=args.device, artifacts=False,
                                  batch_size=args.batch_size, precision=args.precision, compile=args.compile)
         run = vaekit.train(cfg, Path(tmp) / "run")
         n = run.data["n_train"]
@@ -159,6 +213,32 @@ def _time_it(fn, device: torch.device, min_seconds: float = 0.5) -> float:
         _sync(device)
         best = min(best, (time.perf_counter() - t) / reps)
     return best
+
+
+def conv_flops_per_image(model: nn.Module, image_shape: tuple[int, ...]) -> int:
+    """Multiply-add FLOPs of one training image through every Conv2d, ConvTranspose2d and Linear layer,
+    counted as ``model_flops_per_image`` counts them (forward, weight gradient, input gradient but at the
+    first layer); the spatial sizes come from one traced forward pass."""
+    macs: list[int] = []
+
+    def hook(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        if isinstance(m, nn.Linear):
+            macs.append(m.in_features * m.out_features)
+        elif isinstance(m, nn.Conv2d):  # every output pixel: in_channels * k * k products per output channel
+            macs.append(m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] * out[0, 0].numel())
+        else:  # transposed: every input pixel scatters in_channels' values through a k x k x out kernel
+            macs.append(m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] * inputs[0][0, 0].numel())
+
+    layers = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, layers)]
+    try:
+        with torch.no_grad():
+            dim = int(np.prod(image_shape))
+            model(torch.zeros(1, dim), torch.zeros(1, model.zdim))
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(2 * mac * (2 if i == 0 else 3) for i, mac in enumerate(macs))
 
 
 def matmul_rates(model: nn.Module, batch: int, device: torch.device) -> tuple[float, float]:
@@ -260,53 +340,100 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or "cpu"
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default=None, help="default: whatever vaekit train would use")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--model", choices=["seed", "conv"], default="seed",
+                    help="seed: vaekit against the post's pipeline (default); conv: vaekit's conv preset against a "
+                    "plain DataLoader loop of the same model")
+    ap.add_argument("--images", type=int, default=0, help="train both on the first N training images (0: all)")
+    ap.add_argument("--crops", type=int, default=0,
+                    help="train both on N 32x32 colour crops of scikit-image's photos instead (needs --model conv)")
     ap.add_argument("--rounds", type=int, default=5,
-                    help="alternating rounds (post: 1 epoch, vaekit: 2 epochs); 0: memory only")
+                    help="alternating rounds (baseline: 1 epoch, vaekit: 2 epochs); 0: memory only")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--batch-size", type=int, default=128, help="vaekit's batch size (the post's is 128)")
     ap.add_argument("--precision", default="fp32", help="vaekit's precision (the post's is fp32)")
     ap.add_argument("--compile", action="store_true", help="vaekit with --compile")
-    ap.add_argument("--memory", action="store_true", help="also measure peak memory of whole CPU runs")
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory of whole CPU runs (seed only)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for both (default: torch's, one per core); 1 resists noisy neighbours")
     ap.add_argument("--child", choices=["post", "vaekit"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.model == "conv" and args.memory:
+        ap.error("--memory measures the post's whole script; it has no conv counterpart")
+    if args.crops and args.model != "conv":
+        ap.error("--crops are colour images: use --model conv")
+    if args.memory and args.images:
+        ap.error("--memory measures whole runs on the whole training set; leave out --images")
+    return args
+
+
+def training_images(args: argparse.Namespace, tmp: Path) -> tuple[np.ndarray, str | None, str]:
+    """The training images both loops use, the ``.npz`` vaekit reads them from (None: the dataset as
+    ``vaekit train`` finds it) and a label."""
+    if args.crops:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from paper_table import PHOTOS, photo_crops
+
+        train, test = photo_crops(args.crops, max(100, args.crops // 10))
+        label = f"{len(train):,} colour 32x32 crops of scikit-image's {', '.join(PHOTOS)} (seed 0)"
+    else:
+        splits = load_splits(args.dataset, args.data_dir)
+        label = f"{splits.name} ({len(splits.train_images):,} training images, from {splits.source})"
+        if not args.images:
+            return splits.train_images, None, label
+        train = splits.train_images[: args.images]
+        test = splits.test_images[: max(100, args.images // 10)]
+        label = f"{splits.name}, its first {len(train):,} training images (from {splits.source})"
+    path = tmp / "images.npz"
+    np.savez(path, x_train=train, x_test=test)
+    return train, str(path), label
+
+
+def main() -> None:
+    args = parse()
     if args.child:
         (_child_post if args.child == "post" else _child_vaekit)(args)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    splits = load_splits(args.dataset, args.data_dir)
-    print(f"data: {splits.name} ({len(splits.train_images)} training images, from {splits.source}); "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; device {device_name(device)}", flush=True)
-    print(f"vaekit settings: batch {args.batch_size}, {args.precision}{', compiled' if args.compile else ''}; "
-          "post: batch 128, fp32", flush=True)
-    if args.rounds > 0:
-        measure_speed(args, splits, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        images, data, label = training_images(args, Path(tmp))
+        print(f"data: {label}; torch {torch.__version__}, {torch.get_num_threads()} threads; device "
+              f"{device_name(device)}", flush=True)
+        base = "post: batch 128, fp32" if args.model == "seed" else "plain DataLoader loop: batch 128, fp32"
+        print(f"model: {args.model}; vaekit settings: batch {args.batch_size}, {args.precision}"
+              f"{', compiled' if args.compile else ''}; {base}", flush=True)
+        if args.rounds > 0:
+            measure_speed(args, images, data, device)
     if args.memory:
-        measure_memory(args, len(splits.train_images))
+        measure_memory(args, len(images))
 
 
-def measure_speed(args: argparse.Namespace, splits, device: torch.device) -> None:
-    """Alternating rounds of the post's pipeline (one epoch) and vaekit (two epochs), then the floor."""
+def measure_speed(args: argparse.Namespace, images: np.ndarray, data: str | None, device: torch.device) -> None:
+    """Alternating rounds of the baseline (one epoch) and vaekit (two epochs), then the floor."""
+    conv = args.model == "conv"
+    baseline, name = (plain_conv_epoch, "plain") if conv else (post_epoch, "post")
     post, ours, ratios = [], [], []
     for r in range(args.rounds):
-        post.append(post_epoch(splits.train_images, device))
-        mine = vaekit_epochs(args, epochs=2)
+        post.append(baseline(images, device))
+        mine = vaekit_epochs(args, epochs=2, data=data)
         ours.extend(mine)
         ratios.append(statistics.median(mine) / post[-1])
-        print(f"round {r + 1}: post {post[-1]:,.0f} img/s, vaekit {mine[0]:,.0f} / {mine[1]:,.0f} img/s "
+        print(f"round {r + 1}: {name} {post[-1]:,.0f} img/s, vaekit {mine[0]:,.0f} / {mine[1]:,.0f} img/s "
               f"(ratio {ratios[-1]:.2f}x)", flush=True)
     p, o = statistics.median(post), statistics.median(ours)
-    print(f"post pipeline (DataLoader + ToTensor): {p:,.0f} images/s (median of {len(post)} epochs)")
+    what = "plain loop (DataLoader, per-image float conversion)" if conv else "post pipeline (DataLoader + ToTensor)"
+    print(f"{what}: {p:,.0f} images/s (median of {len(post)} epochs)")
     print(f"vaekit loop (in-memory, index slices): {o:,.0f} images/s (median of {len(ours)} epochs)")
     print(f"ratio: {o / p:.2f}x (ratio of medians); median of per-round ratios {statistics.median(ratios):.2f}x")
+    (print_conv_floor if conv else print_floor)(args, images.shape[1:], device, o, p)
 
+
+def print_floor(args: argparse.Namespace, shape: tuple[int, ...], device: torch.device, o: float, p: float) -> None:
     model = vaekit.VAE(vaekit.model_config("seed"))
     flops = model_flops_per_image(model)
     big, own = matmul_rates(model, args.batch_size, device)
@@ -315,6 +442,19 @@ def measure_speed(args: argparse.Namespace, splits, device: torch.device) -> Non
           f"products at batch {args.batch_size})")
     print(f"vaekit reaches {flops * o / 1e9:,.1f} GFLOP/s: {flops * o / big:.0%} of the large-product floor, "
           f"{flops * o / own:.0%} of the model's-products floor; the post's pipeline {flops * p / own:.0%}")
+
+
+def print_conv_floor(args: argparse.Namespace, shape: tuple[int, ...], device: torch.device, o: float,
+                     p: float) -> None:
+    model = conv_model(shape)
+    flops = conv_flops_per_image(model, shape)
+    big, _ = matmul_rates(nn.Sequential(nn.Linear(1, 1)), args.batch_size, device)
+    n = sum(q.numel() for q in model.parameters())
+    print(f"floor: conv preset for {'x'.join(map(str, shape))} ({n:,} parameters), {flops / 1e6:.1f} MFLOP per "
+          f"training image (convolution and matrix products); this machine multiplies {big / 1e9:,.1f} GFLOP/s "
+          "(one large fp32 product)")
+    print(f"vaekit reaches {flops * o / 1e9:,.1f} GFLOP/s ({flops * o / big:.0%} of the large-product floor), "
+          f"the plain loop {flops * p / 1e9:,.1f} GFLOP/s ({flops * p / big:.0%})")
 
 
 def measure_memory(args: argparse.Namespace, n: int) -> None:
