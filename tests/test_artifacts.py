@@ -196,3 +196,15 @@ assert "matplotlib.pyplot" not in sys.modules
 assert dict.__getitem__(matplotlib.rcParams, "backend") == before
 """)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_scatter_names_the_classes_it_shows() -> None:
+    from vaekit.artifacts.figures import latent_scatter_figure
+
+    model = _tiny_model()
+    images = np.random.default_rng(0).integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    labels = np.repeat(np.arange(3), 10)
+    fig = latent_scatter_figure(model, images, labels, class_names=("cat", "dog", "owl"))
+    bar = fig.axes[-1]
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["cat", "dog", "owl"]
+    assert len(fig.axes[0].collections[0].get_cmap().colors) == 3  # one colour per class, no unused ones

@@ -197,16 +197,23 @@ def project_2d(mu: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def latent_scatter_figure(model: VAE, images: np.ndarray, labels: np.ndarray,
-                          means: np.ndarray | None = None) -> Figure:
+                          means: np.ndarray | None = None, class_names: tuple[str, ...] | None = None) -> Figure:
     """Where the encoder puts the test images, coloured by class: whether the latent space separates them.
 
-    ``means`` are the images' posterior means when already computed.
+    ``means`` are the images' posterior means when already computed; ``class_names`` label the colour bar.
     """
     xy, axis = project_2d(latent_means(model, images) if means is None else means)
     fig = new_figure(8, 7)
     ax = fig.add_subplot()
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=3, alpha=0.7, vmin=-0.5, vmax=9.5)
-    fig.colorbar(sc, ax=ax, ticks=range(10), label="label")
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    top = max(int(labels.max()) if len(labels) else 0, len(class_names or ()) - 1, 1)
+    cmap = ListedColormap(colormaps["tab10" if top < 10 else "tab20"].colors[: top + 1])
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap=cmap, s=3, alpha=0.7, vmin=-0.5, vmax=top + 0.5)
+    bar = fig.colorbar(sc, ax=ax, ticks=range(top + 1), label="class" if class_names else "label")
+    if class_names:
+        bar.ax.set_yticklabels([str(name)[:20] for name in class_names[: top + 1]])
     ax.set_xlabel(f"{axis} 1" if axis == "PC" else "$z_1$")
     ax.set_ylabel(f"{axis} 2" if axis == "PC" else "$z_2$")
     ax.set_title("Posterior means of the test set" + (" (PCA)" if axis == "PC" else ""))
@@ -266,7 +273,8 @@ def write_figures(run_dir: str | os.PathLike, model: VAE, splits: Any, history: 
     means = latent_means(model, splits.test_images)  # the scatter's points, and the plane of the grid for zdim > 2
     draw = {
         "latent_grid.png": lambda: latent_grid_figure(model, grid_size, spacing, means),
-        "latent_scatter.png": lambda: latent_scatter_figure(model, splits.test_images, splits.test_labels, means),
+        "latent_scatter.png": lambda: latent_scatter_figure(model, splits.test_images, splits.test_labels, means,
+                                                            splits.class_names),
         "reconstructions.png": lambda: reconstructions_figure(model, splits.test_images),
         "samples.png": lambda: samples_figure(model),
         "loss_curve.png": lambda: loss_curve_figure(history),

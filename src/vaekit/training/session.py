@@ -38,11 +38,11 @@ from vaekit.training.schedule import LRSchedule
 from vaekit.training.step import TrainStep
 from vaekit.training.trainer import TrainData, Trainer
 
-# Settings a resumed run may change; everything else must match the stored run. precision and compile
-# change how a step is computed, not what it computes (bit-for-bit continuation holds when they stay).
 # Seed of the random train/test split of your own images: fixed, so runs of any --seed share a test set.
 OWN_SPLIT_SEED = 0
 SKIPPED = "skipped_files.txt"  # with --skip-bad: the images left out, one "path<TAB>problem" per line
+# Settings a resumed run may change; everything else must match the stored run. precision and compile
+# change how a step is computed, not what it computes (bit-for-bit continuation holds when they stay).
 RESUMABLE = ("epochs", "device", "progress", "checkpoint_every", "detect_anomaly", "precision", "compile",
              "artifacts", "tensorboard")
 
@@ -322,10 +322,12 @@ def _finish(t: Trainer, data_info: dict[str, Any], test_labels: np.ndarray) -> N
 
 
 def _test_only(data_info: dict[str, Any], test_images: np.ndarray, test_labels: np.ndarray) -> Splits:
-    """The test split as the artifacts stage takes it: no training images."""
+    """The test split as the artifacts stage takes it: no training images, the class names kept."""
     shape = tuple(data_info["image_shape"])
+    names = (data_info.get("own") or {}).get("class_names")
     return Splits(data_info["dataset"], np.empty((0, *shape), np.uint8), np.empty(0, np.int64),
-                  test_images.reshape(-1, *shape), test_labels, data_info["source"])
+                  test_images.reshape(-1, *shape), test_labels, data_info["source"],
+                  class_names=tuple(names) if names else None)
 
 
 def data_description(splits: Splits, own: dict[str, Any] | None = None) -> dict[str, Any]:
