@@ -18,17 +18,19 @@ from vaekit.model import VAE, model_config
 
 
 def make_run(folder: Path, data_dir: Path, *, epochs: int = 2, seed: int = 0, likelihood: str = "bernoulli",
-             sigma: float = 1.0, learn_sigma: bool = False, zdim: int = 2, **train: Any) -> Path:
-    """A finished run of the seed preset with random weights in ``folder``, on the IDX data in ``data_dir``."""
+             sigma: float = 1.0, learn_sigma: bool = False, zdim: int = 2, preset: str = "seed",
+             image_shape: tuple[int, ...] = (28, 28), hidden: list[int] | None = None, **train: Any) -> Path:
+    """A finished run with random weights in ``folder``, on the IDX data in ``data_dir`` (the seed preset's)."""
     torch.manual_seed(seed)
-    mcfg = model_config("seed", zdim=zdim, learn_sigma=learn_sigma, sigma_init=sigma)
+    mcfg = model_config(preset, zdim=zdim, learn_sigma=learn_sigma, sigma_init=sigma, image_shape=image_shape,
+                        hidden=hidden)
     model = VAE(mcfg)
     tcfg = TrainConfig(dataset="mnist", data_dir=str(data_dir), epochs=epochs, device="cpu", likelihood=likelihood,
-                       sigma=sigma, learn_sigma=learn_sigma, progress=False, **train)
+                       sigma=sigma, learn_sigma=learn_sigma, progress=False, model=preset, hidden=hidden, **train)
     tcfg.validate()
     folder.mkdir(parents=True, exist_ok=True)
     runs.write_config(folder, mcfg, tcfg, {"dataset": "mnist", "source": str(data_dir), "n_train": 600,
-                                           "n_test": 200, "image_shape": [28, 28]})
+                                           "n_test": 200, "image_shape": list(image_shape)})
     runs.save_weights(folder, model)
     rows = [{"epoch": e, "train_loss": 220.0 - 7.5 * e, "test_loss": 215.0 - 6.25 * e, "test_recon": 200.0 - 6.5 * e,
              "test_kl": 15.0 + 0.25 * e, "seconds": 1.5, "lr": tcfg.lr} for e in range(1, epochs + 1)]
@@ -37,7 +39,7 @@ def make_run(folder: Path, data_dir: Path, *, epochs: int = 2, seed: int = 0, li
     runs.write_json(folder / runs.SUMMARY, {
         "test_loss": last["test_loss"], "test_recon": last["test_recon"], "test_kl": last["test_kl"],
         "train_loss": last["train_loss"], "epochs": epochs, "dataset": "mnist", "data_source": str(data_dir),
-        "likelihood": likelihood, "model": "seed", "zdim": zdim, "n_params": sum(p.numel() for p in model.parameters()),
+        "likelihood": likelihood, "model": preset, "zdim": zdim, "n_params": sum(p.numel() for p in model.parameters()),
         "device": "cpu",
     })
     return folder

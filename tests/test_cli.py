@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,8 +18,8 @@ def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vaekit", *args], capture_output=True, text=True, env=env, **kw)
 
 
-@pytest.mark.parametrize("cmd", [[], ["train"], ["evaluate"], ["plot"], ["data"], ["data", "list"],
-                                 ["data", "fetch"], ["data", "verify"]])
+@pytest.mark.parametrize("cmd", [[], ["train"], ["evaluate"], ["plot"], ["explore"], ["report"], ["data"],
+                                 ["data", "list"], ["data", "fetch"], ["data", "verify"]])
 def test_every_command_has_help(cmd: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as e:
         main([*cmd, "--help"])
@@ -27,8 +28,10 @@ def test_every_command_has_help(cmd: list[str], capsys) -> None:
 
 
 def test_python_dash_m_and_version() -> None:
+    import vaekit
+
     r = _run(["--version"])
-    assert r.returncode == 0 and r.stdout.startswith("vaekit ")
+    assert r.returncode == 0 and r.stdout == f"vaekit {vaekit.__version__}\n"
 
 
 BAD = [
@@ -75,14 +78,14 @@ def test_unwritable_out_folder_is_a_one_line_error(tiny_data: Path, tmp_path: Pa
         locked.mkdir(mode=0o500)
         target = str(locked / "run")
     code = main(["train", "--dataset", "mnist", "--data-dir", str(tiny_data), "--epochs", "1", "--out", target,
-                 "--quiet"])
+                 "--quiet", "--no-artifacts"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and target.split("/")[1] in err
 
 
 def test_resume_with_conflicting_settings_is_refused(tiny_data: Path, tmp_path: Path, capsys) -> None:
     out = str(tmp_path / "run")
-    base = ["train", "--dataset", "mnist", "--data-dir", str(tiny_data), "--out", out, "--quiet"]
+    base = ["train", "--dataset", "mnist", "--data-dir", str(tiny_data), "--out", out, "--quiet", "--no-artifacts"]
     assert main([*base, "--epochs", "1"]) == 0
     capsys.readouterr()
     assert main([*base, "--epochs", "2", "--resume", "--zdim", "5"]) == 2
@@ -91,19 +94,18 @@ def test_resume_with_conflicting_settings_is_refused(tiny_data: Path, tmp_path: 
     assert "already has 1 epochs" in capsys.readouterr().err
 
 
-def test_offline_default_trains_on_the_embedded_subset(tmp_path: Path) -> None:
+def test_offline_default_trains_on_the_embedded_subset(tmp_path: Path, monkeypatch, capsys) -> None:
     """No dataset named, nothing found, no network: the embedded real MNIST subset, with a warning."""
-    r = _run(["train", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"], cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "embedded" in r.stderr
-    import json
-
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--epochs", "1", "--out", "run", "--quiet", "--no-artifacts"]) == 0
+    assert "embedded" in capsys.readouterr().err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["dataset"] == "mnist-embedded"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["n_train"] == 4000
 
 
-def test_naming_mnist_never_falls_back(tmp_path: Path) -> None:
-    r = _run(["train", "--dataset", "mnist", "--epochs", "1", "--out", str(tmp_path / "run")], cwd=tmp_path)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "run").exists()
+def test_naming_mnist_never_falls_back(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--dataset", "mnist", "--epochs", "1", "--out", "run"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

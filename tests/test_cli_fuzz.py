@@ -148,8 +148,8 @@ def in_scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-@settings(max_examples=600, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@pytest.mark.slow
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(bad_command_line())
 def test_generated_bad_command_lines(in_scratch: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     code, out, err = _run_main(argv, capsys)

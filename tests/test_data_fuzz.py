@@ -22,12 +22,11 @@ from hypothesis import strategies as st
 from vaekit.data import DATASETS, DataError, DatasetSpec, FileSpec, IDXError, load_splits, read_idx, register
 from vaekit.data.idx import decode_idx, encode_idx
 
-# 4 x 2,400 + 600 + 400 = 10,600 examples per run, about 12 s on two idle cores.
-FUZZ = settings(
-    max_examples=2400,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+# A fuzz soak: in the slow tier. The number of examples (and derandomization, the deadline) come from the
+# Hypothesis profile (tests/conftest.py): HYPOTHESIS_PROFILE=soak runs many more.
+pytestmark = pytest.mark.slow
+
+FUZZ = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
 def declared_shape(payload: bytes) -> tuple[int, ...]:
@@ -175,7 +174,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(suppress_health_check=list(HealthCheck))
 @given(idx_like() | st.binary(max_size=200))
 def test_read_idx_from_files(scratch: Path, data: bytes) -> None:
     path = scratch / "f-idx3-ubyte.gz"
@@ -249,7 +248,7 @@ def dataset_files(draw: st.DrawFn) -> list[bytes | None]:
     return files
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(suppress_health_check=list(HealthCheck))
 @given(dataset_files())
 def test_resolving_a_folder_of_random_files(
     scratch: Path, fuzz_spec: None, contents: list[bytes | None]

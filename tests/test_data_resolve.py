@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vaekit.cli import main as data_main
 from vaekit.data import (
     DATASETS,
     DataError,
@@ -24,7 +25,6 @@ from vaekit.data import (
     register,
     write_idx,
 )
-from vaekit.cli import main as data_main
 from vaekit.data.idx import encode_idx
 from vaekit.data.registry import ROLES
 from vaekit.data.verify import check_file

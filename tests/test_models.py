@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vaekit.config import ConfigError
-from vaekit.config import PRESETS
+from vaekit.config import PRESETS, ConfigError
 from vaekit.model import VAE, model_config, n_params
 
 

@@ -27,10 +27,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import vaekit
-from vaekit import runs
+from vaekit import run as runs
 from vaekit.cli import main
 from vaekit.config import TrainConfig
 from vaekit.errors import RunFolderError
+from vaekit.model import VAE
+from vaekit.training.checkpoint import load_checkpoint
 
 from .conftest import hermetic_env, write_dataset
 
@@ -44,7 +46,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pa
     data = write_dataset(root / "data", 128, 32)
     with hermetic_env(root / "cache"):
         vaekit.train(TrainConfig(dataset="mnist", data_dir=str(data), epochs=1, batch_size=32, device="cpu",
-                                 progress=False, grid_size=2), root / "run")
+                                 progress=False, artifacts=False), root / "run")
     yield root / "run", data
 
 
@@ -166,14 +168,14 @@ RUN_FILE_FAULTS: dict[str, tuple[Mutation, str, str]] = {
                               "poisson"),
     "config dataset a number": (_edit_config(lambda d: _set(d, "data.dataset", 7)), runs.CONFIG, "data.dataset"),
     "config enormous layers": (_edit_config(lambda d: _set(d, "model.encoder_hidden", [10**12, 64, 32])),
-                               runs.WEIGHTS, "expected (1000000000000, 784)"),
+                               runs.CONFIG, "encoder_hidden"),
     "config image shape inf": (_write(runs.CONFIG, '{"model": {"image_shape": [1e400, 28]}, "train": {}}'),
                                runs.CONFIG, "not a valid vaekit config"),
     "summary not an object": (_write(runs.SUMMARY, '"done"'), runs.SUMMARY, "not an object"),
     "summary random bytes": (_random_bytes(runs.SUMMARY, 200), runs.SUMMARY, "summary.json"),
     "metrics columns": (_write(runs.METRICS, "a,b\n1,2\n"), runs.METRICS, "no epoch column"),
     "metrics text": (_write(runs.METRICS, "epoch,train_loss,test_loss,test_recon,test_kl,seconds\n1,x,2,3,4,5\n"),
-                     runs.METRICS, "corrupt"),
+                     runs.METRICS, "damaged"),
 }
 
 
@@ -273,8 +275,7 @@ def _mutate_bytes(data: bytes, edits: list[tuple[str, int, int]], span: int) -> 
 
 edits = st.lists(st.tuples(st.sampled_from(["flip", "set", "truncate", "insert", "delete"]),
                            st.integers(0, 2**31), st.integers(0, 255)), min_size=1, max_size=4)
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +290,7 @@ def _header_span(path: Path) -> int:
     return 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
 
 
+@pytest.mark.slow
 @FUZZ
 @given(edits, st.booleans())
 def test_fuzzed_weights_load_or_fail_in_one_line(trained: tuple[Path, Path], fuzz_run: Path, changes, header: bool):
@@ -301,6 +303,7 @@ def test_fuzzed_weights_load_or_fail_in_one_line(trained: tuple[Path, Path], fuz
         assert "\n" not in str(e) and runs.WEIGHTS in str(e)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(edits)
 def test_fuzzed_configs_load_or_fail_in_one_line(trained: tuple[Path, Path], fuzz_run: Path, changes) -> None:
@@ -313,13 +316,11 @@ def test_fuzzed_configs_load_or_fail_in_one_line(trained: tuple[Path, Path], fuz
         assert "\n" not in str(e) and (runs.CONFIG in str(e) or runs.WEIGHTS in str(e)), str(e)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(edits)
 def test_fuzzed_checkpoints_load_or_fail_in_one_line(trained: tuple[Path, Path], fuzz_run: Path, changes) -> None:
     """Bytes of the checkpoint's header (where its training state and optimizer settings live) mutated."""
-    from vaekit.models import VAE
-    from vaekit.train import load_checkpoint
-
     source = trained[0] / runs.CHECKPOINT
     original = source.read_bytes()
     (fuzz_run / runs.CHECKPOINT).write_bytes(_mutate_bytes(original, changes, _header_span(source)))
@@ -421,6 +422,7 @@ def test_pickle_suffixes_are_refused_by_name(suffix: str, tmp_path: Path, no_unp
     assert not marker.exists()
 
 
+@pytest.mark.slow  # a process of its own: torch's import alone takes seconds
 def test_evaluate_in_a_real_process_refuses_the_pickle(run_copy: Path, tmp_path: Path) -> None:
     """No monkeypatching at all: the command itself exits 2 with one line and the trap stays shut."""
     marker = tmp_path / "unpickled"

@@ -7,7 +7,6 @@ because the tests may run as root, whom ``chmod`` does not stop.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import gzip
 import hashlib
@@ -22,8 +21,9 @@ import pytest
 from safetensors.torch import load_file
 
 import vaekit
-from vaekit import runs
-from vaekit.cli import build_parser, main
+from vaekit import run as runs
+from vaekit.artifacts import EXPLORER, FIGURES, REPORT
+from vaekit.cli import main
 from vaekit.config import TrainConfig
 from vaekit.errors import WriteError
 
@@ -35,7 +35,7 @@ ERRORS = {errno.ENOSPC: "No space left on device", errno.EROFS: "Read-only file 
 
 def _cfg(data: Path, **kw: object) -> TrainConfig:
     return TrainConfig(**{**dict(dataset="mnist", data_dir=str(data), epochs=1, batch_size=32, device="cpu",
-                                 progress=False, grid_size=2), **kw})
+                                 progress=False, grid_size=2, artifacts=False), **kw})
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def _fail_when(monkeypatch: pytest.MonkeyPatch, where: str, target: str, code: i
                 raise OSError(code, os.strerror(code), str(dst))
             real_replace(src, dst, *a, **k)
 
-        monkeypatch.setattr(runs.os, "replace", replace)
+        monkeypatch.setattr(os, "replace", replace)
     else:
         if not Path("/proc/self/fd").is_dir():
             pytest.skip("needs /proc to tell which file an fsync is for")
@@ -88,7 +88,7 @@ def _fail_when(monkeypatch: pytest.MonkeyPatch, where: str, target: str, code: i
                 raise OSError(code, os.strerror(code))
             real_fsync(fd)
 
-        monkeypatch.setattr(runs.os, "fsync", fsync)
+        monkeypatch.setattr(os, "fsync", fsync)
     return raised
 
 
@@ -143,25 +143,12 @@ def test_a_full_disk_at_fsync_mid_epoch_keeps_the_last_checkpoint_and_loses_noth
     assert [r["epoch"] for r in runs.read_metrics(run_copy)] == [1, 2]
 
 
-def _other_outputs() -> list[tuple[str, list[str]]]:
-    """Files written by the commands other than train, with the command that writes them."""
-    from vaekit.viz import FIGURES
-
-    cases = [(name, ["plot", "{run}"]) for name in FIGURES[:2]]
-    commands = {name for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
-                for name in a.choices}
-    if "explore" in commands:
-        from vaekit.explore import EXPLORER
-
-        cases.append((EXPLORER, ["explore", "{run}"]))
-    if "report" in commands:
-        from vaekit.report import REPORT
-
-        cases.append((REPORT, ["report", "{run}"]))
-    return cases
+# Files written by the commands other than train (the artifacts stage), with the command that writes them.
+OTHER_OUTPUTS = [*[(name, ["plot", "{run}"]) for name in FIGURES[:2]], (EXPLORER, ["explore", "{run}"]),
+                 (REPORT, ["report", "{run}"])]
 
 
-@pytest.mark.parametrize("target,argv", _other_outputs())
+@pytest.mark.parametrize("target,argv", OTHER_OUTPUTS)
 def test_figures_and_pages_fail_cleanly(target: str, argv: list[str], run_copy: Path,
                                         monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     before = _snapshot(run_copy)

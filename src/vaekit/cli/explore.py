@@ -20,7 +20,7 @@ DEFAULT_PORT = 8765
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class _Stop(Exception):
+class _Stop(BaseException):
     """Raised in the main thread by a stop signal's handler, out of ``serve_forever``."""
 
     def __init__(self, signum: int) -> None:

@@ -11,10 +11,11 @@ seed computes, up to the order of floating-point sums:
   onto its device, so a device holds its shard (1/N of the data), not the whole set;
 * the loss is a sum over images, and DDP averages gradients over ranks, so each rank's loss is multiplied
   by N before ``backward``: the averaged gradient is then the sum over the global batch, the post's gradient;
-* noise (the reparametrization's epsilon, dynamic binarization) is drawn for the whole global batch on every
-  rank from the shared generators, and each rank keeps its rows (:class:`RowSlicedNoise`), so sample i of a
-  batch sees the same noise whichever rank holds it, and the generators stay identical on all ranks, which
-  is what lets rank 0's checkpoint resume every rank.
+* noise (the reparametrization's epsilon, dynamic binarization) is drawn outside the objective for the whole
+  global batch on every rank from the shared generators, and each rank keeps its rows
+  (:func:`vaekit.training.objective.draw_noise`), so sample i of a batch sees the same noise whichever rank
+  holds it, and the generators stay identical on all ranks, which is what lets rank 0's checkpoint resume
+  every rank.
 
 Only rank 0 takes the run folder's lock and writes files; the others read the folder on resume.
 """
@@ -26,12 +27,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.overrides import TorchFunctionMode
 
 from vaekit.config import ConfigError
 
@@ -135,34 +134,3 @@ def shard_rows(n: int, batch_size: int, world_size: int, rank: int) -> tuple[Ten
     for a, b in zip(starts, stops, strict=True):
         offsets.append(offsets[-1] + b - a)
     return positions, offsets
-
-
-class RowSlicedNoise(TorchFunctionMode):
-    """Inside it, ``torch.randn``/``torch.rand`` from the training generators draw the global batch's noise.
-
-    A draw whose second-to-last dimension is this rank's number of rows (every per-image draw of a VAE has
-    the shape ``(..., batch, features)``) is made for the global batch instead, with the same generator, and
-    this rank's rows are returned. Every rank thus advances the generators exactly as the single-process run
-    does, and row i of the global batch gets the same numbers whichever rank computes it.
-    """
-
-    _DRAWS = (torch.randn, torch.rand)
-
-    def __init__(self, generators: list[torch.Generator]) -> None:
-        super().__init__()
-        self.generators = generators
-        self.total = self.start = self.rows = 0
-
-    def set_rows(self, total: int, start: int, rows: int) -> None:
-        """This step's global batch size, and the first row and number of rows of this rank's slice."""
-        self.total, self.start, self.rows = total, start, rows
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        gen = kwargs.get("generator")
-        if func in self._DRAWS and gen is not None and any(gen is g for g in self.generators):
-            size = list(args[0] if len(args) == 1 and not isinstance(args[0], int) else args)
-            if len(size) >= 2 and size[-2] == self.rows and self.total != self.rows:
-                size[-2] = self.total
-                return func(size, **kwargs).narrow(-2, self.start, self.rows).contiguous()
-        return func(*args, **kwargs)
