@@ -15,7 +15,6 @@ everything else it inherits from the profile.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,20 +49,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "browser" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def frozen_heap() -> None:
-    """Exempt what is alive when a test module starts (torch and every module imported so far, above all) from
-    the garbage collector's full passes.
-
-    A finished training returns freed memory to the system after a full ``gc.collect()``, which walks every
-    object of the process: in a test process holding torch, Hypothesis and the earlier tests' imports, 0.1-0.4 s
-    per training, a fifth of the suite's time. Reference counting still frees frozen objects; only cycles among
-    objects alive now are left to the end of the session.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"

@@ -172,6 +172,7 @@ def test_import_vaekit_does_not_import_matplotlib() -> None:
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow  # two fresh processes importing torch and matplotlib
 def test_figures_leave_the_hosts_backend_and_pyplot_alone(tiny_data: Path, tmp_path: Path) -> None:
     """A notebook that chose a backend and holds figures keeps both after vaekit draws a run's figures."""
     run_dir = make_run(tmp_path / "run", tiny_data)

@@ -503,7 +503,7 @@ def test_rebuild_from_info(tmp_path: Path) -> None:
     assert np.array_equal(again.test_images, splits.test_images) and again.test_images.shape[-1] == 3
     moved = tmp_path / "moved"
     (tmp_path / "d").rename(moved)
-    with pytest.raises(DataError, match="is no longer there; pass --data PATH"):
+    with pytest.raises(DataError, match="is no longer there; give the path of a copy"):
         load_own_data_from_info(stored)
     again, _ = load_own_data_from_info(stored, moved)
     assert np.array_equal(again.train_images, splits.train_images)

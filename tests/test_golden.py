@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import write_dataset
-from .golden.runs import HERE, RUNS, train_golden
+from .golden.runs import HERE, KILLED, RUNS, train_golden
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,11 @@ def golden_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("golden") / "data", 600, 200)
 
 
-@pytest.mark.parametrize("name", sorted(RUNS))
+# The resume after a SIGKILL starts two real processes: the slow tier.
+CASES = [pytest.param(name, marks=pytest.mark.slow) if name == KILLED else name for name in sorted(RUNS)]
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_training_reproduces_the_golden_run(name: str, golden_data: Path, tmp_path: Path) -> None:
     expected = json.loads((HERE / f"{name}.json").read_text())
     got = train_golden(name, golden_data, tmp_path / name, extra=["--no-artifacts"])

@@ -158,6 +158,7 @@ def test_bad_arguments_are_one_line_and_exit_2_before_anything_is_written(
     assert list(tmp_path.iterdir()) == []  # no run folder left behind
 
 
+@pytest.mark.slow  # a real training process, stopped by a real signal
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_training_with_128_plus_its_number(signum: int, code: int, data: Path, tmp_path: Path) -> None:
     """Started with SIGINT ignored (as a background job is), training still stops on it, checkpoint saved."""
