@@ -120,3 +120,56 @@ def float64():
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """600 training and 200 test images in MNIST's file layout."""
     return write_dataset(tmp_path_factory.mktemp("tiny") / "data", 600, 200)
+
+
+# Examples per fuzz test of the image and array readers; VAEKIT_FUZZ_SCALE multiplies them (0.1 for a quick run,
+# 10 for a long one). Their counts are set per test so that together they try at least 2,000 inputs.
+FUZZ_SCALE = float(os.environ.get("VAEKIT_FUZZ_SCALE", "1"))
+
+
+def fuzz(examples: int) -> settings:
+    """Hypothesis settings for ``examples`` (times the scale) reproducible examples, without a deadline."""
+    return settings(
+        max_examples=max(1, int(examples * FUZZ_SCALE)),
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, so nothing in vaekit handles it."""
+
+
+def kill_at_save_point(epoch: int, step: int) -> object:
+    """A callback that dies right after the mid-epoch save point at ``epoch`` (completed) + ``step`` steps,
+    once the checkpoint callback (which runs before it) has written the checkpoint."""
+    import vaekit
+
+    class KillAtSavePoint(vaekit.Callback):
+        def on_save_point(self, trainer, state) -> None:
+            if (state.epoch, state.step_in_epoch) == (epoch, step):
+                raise Killed
+
+    return KillAtSavePoint()
+
+
+@contextlib.contextmanager
+def http_server(root: Path, handler: type) -> Iterator[tuple[str, list[str]]]:
+    """A real threaded HTTP server on 127.0.0.1 serving ``root`` with ``handler`` (a SimpleHTTPRequestHandler
+    that appends each path to ``self.server.requests_seen``); yields (base URL, requests seen)."""
+    import functools
+    import http.server
+    import threading
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    httpd.daemon_threads = True
+    httpd.requests_seen = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.requests_seen  # type: ignore[attr-defined]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+

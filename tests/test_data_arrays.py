@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
@@ -20,16 +19,7 @@ from vaekit.data import BadInputError, DataError, load_own_data, load_own_data_f
 from vaekit.data.arrays import normalise_images
 from vaekit.data.own import split_indices
 
-FUZZ_SCALE = float(os.environ.get("VAEKIT_FUZZ_SCALE", "1"))
-
-
-def fuzz(examples: int) -> settings:
-    return settings(
-        max_examples=max(1, int(examples * FUZZ_SCALE)),
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
+from .conftest import fuzz
 
 
 def pixels(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

@@ -8,12 +8,10 @@ with the local server as its mirror and the generated archive's MD5.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import http.server
 import io
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,8 @@ import pytest
 from vaekit.data import DATASETS, DataError, DatasetNotFoundError, load_splits, locate, register
 from vaekit.data.cifar import CIFAR10_CLASSES, CIFAR10_MEMBERS, decode_cifar10, encode_cifar10_batch
 from vaekit.data.errors import ArchiveError
+
+from .conftest import http_server
 
 ARCHIVE = "cifar-10-binary.tar.gz"
 
@@ -193,16 +193,8 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry) -> Iterato
     monkeypatch.delenv("VAEKIT_OFFLINE", raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-    httpd.daemon_threads = True
-    httpd.requests_seen = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", root, httpd.requests_seen  # type: ignore[attr-defined]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with http_server(root, Handler) as (url, seen):
+        yield url, root, seen
 
 
 def serve(root: Path, mirror: str, blob: bytes) -> None:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import gzip
 import hashlib
 import http.server
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +27,8 @@ from vaekit.data import (
 from vaekit.data.download import download_file
 from vaekit.data.idx import encode_idx
 from vaekit.data.registry import ROLES
+
+from .conftest import http_server
 
 NAMES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -80,16 +80,8 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
     """A threaded HTTP server over a temporary folder; yields (base URL, folder, list of request paths)."""
     root = tmp_path / "www"
     root.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-    httpd.daemon_threads = True
-    httpd.requests_seen = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", root, httpd.requests_seen  # type: ignore[attr-defined]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with http_server(root, Handler) as (url, seen):
+        yield url, root, seen
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -32,18 +32,9 @@ from vaekit.data import (
 )
 from vaekit.data.images import ImageProblem, decode_image, luma, probe_image
 
+from .conftest import fuzz
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-# Examples per fuzz test below; VAEKIT_FUZZ_SCALE multiplies them (e.g. 0.1 for a quick run, 10 for a long one).
-FUZZ_SCALE = float(os.environ.get("VAEKIT_FUZZ_SCALE", "1"))
-
-
-def fuzz(examples: int) -> settings:
-    return settings(
-        max_examples=max(1, int(examples * FUZZ_SCALE)),
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
 
 
 def save(path: Path, pixels: np.ndarray | Image.Image, fmt: str | None = None, **options) -> Path:

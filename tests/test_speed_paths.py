@@ -23,15 +23,13 @@ from vaekit.training.precision import Precision, cpu_has_native_bf16
 from vaekit.training.schedule import lr_at
 from vaekit.training.step import FiniteGuard
 
+from .conftest import Killed, kill_at_save_point
+
 
 def _cfg(data: Path, **kw) -> TrainConfig:
     base = dict(dataset="mnist", data_dir=str(data), epochs=2, batch_size=128, device="cpu", progress=False,
                 artifacts=False)
     return TrainConfig(**{**base, **kw})
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL: not an Exception, so nothing in vaekit handles it."""
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -195,15 +193,6 @@ def test_learning_rate_schedules() -> None:
     assert lr_at("constant", 2.0, 4, 100, 1) == pytest.approx(1.0)  # warm-up applies to constant too
 
 
-class KillAtSavePoint(vaekit.Callback):
-    """Dies right after the save point (mid-epoch checkpoint) at ``epoch`` (completed) + ``step`` steps."""
-
-    def __init__(self, epoch: int, step: int) -> None:
-        self.at = (epoch, step)
-
-    def on_save_point(self, trainer, state) -> None:  # runs after the checkpoint callback has written it
-        if (state.epoch, state.step_in_epoch) == self.at:
-            raise Killed
 
 
 def test_scheduled_run_resumes_bit_for_bit_mid_epoch(tiny_data: Path, tmp_path: Path) -> None:
@@ -211,7 +200,7 @@ def test_scheduled_run_resumes_bit_for_bit_mid_epoch(tiny_data: Path, tmp_path: 
     full = vaekit.train(_cfg(tiny_data, **settings), tmp_path / "full")
     with pytest.raises(Killed):  # global step 8, inside the second epoch, past the warm-up, decaying
         vaekit.train(_cfg(tiny_data, checkpoint_every=4, **settings), tmp_path / "part",
-                     callbacks=[KillAtSavePoint(1, 3)])
+                     callbacks=[kill_at_save_point(1, 3)])
     resumed = vaekit.train(_cfg(tiny_data, **settings), tmp_path / "part", resume=True)
     _assert_bitwise_equal(_weights(full.path), _weights(resumed.path))
     assert [r["lr"] for r in resumed.metrics] == [r["lr"] for r in full.metrics]

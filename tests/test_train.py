@@ -18,7 +18,7 @@ from vaekit.cli import main
 from vaekit.config import TrainConfig
 from vaekit.errors import NonFiniteError, RunFolderError
 
-from .conftest import SHARED_MNIST, hermetic_env, make_digits
+from .conftest import SHARED_MNIST, Killed, hermetic_env, kill_at_save_point, make_digits
 
 FILES = [runs.CONFIG, runs.WEIGHTS, runs.CHECKPOINT, runs.METRICS, runs.SUMMARY, *FINAL_OUTPUTS]
 
@@ -30,19 +30,6 @@ def _cfg(data: Path, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-class Killed(BaseException):
-    """Stands for SIGKILL: not an Exception, so nothing in vaekit handles it."""
-
-
-class KillAtSavePoint(vaekit.Callback):
-    """Dies right after the save point (mid-epoch checkpoint) at ``epoch`` (completed) + ``step`` steps."""
-
-    def __init__(self, epoch: int, step: int) -> None:
-        self.at = (epoch, step)
-
-    def on_save_point(self, trainer, state) -> None:  # runs after the checkpoint callback has written it
-        if (state.epoch, state.step_in_epoch) == self.at:
-            raise Killed
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -138,7 +125,7 @@ def test_mid_epoch_checkpoints_resume_bitwise(tiny_data: Path, tmp_path: Path) -
     full = vaekit.train(_cfg(tiny_data, epochs=2), tmp_path / "full")
     with pytest.raises(Killed):  # global step 7: inside epoch 2
         vaekit.train(_cfg(tiny_data, epochs=2, checkpoint_every=7), tmp_path / "part",
-                     callbacks=[KillAtSavePoint(1, 2)])
+                     callbacks=[kill_at_save_point(1, 2)])
     assert not (tmp_path / "part" / ".lock").exists()
     assert json.loads(runs.read_tensors(tmp_path / "part" / runs.CHECKPOINT)[1]["state"])["global_step"] == 7
     resumed = vaekit.train(_cfg(tiny_data, epochs=2), tmp_path / "part", resume=True)
