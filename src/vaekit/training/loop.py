@@ -16,6 +16,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
+from vaekit import run as runs
 from vaekit.errors import Interrupted, NonFiniteError
 from vaekit.eval.elbo import evaluate_elbo
 from vaekit.training import distributed
@@ -158,8 +159,6 @@ def _end_epoch(t: Trainer, epoch: int, loss_sum: Tensor, seconds: float) -> None
 
 def nonfinite_error(t: Trainer, bad: tuple[int, float], step: int, epoch: int) -> NonFiniteError:
     """The one-line error for a non-finite loss or gradient; nothing written so far has been touched."""
-    from vaekit import run as runs
-
     bad_step, loss = bad
     if not math.isfinite(loss):
         what = f"the loss became {loss}"
