@@ -105,23 +105,26 @@ def _run(args: list[str], capsys: pytest.CaptureFixture) -> subprocess.Completed
     return subprocess.CompletedProcess(args, code, "", capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("case", sorted(TAMPERS))
-def test_a_tampered_run_folder_is_one_line_and_exit_2(case: str, finished: Path, tmp_path: Path, capsys,
-                                                      deadline: None) -> None:
+def _tampered(finished: Path, tmp_path: Path, case: str) -> tuple[Path, str]:
+    """A copy of the finished run with the damage of ``case``, and what its error line must say."""
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     tamper, needle = TAMPERS[case]
     tamper(run)
+    return run, needle
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERS))
+def test_a_tampered_run_folder_is_one_line_and_exit_2(case: str, finished: Path, tmp_path: Path, capsys,
+                                                      deadline: None) -> None:
+    run, needle = _tampered(finished, tmp_path, case)
     _one_line_exit_2(_run(["evaluate", str(run)], capsys), needle)
 
 
 @pytest.mark.parametrize("case", ["summary holds a 5,000-digit number", "metrics hold nan", "config is a FIFO"])
 def test_the_report_and_plot_refuse_them_too(case: str, finished: Path, tmp_path: Path, capsys,
                                              deadline: None) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(finished, run)
-    tamper, needle = TAMPERS[case]
-    tamper(run)
+    run, needle = _tampered(finished, tmp_path, case)
     _one_line_exit_2(_run(["report", str(run)], capsys), needle)
     _one_line_exit_2(_run(["plot", str(run)], capsys), needle)
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -61,14 +61,14 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
         config, data = replace(config, data=os.fspath(data)), None
     config.validate()
     with distributed.session(config.device) as ctx:  # joins the process group when started by torchrun
-        run_dir, config, stored_epochs = _settle(config, out, resume, force, ctx)
-        resume = stored_epochs is not None
+        run_dir, config, stored = _settle(config, out, resume, force, ctx)
+        resume = stored is not None
         if not ctx.is_main:
             config = replace(config, progress=False)  # one progress bar and one log: rank 0's
         device = ctx.device or resolve_device(config.device)
         precision.resolve(config.precision, device)  # fp16 away from CUDA fails here, before the data is read
         extra = default_callbacks(config.progress, config.tensorboard, run_dir) + list(callbacks)
-        splits, own = _read_data(config, run_dir, ctx, data, stored_epochs)
+        splits, own = _read_data(config, run_dir, ctx, data, stored)
         config = replace(config, model=config.model or default_model(splits, ctx.is_main))
         mcfg = model_config_for(config, tuple(splits.train_images.shape[1:]))
         with _folder_held(run_dir, config, resume, ctx):
@@ -77,8 +77,8 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
             del splits
             if ctx.is_main and own is not None:
                 _report_skipped(run_dir, own)
-            if resume:
-                _restore(t, stored_epochs)
+            if stored is not None:
+                _restore(t, stored.epochs)
             if ctx.is_main:
                 runs.write_config(run_dir, mcfg, config, data_info)
             fit(t, extra)
@@ -88,8 +88,8 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
 
 
 def _settle(config: TrainConfig, out: str | os.PathLike | None, resume: bool, force: bool,
-            ctx: distributed.DistContext) -> tuple[Path, TrainConfig, int | None]:
-    """The run folder, the config to train with and, when resuming, the epochs the stored run was set to."""
+            ctx: distributed.DistContext) -> tuple[Path, TrainConfig, Stored | None]:
+    """The run folder, the config to train with and, when resuming, what the stored run's config says."""
     run_dir = Path(out) if out is not None else Path("runs") / time.strftime("vae-%Y%m%d-%H%M%S")
     runs.check_path_length(run_dir, "--out")
     if ctx.enabled and out is None:
@@ -99,14 +99,21 @@ def _settle(config: TrainConfig, out: str | os.PathLike | None, resume: bool, fo
             raise RunFolderError(f"nothing to resume at {run_dir}: it has no {runs.CONFIG}")
         resume = False  # killed before it wrote its config: nothing was done, so start it afresh
     if resume:
-        _, stored, _ = runs.read_config(run_dir)
+        _, stored, recorded = runs.read_config(run_dir)
         # --data may name where the run's images are now: what they are is checked against the run's record.
         config = replace(stored, **{k: getattr(config, k) for k in RESUMABLE}, data=config.data or stored.data)
         config.validate()
-        return run_dir, config, stored.epochs
+        return run_dir, config, Stored(stored.epochs, recorded)
     if ctx.is_main:
         _check_fresh_folder(run_dir, force)
     return run_dir, config, None
+
+
+class Stored(NamedTuple):
+    """What a resumed run's config.json says beyond its settings: the epochs it was set to, its data section."""
+
+    epochs: int
+    data: dict[str, Any]
 
 
 def _check_fresh_folder(run_dir: Path, force: bool) -> None:
@@ -123,7 +130,7 @@ def _check_fresh_folder(run_dir: Path, force: bool) -> None:
 
 
 def _read_data(config: TrainConfig, run_dir: Path, ctx: distributed.DistContext, data: Any,
-               stored_epochs: int | None) -> tuple[Splits, dict[str, Any] | None]:
+               stored: Stored | None) -> tuple[Splits, dict[str, Any] | None]:
     """Create the run folder (so an unwritable --out fails first), then read the data.
 
     Returns the splits and, for your own images, the record that rebuilds them (``None`` for a named
@@ -135,7 +142,7 @@ def _read_data(config: TrainConfig, run_dir: Path, ctx: distributed.DistContext,
     try:
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-        splits, own = _load(config, run_dir, data, stored_epochs is not None)
+        splits, own = _load(config, data, stored)
         splits = binarize_splits(splits, config.binarize, config.binarize_seed)
     except OSError as e:
         _remove_created(missing)
@@ -146,15 +153,14 @@ def _read_data(config: TrainConfig, run_dir: Path, ctx: distributed.DistContext,
     return splits, own
 
 
-def _load(config: TrainConfig, run_dir: Path, data: Any, resuming: bool) -> tuple[Splits, dict[str, Any] | None]:
+def _load(config: TrainConfig, data: Any, stored: Stored | None) -> tuple[Splits, dict[str, Any] | None]:
     """A named dataset, or your own images (a resumed run rebuilds exactly the images it was trained on)."""
     if config.data is None and data is None:
         return load_splits(config.dataset, config.data_dir, progress=config.progress), None
     from vaekit.data import load_own_data, load_own_data_from_info
 
-    if resuming:
-        _, _, recorded = runs.read_config(run_dir)
-        return load_own_data_from_info(recorded.get("own"), config.data if data is None else data,
+    if stored is not None:
+        return load_own_data_from_info(stored.data.get("own"), config.data if data is None else data,
                                        progress=config.progress)
     return load_own_data(config.data if data is None else data, image_size=config.image_size,
                          channels=config.channels, test_fraction=config.test_fraction, seed=OWN_SPLIT_SEED,
