@@ -42,7 +42,7 @@ OWN_SPLIT_SEED = 0
 SKIPPED = "skipped_files.txt"  # with --skip-bad: the images left out, one "path<TAB>problem" per line
 # Settings a resumed run may change; everything else must match the stored run. precision and compile
 # change how a step is computed, not what it computes (bit-for-bit continuation holds when they stay).
-RESUMABLE = ("epochs", "device", "progress", "checkpoint_every", "detect_anomaly", "precision", "compile",
+RESUMABLE = ("epochs", "device", "progress", "checkpoint_every", "detect_anomaly", "precision", "compile", "fused_step",
              "artifacts", "tensorboard")
 
 
