@@ -196,6 +196,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32, bf16 (autocast; CPUs with AVX-512 BF16 or AMX, and CUDA) or fp16 (CUDA)
     compile: bool = False  # torch.compile the loss, falling back to eager where it cannot compile
     fused_step: bool = True  # the post's objective by the hand-written step (training/fused.py), same numbers
+    cuda_graph: bool = True  # on CUDA in fp32, record the step once as a CUDA graph and replay it (training/graphs.py)
     lr_schedule: str = "constant"  # constant (the post's) or cosine (decays to 0 at the last step)
     lr_warmup: float = 0.0  # epochs of linear learning-rate warm-up before the schedule
     recipe: str | None = None  # the named recipe these settings came from (recorded only)

@@ -128,6 +128,8 @@ def _optimization_flags(g: argparse._ArgumentGroup) -> None:
                    help="torch.compile the training step (falls back to eager with a message where it cannot)")
     g.add_argument("--no-fused-step", dest="fused_step", action="store_false", default=None,
                    help="compute the post's step through autograd instead of the hand-written step (same numbers)")
+    g.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false", default=None,
+                   help="on CUDA, dispatch every step from the host instead of replaying a recorded CUDA graph")
     g.add_argument("--detect-anomaly", action="store_true", default=None,
                    help="find the operation that produced a NaN (slow; for debugging)")
 
@@ -151,7 +153,8 @@ _FIELDS = (
     "dataset", "data_dir", "data", "image_size", "channels", "test_fraction", "skip_bad", "epochs", "batch_size",
     "lr", "zdim", "model", "width", "hidden", "activation", "likelihood", "sigma", "learn_sigma", "device", "seed",
     "checkpoint_every", "grid_size", "grid_spacing", "detect_anomaly", "objective", "k", "beta", "kl_warmup",
-    "binarize", "precision", "compile", "fused_step", "lr_schedule", "lr_warmup", "recipe", "artifacts", "tensorboard",
+    "binarize", "precision", "compile", "fused_step", "cuda_graph", "lr_schedule", "lr_warmup", "recipe", "artifacts",
+    "tensorboard",
 )
 
 

@@ -119,7 +119,7 @@ class FusedLoss:
         assert enc is not None and dec is not None, "applies() is checked before building the step"
         self.enc, self.dec, self.zdim = enc, dec, model.zdim
 
-    def __call__(self, x: Tensor, noise: Noise, kl_weight: float) -> Tensor:
+    def __call__(self, x: Tensor, noise: Noise, kl_weight: float | Tensor) -> Tensor:
         from vaekit.data.binarize import binarize_with
         from vaekit.eval.elbo import to_unit
 
@@ -129,7 +129,7 @@ class FusedLoss:
         with torch.no_grad():
             return self._forward_backward(x, noise.eps, kl_weight)
 
-    def _forward_backward(self, x: Tensor, eps: Tensor, kl_weight: float) -> Tensor:
+    def _forward_backward(self, x: Tensor, eps: Tensor, kl_weight: float | Tensor) -> Tensor:
         out, enc_in, enc_pre = mlp_forward(self.enc, x)
         mu, logvar = torch.split(out, self.zdim, dim=-1)
         std = torch.exp(0.5 * logvar)
@@ -140,7 +140,7 @@ class FusedLoss:
         loss = (recon + kl_weight * kl).sum()
         # Backward. d loss / d recon_i = 1, d loss / d kl_i = kl_weight, so the KL's inner sum gets -kl_weight / 2.
         g_z = mlp_backward(self.dec, dec_in, dec_pre, [*dec_in[1:], logits], torch.sigmoid(logits) - x, True)
-        g_inner = torch.full_like(mu, kl_weight) * -0.5
+        g_inner = torch.empty_like(mu).fill_(kl_weight) * -0.5  # kl_weight: a number, or a device scalar
         g_mu = g_z + -g_inner * (2 * mu)
         g_logvar = (g_inner + -g_inner * logvar.exp()) + (g_z * eps * std) * 0.5
         mlp_backward(self.enc, enc_in, enc_pre, [*enc_in[1:], out], torch.cat([g_mu, g_logvar], dim=-1), False)

@@ -25,7 +25,24 @@ def make_adam(params: Iterable[Tensor], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr)
 
 
-def adam_step(opt: torch.optim.Optimizer, found_inf: Tensor | None = None) -> None:
+def adam_state(opt: torch.optim.Optimizer) -> list[Tensor]:
+    """Every state tensor of Adam (step counts and both moments), creating the state first if no step has.
+
+    Created as ``torch.optim.Adam`` creates it for its fused form (zero moments, a float32 step count on the
+    parameter's device), so a recorded CUDA graph finds it in place and the numbers are those of ``opt.step()``.
+    """
+    tensors = []
+    for p in opt.param_groups[0]["params"]:
+        st = opt.state[p]
+        if not st:
+            st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        tensors += [st["step"], st["exp_avg"], st["exp_avg_sq"]]
+    return tensors
+
+
+def adam_step(opt: torch.optim.Optimizer, found_inf: Tensor | None = None, lr: Tensor | None = None) -> None:
     """``opt.step()`` for the fused Adam of :func:`make_adam`, calling its kernel directly.
 
     ``Optimizer.step`` spends about 0.1 ms per call in Python (hooks, profiler labels, regrouping the
@@ -33,7 +50,8 @@ def adam_step(opt: torch.optim.Optimizer, found_inf: Tensor | None = None) -> No
     step, run the fused kernel) on the optimizer's own state tensors, so the state dict, checkpoints and
     the numbers are exactly those of ``opt.step()``. Anything unusual (several groups, options the kernel
     call here does not pass, state not yet created) goes through ``opt.step()``. ``found_inf``, a device flag,
-    makes the kernel skip the update (and the step count) as GradScaler's protocol does.
+    makes the kernel skip the update (and the step count) as GradScaler's protocol does. ``lr``, a device
+    scalar, replaces the group's learning rate (a recorded CUDA graph reads it from there).
     """
     group = opt.param_groups[0]
     params = group["params"]
@@ -53,7 +71,8 @@ def adam_step(opt: torch.optim.Optimizer, found_inf: Tensor | None = None) -> No
     beta1, beta2 = group["betas"]
     torch._foreach_add_(steps, 1)
     torch._fused_adam_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                       [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
+                       [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False,
+                       lr=group["lr"] if lr is None else lr, beta1=beta1,
                        beta2=beta2, weight_decay=0.0, eps=group["eps"], maximize=False, grad_scale=None,
                        found_inf=found_inf)
     if found_inf is not None:

@@ -43,7 +43,7 @@ SKIPPED = "skipped_files.txt"  # with --skip-bad: the images left out, one "path
 # Settings a resumed run may change; everything else must match the stored run. precision and compile
 # change how a step is computed, not what it computes (bit-for-bit continuation holds when they stay).
 RESUMABLE = ("epochs", "device", "progress", "checkpoint_every", "detect_anomaly", "precision", "compile", "fused_step",
-             "artifacts", "tensorboard")
+             "cuda_graph", "artifacts", "tensorboard")
 
 
 def train(config: TrainConfig | None = None, out: str | os.PathLike | None = None, *, resume: bool = False,

@@ -20,9 +20,11 @@ from torch import Tensor
 from vaekit.compiled import CompiledForward
 from vaekit.config import TrainConfig
 from vaekit.model import VAE
+from vaekit.training import graphs
 from vaekit.training.distributed import DistContext
 from vaekit.training.fused import FusedLoss, applies
 from vaekit.training.objective import Noise, Objective
+from vaekit.training.optim import adam_state, adam_step
 from vaekit.training.precision import Precision
 
 
@@ -41,12 +43,13 @@ class FiniteGuard:
         self.check_grads = check_grads
         self.found = torch.zeros((), device=device)
         self._one = torch.ones((), device=device)
-        self._step = torch.full((), -1, dtype=torch.int64, device=device)
-        self._loss = torch.zeros((), device=device)
+        self.first_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.first_loss = torch.zeros((), device=device)
         self._last: tuple[int, Tensor] | None = None
 
-    def observe(self, loss: Tensor, global_step: int) -> None:
-        """Queue the checks for the step numbered ``global_step`` (after backward, before the update)."""
+    def observe(self, loss: Tensor, global_step: int | Tensor) -> None:
+        """Queue the checks for the step numbered ``global_step`` (after backward, before the update; a device
+        scalar inside a recorded step)."""
         loss = loss.detach()
         if self.check_grads:
             grads = [p.grad for p in self.params if p.grad is not None]
@@ -54,9 +57,9 @@ class FiniteGuard:
                 torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found, self._one)
         if self.every > 1:
             self.found.masked_fill_(~torch.isfinite(loss), 1.0)
-            first = (self.found > 0) & (self._step < 0)
-            self._step.masked_fill_(first, global_step)
-            torch.where(first, loss.float(), self._loss, out=self._loss)
+            first = (self.found > 0) & (self.first_step < 0)
+            self.first_step.masked_fill_(first, global_step)
+            torch.where(first, loss.float(), self.first_loss, out=self.first_loss)
         else:  # read back at once: the loss is checked on the host, three small operations fewer per step
             self._last = (global_step, loss)
 
@@ -69,7 +72,8 @@ class FiniteGuard:
                 self.found.fill_(1.0)
                 return step, loss
             return None
-        found, step, loss = torch.stack([self.found.double(), self._step.double(), self._loss.double()]).tolist()
+        record = torch.stack([self.found.double(), self.first_step.double(), self.first_loss.double()])
+        found, step, loss = record.tolist()
         return (int(step), loss) if found else None
 
     def grad_norm(self) -> float:
@@ -77,14 +81,15 @@ class FiniteGuard:
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
 
 
-def sync_every(device: torch.device, fused: bool) -> int:
+def sync_every(device: torch.device, fused: bool, graph: bool = False) -> int:
     """How often (in steps) the host reads the non-finite flag and the loss back from the device.
 
     Every step on the CPU, where reading is free; every 50 steps on an accelerator, where a read stalls the
-    queue of kernels. In between, the fused optimizer skips any update the flag marks, so non-finite values
-    never reach the weights either way (an optimizer without that ability is checked every step).
+    queue of kernels, and for a recorded step, whose guard keeps its record on the device. In between, the
+    fused optimizer skips any update the flag marks, so non-finite values never reach the weights either way
+    (an optimizer without that ability is checked every step).
     """
-    return 1 if device.type == "cpu" or not fused else 50
+    return 50 if graph or (device.type != "cpu" and fused) else 1
 
 
 class TrainStep:
@@ -96,11 +101,13 @@ class TrainStep:
     """
 
     def __init__(self, model: VAE, opt: torch.optim.Optimizer, config: TrainConfig, prec: Precision,
-                 ctx: DistContext, device: torch.device, warn: Callable[[str], None]) -> None:
-        self.opt, self.prec, self.ctx = opt, prec, ctx
+                 ctx: DistContext, device: torch.device, warn: Callable[[str], None],
+                 graph: bool | None = None) -> None:
+        self.opt, self.prec, self.ctx, self.warn = opt, prec, ctx, warn
         self.params = list(model.parameters())
         self.fused = bool(opt.param_groups[0].get("fused"))
-        self.every = sync_every(device, self.fused)
+        use_graph = graphs.applies(config, device, ctx.enabled, self.fused) if graph is None else graph
+        self.every = sync_every(device, self.fused, use_graph)
         self.guard = FiniteGuard(self.params, device, self.every, check_grads=prec.scaler is None)
         module: torch.nn.Module = Objective(model, config)
         if ctx.enabled:
@@ -113,27 +120,66 @@ class TrainStep:
         self.by_hand = FusedLoss(model) if applies(model, config, ctx.enabled) else None
         # DDP averages gradients over ranks while the post's loss is a sum: scale each rank's loss back up.
         self.loss_factor = float(ctx.world_size)
+        self.graph: graphs.StepGraph | None = None
+        if use_graph:
+            self.lr = torch.tensor(float(opt.param_groups[0]["lr"]), device=device)
+            self.graph = graphs.StepGraph(self._recorded_step, self._mutable_state, device, device.type == "cuda")
+        self._updated = False  # whether the last step updated the weights itself (a replayed graph does)
 
     def __call__(self, x: Tensor, noise: Noise, kl_weight: float, global_step: int) -> Tensor:
         """Loss (summed over the batch) and gradients of one batch; the guard sees both."""
-        if self.by_hand is not None:
-            loss = self.by_hand(x, noise, kl_weight)  # sets every .grad afresh
-            self.guard.observe(loss, global_step)
-            return loss
-        for p in self.params:  # zero_grad(set_to_none=True) without Optimizer.zero_grad's 30 us of wrapping
-            p.grad = None
-        loss = self.forward.run(lambda fwd: self._forward_backward(fwd, x, noise, kl_weight))
+        if self.graph is not None and self.graph.fits(x, noise):
+            loss = self._replay(x, noise, kl_weight, global_step)
+            if loss is not None:
+                return loss
+        self._updated = False
+        loss = self._loss_and_grads(x, noise, kl_weight)
         self.guard.observe(loss, global_step)
         return loss
 
-    def _forward_backward(self, fwd: Callable[..., Tensor], x: Tensor, noise: Noise, kl_weight: float) -> Tensor:
+    def _loss_and_grads(self, x: Tensor, noise: Noise, kl_weight: float | Tensor) -> Tensor:
+        if self.by_hand is not None:
+            return self.by_hand(x, noise, kl_weight)  # sets every .grad afresh
+        for p in self.params:  # zero_grad(set_to_none=True) without Optimizer.zero_grad's 30 us of wrapping
+            p.grad = None
+        return self.forward.run(lambda fwd: self._forward_backward(fwd, x, noise, kl_weight))
+
+    def _forward_backward(self, fwd: Callable[..., Tensor], x: Tensor, noise: Noise,
+                          kl_weight: float | Tensor) -> Tensor:
         with self.prec.autocast():
             loss = fwd(x, noise.eps, noise.uniforms, kl_weight)
         self.prec.backward(loss * self.loss_factor if self.ctx.enabled else loss)
         return loss
 
+    def _recorded_step(self, x: Tensor, noise: Noise, kl_weight: Tensor, step: Tensor) -> Tensor:
+        """The whole step on the graph's static tensors: loss, gradients, guard and the Adam update."""
+        loss = self._loss_and_grads(x, noise, kl_weight)
+        self.guard.observe(loss, step)
+        adam_step(self.opt, self.guard.found, lr=self.lr)
+        return loss
+
+    def _mutable_state(self) -> list[Tensor]:
+        """What a step changes: the weights, Adam's state and the guard's record."""
+        g = self.guard
+        return [*self.params, *adam_state(self.opt), g.found, g.first_step, g.first_loss]
+
+    def _replay(self, x: Tensor, noise: Noise, kl_weight: float, global_step: int) -> Tensor | None:
+        """The recorded step on this batch, or None (and no more recording) if it cannot be recorded here."""
+        assert self.graph is not None
+        self.lr.fill_(self.opt.param_groups[0]["lr"])
+        try:
+            loss = self.graph(x, noise, kl_weight, global_step)
+        except graphs.RecordingError as e:
+            self.warn(f"CUDA graph: the step could not be recorded ({e}); dispatching every step instead")
+            self.graph = None
+            return None
+        self._updated = True
+        return loss
+
     def update(self) -> None:
         """The optimizer step; with rare reads the fused kernel skips it itself when the flag is set."""
+        if self._updated:
+            return  # the replayed graph has updated the weights already
         self.prec.step(self.opt, self.guard.found if self.fused and self.every > 1 else None)
 
     def close(self) -> None:

@@ -1,0 +1,139 @@
+"""CUDA graphs: the whole training step recorded once and replayed, so the host no longer paces the GPU.
+
+Why: on a fast GPU a batch-128 step of the post's model is a fraction of a millisecond of kernels behind
+several milliseconds of host-side work (Python, dispatch, the autograd engine, kernel launches), so the GPU
+mostly waits. A CUDA graph records the kernels of one step (forward, backward, the non-finite guard and fused
+Adam) once; every later step copies its batch and noise into the graph's static input buffers and replays
+the recording with a single launch.
+
+What that takes:
+
+* Static inputs. The batch (already gathered on the device by index) and its noise are copied into buffers
+  the graph reads. The learning rate, the KL weight and the step number are device tensors the host fills
+  before each replay, so a schedule or a KL warm-up needs no new recording.
+* A batch of another size (an epoch's last, shorter one) runs uncaptured, through the ordinary step.
+* Recording needs a few warm-up steps first (they settle the allocator and the autograd buffers). They run on
+  the real weights, optimizer state and guard, which are snapshotted before and put back after, so the
+  first replay is the run's real next step: a run and its resumption compute the same numbers.
+
+On a machine without CUDA (the tests) the same object runs its step on the static buffers without
+recording: everything above but the recording itself is exercised there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from vaekit.config import TrainConfig
+from vaekit.training.objective import Noise
+
+# Warm-up steps before recording (PyTorch's documentation uses 3; DDP needs 11, which is not used here).
+WARMUP_STEPS = 3
+
+Body = Callable[[Tensor, Noise, Tensor, Tensor], Tensor]
+
+
+class RecordingError(RuntimeError):
+    """The step could not be recorded as a CUDA graph; the state is as it was before the attempt."""
+
+
+def applies(config: TrainConfig, device: torch.device, distributed: bool, fused_adam: bool) -> bool:
+    """Whether the step is recorded as a CUDA graph: on a CUDA device in float32 with fused Adam, on one
+    process, neither compiled nor under anomaly detection (``--no-cuda-graph`` turns it off)."""
+    return (config.cuda_graph and device.type == "cuda" and config.precision == "fp32" and fused_adam
+            and not config.compile and not config.detect_anomaly and not distributed)
+
+
+class StepGraph:
+    """One recorded training step and its static buffers.
+
+    ``body(x, noise, kl_weight, step)`` is the whole step (loss, gradients, guard, optimizer update) on
+    static tensors; ``state`` lists every tensor a step changes (weights, optimizer state, guard), which a
+    warm-up must leave as it found them.
+    """
+
+    def __init__(self, body: Body, state: Callable[[], list[Tensor]], device: torch.device, record: bool) -> None:
+        self.body, self.state, self.device, self.record = body, state, device, record
+        self.kl_weight = torch.zeros((), device=device)
+        self.step = torch.zeros((), dtype=torch.int64, device=device)
+        self.x: Tensor | None = None
+        self.noise: Noise | None = None
+        self.loss: Tensor | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def fits(self, x: Tensor, noise: Noise) -> bool:
+        """Whether this batch has the recorded shapes (always true before the first step)."""
+        if self.x is None or self.noise is None:
+            return True
+        same_u = (noise.uniforms is None) == (self.noise.uniforms is None) and (
+            noise.uniforms is None or noise.uniforms.shape == self.noise.uniforms.shape)
+        return x.shape == self.x.shape and noise.eps.shape == self.noise.eps.shape and same_u
+
+    def __call__(self, x: Tensor, noise: Noise, kl_weight: float, global_step: int) -> Tensor:
+        """Run the step on this batch (recording it first if this is the first); returns its loss."""
+        if self.x is None:
+            self._allocate(x, noise)
+            self._fill(x, noise, kl_weight, global_step)
+            self._record()
+        else:
+            self._fill(x, noise, kl_weight, global_step)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.loss = self._run_body()
+        assert self.loss is not None
+        return self.loss.clone()  # the static output is overwritten by the next replay
+
+    def _allocate(self, x: Tensor, noise: Noise) -> None:
+        self.x = torch.empty_like(x)
+        u = torch.empty_like(noise.uniforms) if noise.uniforms is not None else None
+        self.noise = Noise(torch.empty_like(noise.eps), u)
+
+    def _fill(self, x: Tensor, noise: Noise, kl_weight: float, global_step: int) -> None:
+        assert self.x is not None and self.noise is not None
+        self.x.copy_(x, non_blocking=True)
+        self.noise.eps.copy_(noise.eps, non_blocking=True)
+        if self.noise.uniforms is not None and noise.uniforms is not None:
+            self.noise.uniforms.copy_(noise.uniforms, non_blocking=True)
+        self.kl_weight.fill_(kl_weight)
+        self.step.fill_(global_step)
+
+    def _run_body(self) -> Tensor:
+        assert self.x is not None and self.noise is not None
+        return self.body(self.x, self.noise, self.kl_weight, self.step)
+
+    def _record(self) -> None:
+        """Warm up and record; on any failure put the state back and raise :class:`RecordingError`."""
+        state = self.state()
+        snapshot = [t.clone() for t in state]
+        try:
+            self._capture(state, snapshot)
+        except Exception as e:  # noqa: BLE001 - whatever stops the recording, the run goes on without it
+            self.x = self.noise = self.loss = self.graph = None
+            with torch.no_grad():
+                for t, saved in zip(state, snapshot, strict=True):
+                    t.copy_(saved)
+            raise RecordingError(" ".join(f"{type(e).__name__}: {e}".split())[:200]) from e
+
+    def _capture(self, state: list[Tensor], snapshot: list[Tensor]) -> None:
+        """Warm up on the state, put the snapshot back, then record one step (CUDA only)."""
+        stream = torch.cuda.Stream(self.device) if self.record else None
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            for _ in range(WARMUP_STEPS):
+                self._run_body()
+        if stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+        with torch.no_grad():
+            for t, saved in zip(state, snapshot, strict=True):
+                t.copy_(saved)
+        if self.record:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.loss = self._run_body()
+

@@ -1,0 +1,165 @@
+"""The recorded (CUDA graph) step's logic, run on the CPU: static buffers, device scalars for the learning
+rate, KL weight and step, the warm-up that leaves the state as it found it, the fallback for other batch
+sizes, the non-finite guard and resumption. The recording itself needs CUDA (``tests/test_speed_paths.py``
+has the GPU checks)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vaekit import VAE, TrainConfig, model_config
+from vaekit.training import graphs
+from vaekit.training.distributed import DistContext
+from vaekit.training.objective import Noise
+from vaekit.training.optim import make_adam
+from vaekit.training.precision import Precision
+from vaekit.training.step import TrainStep
+
+CPU = torch.device("cpu")
+# A learning rate that float32 holds exactly, so the device-scalar rate is the same number as the float one.
+EXACT_LR = 2.0**-11
+
+
+def _setup(config: TrainConfig, graph: bool, seed: int = 0) -> tuple[VAE, torch.optim.Optimizer, TrainStep]:
+    torch.manual_seed(seed)
+    model = VAE(model_config("mlp", hidden=[40, 12], zdim=3, image_shape=(10, 10)))
+    opt = make_adam(model.parameters(), config.lr)
+    step = TrainStep(model, opt, config, Precision.create("fp32", CPU), DistContext(), CPU, _no_warning, graph=graph)
+    return model, opt, step
+
+
+def _no_warning(msg: str) -> None:
+    raise AssertionError(f"unexpected warning: {msg}")
+
+
+def _batches(n: int, sizes: list[int], dynamic: bool, seed: int = 1) -> list[tuple[torch.Tensor, Noise]]:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        rows = sizes[i % len(sizes)]
+        u = torch.rand(rows, 100, generator=gen) if dynamic else None
+        out.append((torch.randint(0, 256, (rows, 100), dtype=torch.uint8, generator=gen),
+                    Noise(torch.randn(rows, 3, generator=gen), u)))
+    return out
+
+
+def _train(step: TrainStep, opt: torch.optim.Optimizer, batches, start: int = 0, lr=None, weights=None):
+    losses = []
+    for i, (x, noise) in enumerate(batches, start=start):
+        if lr is not None:
+            opt.param_groups[0]["lr"] = lr(i)
+        losses.append(step(x, noise, weights(i) if weights else 1.0, i + 1).item())
+        step.update()
+    return losses
+
+
+@pytest.mark.parametrize("fused_step", [True, False])
+def test_the_recorded_step_computes_the_ordinary_steps_numbers(fused_step: bool) -> None:
+    """With a rate float32 holds exactly, every loss and weight is bit for bit the unrecorded step's: the
+    warm-up left no trace, and the epoch's short batch went through the ordinary step."""
+    config = TrainConfig(lr=EXACT_LR, fused_step=fused_step, binarize="dynamic")
+    batches = _batches(13, [16, 16, 16, 5], dynamic=True)
+    schedule = dict(lr=lambda i: EXACT_LR / (1 + i % 3), weights=lambda i: min(1.0, i / 8))
+    runs = []
+    for graph in (True, False):
+        model, opt, step = _setup(config, graph)
+        assert (step.graph is not None) == graph
+        losses = _train(step, opt, batches, **schedule)
+        runs.append((losses, [p.detach().clone() for p in model.parameters()], step.guard.first_bad()))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=True))
+    assert runs[0][2] is None and runs[1][2] is None
+
+
+def test_the_post_learning_rate_stays_within_float_rounding() -> None:
+    """At 3e-4 the device scalar holds the rate rounded to float32: the numbers move by rounding only."""
+    config = TrainConfig()
+    batches = _batches(20, [32], dynamic=False)
+    results = []
+    for graph in (True, False):
+        model, opt, step = _setup(config, graph)
+        results.append((_train(step, opt, batches), torch.cat([p.detach().flatten() for p in model.parameters()])))
+    assert results[0][0][0] == results[1][0][0]  # the first loss comes before any update
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
+
+
+def test_resuming_with_a_new_recording_continues_bit_for_bit() -> None:
+    """A second process loads the weights and Adam's state at step 7 and records its own graph: the steps
+    after are those of the run that went on."""
+    config = TrainConfig(binarize="dynamic")
+    batches = _batches(14, [16], dynamic=True)
+    model, opt, step = _setup(config, graph=True)
+    whole = _train(step, opt, batches)
+    model_a, opt_a, step_a = _setup(config, graph=True)
+    _train(step_a, opt_a, batches[:7])
+    model_b, opt_b, step_b = _setup(config, graph=True, seed=5)
+    model_b.load_state_dict(model_a.state_dict())
+    opt_b.load_state_dict(opt_a.state_dict())
+    resumed = _train(step_b, opt_b, batches[7:], start=7)
+    assert resumed == whole[7:]
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model_b.parameters(), strict=True))
+
+
+def test_a_non_finite_step_never_reaches_the_weights() -> None:
+    model, opt, step = _setup(TrainConfig(), graph=True)
+    batches = _batches(6, [16], dynamic=False)
+    _train(step, opt, batches[:3])
+    with torch.no_grad():
+        model.decoder[-1].weight[0, 0] = math.nan
+    before = [p.detach().clone() for p in model.parameters()]
+    adam_steps = opt.state[model.encoder[0].weight]["step"].item()
+    _train(step, opt, batches[3:], start=3)
+    bad = step.guard.first_bad()
+    assert bad is not None and bad[0] == 4 and math.isnan(bad[1])
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+    assert opt.state[model.encoder[0].weight]["step"].item() == adam_steps  # skipped steps are not counted
+
+
+def test_a_failed_recording_puts_the_state_back() -> None:
+    state = [torch.zeros(3), torch.ones(())]
+    calls = []
+
+    def body(x: torch.Tensor, noise: Noise, kl: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        state[0].add_(1.0)
+        state[1].mul_(3.0)
+        if len(calls) == 2:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return state[0].sum()
+
+    graph = graphs.StepGraph(body, lambda: state, CPU, record=False)
+    with pytest.raises(graphs.RecordingError, match="stream is capturing"):
+        graph(torch.zeros(2, 4, dtype=torch.uint8), Noise(torch.zeros(2, 3)), 1.0, 1)
+    assert torch.equal(state[0], torch.zeros(3)) and state[1].item() == 1.0
+    assert graph.x is None  # nothing half-recorded is kept
+
+
+def test_a_step_that_cannot_be_recorded_runs_unrecorded_with_one_line() -> None:
+    warnings: list[str] = []
+    torch.manual_seed(0)
+    model = VAE(model_config("mlp", hidden=[40, 12], zdim=3, image_shape=(10, 10)))
+    opt = make_adam(model.parameters(), EXACT_LR)
+    config = TrainConfig(lr=EXACT_LR)
+    step = TrainStep(model, opt, config, Precision.create("fp32", CPU), DistContext(), CPU, warnings.append,
+                     graph=True)
+    assert step.graph is not None
+    step.graph.body = lambda *a: (_ for _ in ()).throw(RuntimeError("CUDA error: capture invalidated"))
+    _, opt_ref, ref = _setup(config, graph=False)
+    batches = _batches(3, [16], dynamic=False)
+    assert _train(step, opt, batches) == _train(ref, opt_ref, batches)
+    assert step.graph is None and len(warnings) == 1 and "could not be recorded" in warnings[0]
+
+
+def test_recording_is_chosen_only_where_it_applies() -> None:
+    cuda = torch.device("cuda", 0)
+    assert graphs.applies(TrainConfig(), cuda, distributed=False, fused_adam=True)
+    for change in (dict(cuda_graph=False), dict(precision="bf16"), dict(compile=True), dict(detect_anomaly=True)):
+        assert not graphs.applies(TrainConfig(**change), cuda, distributed=False, fused_adam=True)
+    assert not graphs.applies(TrainConfig(), CPU, distributed=False, fused_adam=True)
+    assert not graphs.applies(TrainConfig(), cuda, distributed=True, fused_adam=True)
+    assert not graphs.applies(TrainConfig(), cuda, distributed=False, fused_adam=False)
