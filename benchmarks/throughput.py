@@ -24,7 +24,11 @@ as ``benchmarks/paper_table.py`` cuts them (seed 0). Both are written to a tempo
 
     python benchmarks/throughput.py [--dataset fashion-mnist] [--data-dir DIR] [--rounds 5] [--memory]
                                     [--device cpu|cuda] [--batch-size 128] [--precision fp32] [--compile]
-                                    [--threads N] [--model seed|conv] [--images N] [--crops N]
+                                    [--threads N] [--model seed|conv] [--images N] [--crops N] [--profile]
+
+``--profile`` prints, instead of the rounds, where one training step's time goes (matrix products, element-wise
+kernels, the optimizer, dispatch) and its fraction of the floor, for the autograd step and vaekit's default step
+(see ``benchmarks/step_profile.py``).
 """
 
 from __future__ import annotations
@@ -355,8 +359,10 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--batch-size", type=int, default=128, help="vaekit's batch size (the post's is 128)")
     ap.add_argument("--precision", default="fp32", help="vaekit's precision (the post's is fp32)")
-    ap.add_argument("--compile", action="store_true", help="vaekit with --compile")
+    ap.add_argument("--compile", action="store_true", help="vaekit with --compile (with --profile: a third step)")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory of whole CPU runs (seed only)")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead of the rounds: where one step's time goes, for the autograd step and vaekit's own")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for both (default: torch's, one per core); 1 resists noisy neighbours")
     ap.add_argument("--child", choices=["post", "vaekit"], help=argparse.SUPPRESS)
@@ -407,7 +413,9 @@ def main() -> None:
         base = "post: batch 128, fp32" if args.model == "seed" else "plain DataLoader loop: batch 128, fp32"
         print(f"model: {args.model}; vaekit settings: batch {args.batch_size}, {args.precision}"
               f"{', compiled' if args.compile else ''}; {base}", flush=True)
-        if args.rounds > 0:
+        if args.profile:
+            measure_profile(args, images, device)
+        elif args.rounds > 0:
             measure_speed(args, images, data, device)
     if args.memory:
         measure_memory(args, len(images))
@@ -455,6 +463,39 @@ def print_conv_floor(args: argparse.Namespace, shape: tuple[int, ...], device: t
           "(one large fp32 product)")
     print(f"vaekit reaches {flops * o / 1e9:,.1f} GFLOP/s ({flops * o / big:.0%} of the large-product floor), "
           f"the plain loop {flops * p / 1e9:,.1f} GFLOP/s ({flops * p / big:.0%})")
+
+
+def measure_profile(args: argparse.Namespace, images: np.ndarray, device: torch.device) -> None:
+    """One step of the autograd path (every operation dispatched from the host, as before the hand-written
+    step and CUDA graphs) and of vaekit's step with the default flags, each split into where its time goes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import step_profile
+
+    shape = tuple(images.shape[1:])
+    model = vaekit.VAE(vaekit.model_config(args.model, image_shape=shape))
+    if args.model == "conv":
+        flops = conv_flops_per_image(model, shape)
+        big, _ = matmul_rates(nn.Sequential(nn.Linear(1, 1)), args.batch_size, device)
+    else:
+        flops = model_flops_per_image(model)
+        big, _ = matmul_rates(model, args.batch_size, device)
+    floor_ms = flops * args.batch_size / big * 1e3
+    print(f"floor: {flops / 1e6:.3f} MFLOP per training image in products; large-product rate {big / 1e9:,.1f} "
+          f"GFLOP/s")
+    variants = [("autograd step (--no-fused-step --no-cuda-graph)", dict(fused_step=False, cuda_graph=False)),
+                ("vaekit's step (default flags)", dict(fused_step=True, cuda_graph=True))]
+    if args.compile:
+        variants.append(("torch.compile step (--compile)", dict(compiled=True, fused_step=True, cuda_graph=True)))
+    built = []
+    for label, flags in variants:
+        flags.setdefault("compiled", False)
+        step, config, m = step_profile.build_step(args.model, shape, device, args.batch_size, args.precision,
+                                                  **flags)
+        what = "recorded CUDA graph" if step.graph is not None else (
+            "hand-written" if step.by_hand is not None else "compiled" if step.forward.active else "autograd")
+        built.append((f"{label} [{what}]", step, config, m))
+    for p in step_profile.profile_steps(built, images, device):
+        step_profile.print_profile(p, floor_ms)
 
 
 def measure_memory(args: argparse.Namespace, n: int) -> None:

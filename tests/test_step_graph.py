@@ -158,8 +158,9 @@ def test_a_step_that_cannot_be_recorded_runs_unrecorded_with_one_line() -> None:
 def test_recording_is_chosen_only_where_it_applies() -> None:
     cuda = torch.device("cuda", 0)
     assert graphs.applies(TrainConfig(), cuda, distributed=False, fused_adam=True)
-    for change in (dict(cuda_graph=False), dict(precision="bf16"), dict(compile=True), dict(detect_anomaly=True)):
+    for change in (dict(cuda_graph=False), dict(compile=True), dict(detect_anomaly=True)):
         assert not graphs.applies(TrainConfig(**change), cuda, distributed=False, fused_adam=True)
+    assert not graphs.applies(TrainConfig(precision="bf16"), cuda, False, True, precision="bf16")
     assert not graphs.applies(TrainConfig(), CPU, distributed=False, fused_adam=True)
     assert not graphs.applies(TrainConfig(), cuda, distributed=True, fused_adam=True)
     assert not graphs.applies(TrainConfig(), cuda, distributed=False, fused_adam=False)

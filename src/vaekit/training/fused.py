@@ -72,14 +72,15 @@ def layers_of(body: nn.Sequential) -> list[Layer] | None:
     return out
 
 
-def applies(model: VAE, config: TrainConfig, distributed: bool) -> bool:
+def applies(model: VAE, config: TrainConfig, distributed: bool, precision: str = "fp32") -> bool:
     """Whether the hand-written step computes this run's objective (else autograd does).
 
-    The post's objective in float32 on one process, not compiled, not under anomaly detection; an MLP
-    whose layers are Linear and a supported activation; no learned likelihood parameter.
+    The post's objective in float32 (``precision``: the one training runs in, after any fallback) on one
+    process, not compiled, not under anomaly detection; an MLP whose layers are Linear and a supported
+    activation; no learned likelihood parameter.
     """
     return (config.fused_step and single_draw(config) and config.likelihood == "bernoulli"
-            and config.precision == "fp32" and not config.compile and not config.detect_anomaly
+            and precision == "fp32" and not config.compile and not config.detect_anomaly
             and not distributed and model.config.architecture == "mlp" and model.log_sigma is None
             and layers_of(model.encoder) is not None and layers_of(model.decoder) is not None)
 

@@ -41,10 +41,12 @@ class RecordingError(RuntimeError):
     """The step could not be recorded as a CUDA graph; the state is as it was before the attempt."""
 
 
-def applies(config: TrainConfig, device: torch.device, distributed: bool, fused_adam: bool) -> bool:
-    """Whether the step is recorded as a CUDA graph: on a CUDA device in float32 with fused Adam, on one
-    process, neither compiled nor under anomaly detection (``--no-cuda-graph`` turns it off)."""
-    return (config.cuda_graph and device.type == "cuda" and config.precision == "fp32" and fused_adam
+def applies(config: TrainConfig, device: torch.device, distributed: bool, fused_adam: bool,
+            precision: str = "fp32") -> bool:
+    """Whether the step is recorded as a CUDA graph: on a CUDA device in float32 (``precision``: the one
+    training runs in) with fused Adam, on one process, neither compiled nor under anomaly detection
+    (``--no-cuda-graph`` turns it off)."""
+    return (config.cuda_graph and device.type == "cuda" and precision == "fp32" and fused_adam
             and not config.compile and not config.detect_anomaly and not distributed)
 
 

@@ -58,7 +58,10 @@ class FiniteGuard:
         if self.every > 1:
             self.found.masked_fill_(~torch.isfinite(loss), 1.0)
             first = (self.found > 0) & (self.first_step < 0)
-            self.first_step.masked_fill_(first, global_step)
+            if isinstance(global_step, Tensor):  # masked_fill_ would read a device value back to the host
+                torch.where(first, global_step, self.first_step, out=self.first_step)
+            else:
+                self.first_step.masked_fill_(first, global_step)
             torch.where(first, loss.float(), self.first_loss, out=self.first_loss)
         else:  # read back at once: the loss is checked on the host, three small operations fewer per step
             self._last = (global_step, loss)
@@ -106,7 +109,7 @@ class TrainStep:
         self.opt, self.prec, self.ctx, self.warn = opt, prec, ctx, warn
         self.params = list(model.parameters())
         self.fused = bool(opt.param_groups[0].get("fused"))
-        use_graph = graphs.applies(config, device, ctx.enabled, self.fused) if graph is None else graph
+        use_graph = graphs.applies(config, device, ctx.enabled, self.fused, prec.name) if graph is None else graph
         self.every = sync_every(device, self.fused, use_graph)
         self.guard = FiniteGuard(self.params, device, self.every, check_grads=prec.scaler is None)
         module: torch.nn.Module = Objective(model, config)
@@ -117,7 +120,7 @@ class TrainStep:
         prec.attach(model)
         self.forward = CompiledForward(module, device, [], self.params, warn, enabled=config.compile)
         # The post's objective goes through the hand-written step: the same numbers, less overhead.
-        self.by_hand = FusedLoss(model) if applies(model, config, ctx.enabled) else None
+        self.by_hand = FusedLoss(model) if applies(model, config, ctx.enabled, prec.name) else None
         # DDP averages gradients over ranks while the post's loss is a sum: scale each rank's loss back up.
         self.loss_factor = float(ctx.world_size)
         self.graph: graphs.StepGraph | None = None
