@@ -4,10 +4,10 @@ Used by ``benchmarks/throughput.py --profile``. The step is vaekit's own (:class
 as the training loop runs it, on real batches of the data), timed without a profiler for the step's wall time
 (median of several repeats), then run under ``torch.profiler`` to split that time:
 
-* **matrix products**: the time inside ``mm``/``addmm``/``bmm`` and the convolutions (on a GPU, the GEMM and
-  convolution kernels);
+* **matrix products**: the time inside ``mm``/``addmm``/``bmm`` and the convolutions (``_convolution`` itself
+  computes the transposed ones on a CPU; on a GPU, the GEMM and convolution kernels);
 * **element-wise**: the time inside every other operation that computes (activations, likelihood, KL, copies,
-  reductions, the non-finite check);
+  reductions, the non-finite check; with ``--compile``, the generated kernels);
 * **optimizer**: inside fused Adam and its step counting;
 * **dispatch and other**: the rest of the wall time: Python, operator dispatch, the autograd engine, views
   and allocation (on a GPU, the time the GPU waits for the host).
@@ -38,7 +38,7 @@ from vaekit.training.precision import Precision
 from vaekit.training.step import TrainStep
 
 CATEGORIES = ("matrix products", "element-wise", "optimizer", "dispatch and other")
-_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution",
+_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution", "aten::_convolution",
              "aten::convolution_backward", "aten::_convolution_mode", "aten::cudnn_convolution",
              "aten::cudnn_convolution_transpose", "aten::slow_conv_transpose2d", "aten::_slow_conv2d_forward",
              "aten::_slow_conv2d_backward", "aten::slow_conv_transpose2d_backward")
@@ -49,7 +49,7 @@ _NO_ARITHMETIC = {"aten::" + n for n in (
     "reshape", "unsqueeze", "squeeze", "alias", "empty", "empty_strided", "empty_like", "_unsafe_view", "resize_",
     "lift_fresh", "to", "linear", "matmul", "narrow", "permute", "contiguous", "numpy_T", "_reshape_alias",
     "unbind", "chunk", "flatten", "unflatten", "item", "_local_scalar_dense", "is_nonzero", "result_type",
-    "conv2d", "convolution", "_convolution", "conv_transpose2d", "zeros_like", "ones_like")}
+    "conv2d", "convolution", "conv_transpose2d", "zeros_like", "ones_like")}
 _GPU_PRODUCTS = ("gemm", "cutlass", "xmma", "conv", "cudnn", "wgrad", "dgrad", "sm90", "sm80", "gemv")
 _GPU_OPTIMIZER = ("adam", "multi_tensor")
 
@@ -108,6 +108,8 @@ def _wall_ms(run: Callable[[int], None], device: torch.device, steps: int) -> fl
 
 
 def _classify_cpu(name: str) -> str | None:
+    if name.startswith("## Call CompiledFxGraph"):  # torch.compile's generated kernels (its products are aten::mm)
+        return "element-wise"
     if name in _PRODUCTS:
         return "matrix products"
     if name in _OPTIMIZER:
@@ -142,12 +144,15 @@ def _split(prof: profile, device: torch.device, steps: int) -> dict[str, float]:
 
 
 def profile_steps(variants: list[tuple[str, TrainStep, vaekit.TrainConfig, vaekit.VAE]], images: np.ndarray,
-                  device: torch.device, steps: int = 100, repeats: int = 7) -> list[StepProfile]:
+                  device: torch.device, steps: int | None = None, repeats: int = 7) -> list[StepProfile]:
     """Each step's wall time (unprofiled; the variants' repeats alternate, so machine noise hits all alike;
-    median) and its split into the four categories."""
+    median) and its split into the four categories. ``steps`` per repeat: by default as many as last about
+    half a second (5 to 100)."""
     runs = [_runner(step, config, model, images, device) for _, step, config, model in variants]
     for run in runs:
-        run(30)  # warm-up: allocator, first-step state, compilation or recording
+        run(10)  # warm-up: allocator, first-step state, compilation or recording
+    if steps is None:
+        steps = min(100, max(5, round(500 / max(_wall_ms(run, device, 5) for run in runs))))
     walls: list[list[float]] = [[] for _ in runs]
     for _ in range(repeats):
         for run, times in zip(runs, walls, strict=True):

@@ -20,7 +20,8 @@ CPU = torch.device("cpu")
     ("aten::mm", "matrix products"), ("aten::addmm", "matrix products"),
     ("aten::convolution_backward", "matrix products"), ("aten::_fused_adam_", "optimizer"),
     ("aten::elu", "element-wise"), ("aten::log_sigmoid_forward", "element-wise"),
-    ("aten::t", None), ("aten::view", None), ("AddmmBackward0", None),
+    ("aten::_convolution", "matrix products"), ("## Call CompiledFxGraph f7njnc6gig ##", "element-wise"),
+    ("aten::t", None), ("aten::view", None), ("AddmmBackward0", None), ("TorchDynamo Cache Lookup", None),
 ])
 def test_operations_are_classified(name: str, kind: str | None) -> None:
     assert step_profile._classify_cpu(name) == kind

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaekit.config import TrainConfig
+from vaekit.data.binarize import binarize_with
+from vaekit.eval.elbo import to_unit
 from vaekit.model import VAE
 from vaekit.objectives import gaussian_kl
 from vaekit.training.objective import Noise, single_draw
@@ -121,9 +123,6 @@ class FusedLoss:
         self.enc, self.dec, self.zdim = enc, dec, model.zdim
 
     def __call__(self, x: Tensor, noise: Noise, kl_weight: float | Tensor) -> Tensor:
-        from vaekit.data.binarize import binarize_with
-        from vaekit.eval.elbo import to_unit
-
         x = to_unit(x)
         if noise.uniforms is not None:
             x = binarize_with(x, noise.uniforms)

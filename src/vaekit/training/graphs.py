@@ -66,6 +66,7 @@ class StepGraph:
         self.noise: Noise | None = None
         self.loss: Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.grads: list[Tensor | None] | None = None  # the gradients the recording writes (for error messages)
 
     def fits(self, x: Tensor, noise: Noise) -> bool:
         """Whether this batch has the recorded shapes (always true before the first step)."""
@@ -115,7 +116,7 @@ class StepGraph:
         try:
             self._capture(state, snapshot)
         except Exception as e:  # noqa: BLE001 - whatever stops the recording, the run goes on without it
-            self.x = self.noise = self.loss = self.graph = None
+            self.x = self.noise = self.loss = self.graph = self.grads = None
             with torch.no_grad():
                 for t, saved in zip(state, snapshot, strict=True):
                     t.copy_(saved)

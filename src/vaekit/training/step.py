@@ -177,6 +177,12 @@ class TrainStep:
             self.graph = None
             return None
         self._updated = True
+        if self.graph.graph is not None:  # replays write the recording's gradients; .grad should show them
+            if self.graph.grads is None:
+                self.graph.grads = [p.grad for p in self.params]
+            elif self.params[0].grad is not self.graph.grads[0]:  # an unrecorded step replaced them
+                for p, g in zip(self.params, self.graph.grads, strict=True):
+                    p.grad = g
         return loss
 
     def update(self) -> None:
