@@ -140,7 +140,9 @@ class FusedLoss:
         loss = (recon + kl_weight * kl).sum()
         # Backward. d loss / d recon_i = 1, d loss / d kl_i = kl_weight, so the KL's inner sum gets -kl_weight / 2.
         g_z = mlp_backward(self.dec, dec_in, dec_pre, [*dec_in[1:], logits], torch.sigmoid(logits) - x, True)
-        g_inner = torch.empty_like(mu).fill_(kl_weight) * -0.5  # kl_weight: a number, or a device scalar
+        # kl_weight is a number, or a device scalar inside a recorded CUDA graph (where fill_ would read it back)
+        w = kl_weight.expand_as(mu) if isinstance(kl_weight, Tensor) else torch.full_like(mu, kl_weight)
+        g_inner = w * -0.5
         g_mu = g_z + -g_inner * (2 * mu)
         g_logvar = (g_inner + -g_inner * logvar.exp()) + (g_z * eps * std) * 0.5
         mlp_backward(self.enc, enc_in, enc_pre, [*enc_in[1:], out], torch.cat([g_mu, g_logvar], dim=-1), False)
