@@ -12,9 +12,10 @@ as the training loop runs it, on real batches of the data), timed without a prof
 * **dispatch and other**: the rest of the wall time: Python, operator dispatch, the autograd engine, views
   and allocation (on a GPU, the time the GPU waits for the host).
 
-The CPU split comes from each operation's own ("self") time under the profiler (which adds a microsecond or so
-to each operation, so the small ones are slightly overstated); the GPU split from the kernels' device times.
-Several steps are compared by alternating their timed repeats, so a busy moment of the machine hits all. The floor
+Each repeat times the step unprofiled, then runs as many steps under the profiler (on the CPU each operation's
+own, "self", time; on a GPU the kernels' device times); the wall time and every category are medians over the
+repeats, and dispatch is what the wall time leaves. The variants' repeats alternate, so a busy moment of the
+machine hits all alike. The profiler's own cost falls mostly between operations, outside their self times. The floor
 is the step's product FLOPs at this machine's large-product rate: the time the step would take if it did
 nothing but multiply at full speed.
 """
@@ -144,29 +145,35 @@ def _split(prof: profile, device: torch.device, steps: int) -> dict[str, float]:
 
 
 def profile_steps(variants: list[tuple[str, TrainStep, vaekit.TrainConfig, vaekit.VAE]], images: np.ndarray,
-                  device: torch.device, steps: int | None = None, repeats: int = 7) -> list[StepProfile]:
-    """Each step's wall time (unprofiled; the variants' repeats alternate, so machine noise hits all alike;
-    median) and its split into the four categories. ``steps`` per repeat: by default as many as last about
-    half a second (5 to 100)."""
+                  device: torch.device, steps: int | None = None, repeats: int = 5) -> list[StepProfile]:
+    """Each step's wall time and its split into the four categories.
+
+    Every repeat times ``steps`` unprofiled steps of each variant, then profiles as many (the variants
+    alternate, so machine noise hits all alike); the wall time and each category's time are medians over the
+    repeats, and dispatch is what the wall time leaves. ``steps``: by default as many as last about half a
+    second (5 to 100).
+    """
     runs = [_runner(step, config, model, images, device) for _, step, config, model in variants]
     for run in runs:
         run(10)  # warm-up: allocator, first-step state, compilation or recording
     if steps is None:
         steps = min(100, max(5, round(500 / max(_wall_ms(run, device, 5) for run in runs))))
     walls: list[list[float]] = [[] for _ in runs]
+    splits: list[list[dict[str, float]]] = [[] for _ in runs]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     for _ in range(repeats):
-        for run, times in zip(runs, walls, strict=True):
+        for run, times, parts in zip(runs, walls, splits, strict=True):
             times.append(_wall_ms(run, device, steps))
+            with profile(activities=activities) as prof:
+                run(steps)
+                _sync(device)
+            parts.append(_split(prof, device, steps))
     out = []
-    for (label, *_), run, times in zip(variants, runs, walls, strict=True):
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=activities) as prof:
-            run(steps)
-            _sync(device)
+    for (label, *_), times, parts in zip(variants, walls, splits, strict=True):
         wall = statistics.median(times)
-        parts = _split(prof, device, steps)
-        parts["dispatch and other"] = max(0.0, wall - sum(parts.values()))
-        out.append(StepProfile(label, wall, parts, repeats, steps))
+        median = {k: statistics.median(p[k] for p in parts) for k in CATEGORIES[:3]}
+        median["dispatch and other"] = max(0.0, wall - sum(median.values()))
+        out.append(StepProfile(label, wall, median, repeats, steps))
     return out
 
 
