@@ -40,8 +40,9 @@ from vaekit.training.trainer import TrainData, Trainer
 # Seed of the random train/test split of your own images: fixed, so runs of any --seed share a test set.
 OWN_SPLIT_SEED = 0
 SKIPPED = "skipped_files.txt"  # with --skip-bad: the images left out, one "path<TAB>problem" per line
-# Settings a resumed run may change; everything else must match the stored run. precision and compile
-# change how a step is computed, not what it computes (bit-for-bit continuation holds when they stay).
+# Settings a resumed run may change; everything else must match the stored run. precision, compile,
+# fused_step and cuda_graph change how a step is computed, not what it computes (bit-for-bit continuation
+# holds when they stay; fused_step changes no bit at all).
 RESUMABLE = ("epochs", "device", "progress", "checkpoint_every", "detect_anomaly", "precision", "compile", "fused_step",
              "cuda_graph", "artifacts", "tensorboard")
 

@@ -99,8 +99,11 @@ class TrainStep:
     """Forward and backward of one batch, then the optimizer update; the parts of a step, named.
 
     ``__call__`` computes the loss and gradients (``precision``'s autocast, ``torch.compile`` with its eager
-    fallback, DistributedDataParallel's gradient averaging) and queues the non-finite checks; ``update``
-    applies Adam, skipping the update when the guard's flag is set.
+    fallback, DistributedDataParallel's gradient averaging; the post's objective by the hand-written step of
+    :mod:`~vaekit.training.fused`) and queues the non-finite checks; ``update`` applies Adam, skipping the
+    update when the guard's flag is set. Where :func:`graphs.applies` (or ``graph=True``, which on a CPU runs
+    the recorded step's logic without recording), the whole step including the update is one recorded CUDA
+    graph, replayed per batch, and ``update`` has nothing left to do.
     """
 
     def __init__(self, model: VAE, opt: torch.optim.Optimizer, config: TrainConfig, prec: Precision,
