@@ -51,8 +51,9 @@ _NO_ARITHMETIC = {"aten::" + n for n in (
     "lift_fresh", "to", "linear", "matmul", "narrow", "permute", "contiguous", "numpy_T", "_reshape_alias",
     "unbind", "chunk", "flatten", "unflatten", "item", "_local_scalar_dense", "is_nonzero", "result_type",
     "conv2d", "convolution", "conv_transpose2d", "zeros_like", "ones_like")}
-_GPU_PRODUCTS = ("gemm", "cutlass", "xmma", "conv", "cudnn", "wgrad", "dgrad", "sm90", "sm80", "gemv")
-_GPU_OPTIMIZER = ("adam", "multi_tensor")
+_GPU_PRODUCTS = ("gemm", "gemv", "cutlass", "xmma", "cudnn", "convolution", "conv2d", "implicit_convolve", "wgrad",
+                 "dgrad", "winograd")
+_GPU_OPTIMIZER = ("adam",)  # the fused Adam kernel (the step counting and the non-finite check are element-wise)
 
 
 @dataclass

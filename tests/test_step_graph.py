@@ -67,14 +67,15 @@ def test_the_recorded_step_computes_the_ordinary_steps_numbers(fused_step: bool,
     """With a rate float32 holds exactly, every loss and weight is the unrecorded step's (bit for bit on the
     CPU; a GPU may pick other product kernels inside a recording): the warm-up left no trace, and the epoch's
     short batch went through the ordinary step."""
-    config = TrainConfig(lr=EXACT_LR, fused_step=fused_step, binarize="dynamic")
+    config = TrainConfig(lr=EXACT_LR, fused_step=fused_step, binarize="dynamic", batch_size=16)
     batches = _batches(13, [16, 16, 16, 5], dynamic=True, device=device)
-    schedule = dict(lr=lambda i: EXACT_LR / (1 + i % 3), weights=lambda i: min(1.0, i / 8))
+    schedule = dict(lr=lambda i: EXACT_LR / 2 ** (i % 3), weights=lambda i: min(1.0, i / 8))
     runs = []
     for graph in (True, False):
         model, opt, step = _setup(config, graph, device=device)
         assert (step.graph is not None) == graph
         losses = _train(step, opt, batches, **schedule)
+        assert not graph or step.graph.x is not None  # the full batches went through the recording's buffers
         assert not graph or (step.graph.graph is not None) == (device.type == "cuda")  # recorded on CUDA only
         runs.append((losses, torch.cat([p.detach().flatten() for p in model.parameters()]), step.guard.first_bad()))
     assert runs[0][2] is None and runs[1][2] is None
@@ -87,7 +88,7 @@ def test_the_recorded_step_computes_the_ordinary_steps_numbers(fused_step: bool,
 
 def test_the_post_learning_rate_stays_within_float_rounding() -> None:
     """At 3e-4 the device scalar holds the rate rounded to float32: the numbers move by rounding only."""
-    config = TrainConfig()
+    config = TrainConfig(batch_size=32)
     batches = _batches(20, [32], dynamic=False)
     results = []
     for graph in (True, False):
@@ -99,26 +100,29 @@ def test_the_post_learning_rate_stays_within_float_rounding() -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES, ids=str)
-def test_resuming_with_a_new_recording_continues_bit_for_bit(device: torch.device) -> None:
-    """A second process loads the weights and Adam's state at step 7 and records its own graph: the steps
-    after are those of the run that went on."""
-    config = TrainConfig(binarize="dynamic")
-    batches = _batches(14, [16], dynamic=True, device=device)
+@pytest.mark.parametrize("cut", [6, 3])
+def test_resuming_with_a_new_recording_continues_bit_for_bit(device: torch.device, cut: int) -> None:
+    """A second process loads the weights and Adam's state at step ``cut`` and records its own graph: the
+    steps after are those of the run that went on. At 3 it starts on an epoch's short last batch, which it
+    must not record (or every full batch after would run unrecorded)."""
+    config = TrainConfig(binarize="dynamic", batch_size=16, lr=3e-4)
+    batches = _batches(14, [16, 16, 16, 5], dynamic=True, device=device)
     model, opt, step = _setup(config, graph=True, device=device)
     whole = _train(step, opt, batches)
     model_a, opt_a, step_a = _setup(config, graph=True, device=device)
-    _train(step_a, opt_a, batches[:7])
+    _train(step_a, opt_a, batches[:cut])
     model_b, opt_b, step_b = _setup(config, graph=True, seed=5, device=device)
     model_b.load_state_dict(model_a.state_dict())
     opt_b.load_state_dict(opt_a.state_dict())
-    resumed = _train(step_b, opt_b, batches[7:], start=7)
-    assert resumed == whole[7:]
+    resumed = _train(step_b, opt_b, batches[cut:], start=cut)
+    assert step_b.graph is not None and step_b.graph.x is not None and step_b.graph.x.shape[0] == 16
+    assert resumed == whole[cut:]
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model_b.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("device", DEVICES, ids=str)
 def test_a_non_finite_step_never_reaches_the_weights(device: torch.device) -> None:
-    model, opt, step = _setup(TrainConfig(), graph=True, device=device)
+    model, opt, step = _setup(TrainConfig(batch_size=16), graph=True, device=device)
     batches = _batches(6, [16], dynamic=False, device=device)
     _train(step, opt, batches[:3])
     with torch.no_grad():
@@ -145,7 +149,7 @@ def test_a_failed_recording_puts_the_state_back() -> None:
             raise RuntimeError("operation not permitted when stream is capturing")
         return state[0].sum()
 
-    graph = graphs.StepGraph(body, lambda: state, CPU, record=False)
+    graph = graphs.StepGraph(body, lambda: state, CPU, record=False, rows=2)
     with pytest.raises(graphs.RecordingError, match="stream is capturing"):
         graph(torch.zeros(2, 4, dtype=torch.uint8), Noise(torch.zeros(2, 3)), 1.0, 1)
     assert torch.equal(state[0], torch.zeros(3)) and state[1].item() == 1.0
@@ -157,7 +161,7 @@ def test_a_step_that_cannot_be_recorded_runs_unrecorded_with_one_line() -> None:
     torch.manual_seed(0)
     model = VAE(model_config("mlp", hidden=[40, 12], zdim=3, image_shape=(10, 10)))
     opt = make_adam(model.parameters(), EXACT_LR)
-    config = TrainConfig(lr=EXACT_LR)
+    config = TrainConfig(lr=EXACT_LR, batch_size=16)
     step = TrainStep(model, opt, config, Precision.create("fp32", CPU), DistContext(), CPU, warnings.append,
                      graph=True)
     assert step.graph is not None
@@ -190,9 +194,15 @@ def test_a_cuda_run_records_its_step_and_resumes_exactly(tmp_path) -> None:
 
     images, labels = make_digits(700, seed=4)
 
+    recorded: list[bool] = []
+
+    class Recorded(vaekit.Callback):
+        def on_fit_end(self, trainer) -> None:
+            recorded.append(trainer.step.graph is not None and trainer.step.graph.graph is not None)
+
     def run(name: str, epochs: int, resume: bool = False, **kw) -> tuple[str, list[float]]:
         cfg = TrainConfig(device="cuda", epochs=epochs, progress=False, artifacts=False, **kw)
-        r = vaekit.train(cfg, tmp_path / name, resume=resume, data=(images, labels))
+        r = vaekit.train(cfg, tmp_path / name, resume=resume, data=(images, labels), callbacks=[Recorded()])
         sha = hashlib.sha256((Path(r.path) / "model.safetensors").read_bytes()).hexdigest()
         return sha, [row["train_loss"] for row in vaekit.run.read_metrics(r.path)]
 
@@ -201,3 +211,4 @@ def test_a_cuda_run_records_its_step_and_resumes_exactly(tmp_path) -> None:
     assert run("split", 2, resume=True) == whole
     plain = run("plain", 2, cuda_graph=False)
     assert plain[1] == pytest.approx(whole[1], rel=1e-5)
+    assert recorded == [True, True, True, False]  # each graphed run replayed a recording; the last did not

@@ -4,6 +4,7 @@ operations land in the right categories. Its figures are measurements, reported 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,11 @@ def test_operations_are_classified(name: str, kind: str | None) -> None:
 
 def test_gpu_kernels_are_classified_by_name() -> None:
     assert step_profile._classify_gpu("sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n_tilesize128x128x32") == "matrix products"
-    assert step_profile._classify_gpu("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdam>") \
-        == "optimizer"
+    adam = "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>"
+    assert step_profile._classify_gpu(adam) == "optimizer"
     assert step_profile._classify_gpu("void at::native::vectorized_elementwise_kernel<4, EluFunctor>") == "element-wise"
+    assert step_profile._classify_gpu("void at::native::unrolled_elementwise_kernel<convert_float>") == "element-wise"
+    assert step_profile._classify_gpu("void at::native::multi_tensor_apply_kernel<AmpNonFiniteCheck>") == "element-wise"
 
 
 @pytest.mark.parametrize("model", ["seed", "conv"])
@@ -44,8 +47,26 @@ def test_a_profile_splits_the_whole_step(model: str) -> None:
                                                   cuda_graph=True)
         assert (step.by_hand is not None) == (fused and model == "seed")
         variants.append((f"fused={fused}", step, config, m))
-    for p in step_profile.profile_steps(variants, images, CPU, steps=4, repeats=1):
-        assert set(p.parts_ms) == set(step_profile.CATEGORIES)
+    profiles = step_profile.profile_steps(variants, images, CPU, steps=4, repeats=1)
+    for p in profiles:
+        assert set(p.parts_ms) == set(step_profile.CATEGORIES) and p.step_ms > 0
         assert p.parts_ms["matrix products"] > 0 and p.parts_ms["optimizer"] > 0
         assert p.parts_ms["element-wise"] > 0 and all(v >= 0 for v in p.parts_ms.values())
-        assert sum(p.parts_ms.values()) >= p.step_ms * 0.999
+
+
+
+def test_the_split_counts_each_operation_once() -> None:
+    """The categories' times of one profiled run fit inside its wall time: no operation is counted together
+    with the operations it calls (self times only), and views and wrappers count as dispatch."""
+    images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    step, config, m = step_profile.build_step("seed", (28, 28), CPU, 16, "fp32", False, fused_step=False,
+                                              cuda_graph=True)
+    run = step_profile._runner(step, config, m, images, CPU)
+    run(3)
+    t0 = time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run(10)
+    wall_ms = (time.perf_counter() - t0) / 10 * 1e3
+    parts = step_profile._split(prof, CPU, 10)
+    assert set(parts) == set(step_profile.CATEGORIES[:3]) and all(v > 0 for v in parts.values())
+    assert sum(parts.values()) <= wall_ms

@@ -11,10 +11,16 @@ What that takes:
 * Static inputs. The batch (already gathered on the device by index) and its noise are copied into buffers
   the graph reads. The learning rate, the KL weight and the step number are device tensors the host fills
   before each replay, so a schedule or a KL warm-up needs no new recording.
-* A batch of another size (an epoch's last, shorter one) runs uncaptured, through the ordinary step.
+* Only full batches are recorded and replayed; an epoch's last, shorter batch runs through the ordinary step
+  (with the same float32 learning rate), so which steps replay depends only on their place in the epoch and a
+  resumed run computes what the uninterrupted one did.
 * Recording needs a few warm-up steps first (they settle the allocator and the autograd buffers). They run on
   the real weights, optimizer state and guard, which are snapshotted before and put back after, so the
   first replay is the run's real next step: a run and its resumption compute the same numbers.
+
+* The recording holds the weights, Adam's state and the guard by address, and reads Adam's betas and eps as
+  they were: whatever replaces those tensors (``load_state_dict``, ``p.data = ...``) must happen before the first
+  step, as resuming does.
 
 On a machine without CUDA (the tests) the same object runs its step on the static buffers without
 recording: everything above but the recording itself is exercised there.
@@ -58,8 +64,9 @@ class StepGraph:
     warm-up must leave as it found them.
     """
 
-    def __init__(self, body: Body, state: Callable[[], list[Tensor]], device: torch.device, record: bool) -> None:
-        self.body, self.state, self.device, self.record = body, state, device, record
+    def __init__(self, body: Body, state: Callable[[], list[Tensor]], device: torch.device, record: bool,
+                 rows: int) -> None:
+        self.body, self.state, self.device, self.record, self.rows = body, state, device, record, rows
         self.kl_weight = torch.zeros((), device=device)
         self.step = torch.zeros((), dtype=torch.int64, device=device)
         self.x: Tensor | None = None
@@ -69,7 +76,13 @@ class StepGraph:
         self.grads: list[Tensor | None] | None = None  # the gradients the recording writes (for error messages)
 
     def fits(self, x: Tensor, noise: Noise) -> bool:
-        """Whether this batch has the recorded shapes (always true before the first step)."""
+        """Whether this batch is one the graph is (or will be) recorded for: a full batch of ``rows`` images.
+
+        Only full batches: a run resumed at an epoch's short last batch must not record that shape, or every
+        later step would run unrecorded, with other numbers than the run that went straight through.
+        """
+        if x.shape[0] != self.rows:
+            return False
         if self.x is None or self.noise is None:
             return True
         same_u = (noise.uniforms is None) == (self.noise.uniforms is None) and (
@@ -112,15 +125,18 @@ class StepGraph:
     def _record(self) -> None:
         """Warm up and record; on any failure put the state back and raise :class:`RecordingError`."""
         state = self.state()
-        snapshot = [t.clone() for t in state]
+        snapshot = [t.detach().clone() for t in state]
         try:
             self._capture(state, snapshot)
         except Exception as e:  # noqa: BLE001 - whatever stops the recording, the run goes on without it
             self.x = self.noise = self.loss = self.graph = self.grads = None
+            if self.record:  # let queued warm-up work finish, and leave a capture's stream if it was left open
+                torch.cuda.synchronize(self.device)
+                torch.cuda.set_stream(torch.cuda.default_stream(self.device))
             with torch.no_grad():
                 for t, saved in zip(state, snapshot, strict=True):
                     t.copy_(saved)
-            raise RecordingError(" ".join(f"{type(e).__name__}: {e}".split())[:200]) from e
+            raise RecordingError(" ".join(f"{type(e).__name__}: {e}".split())[:300]) from e
 
     def _capture(self, state: list[Tensor], snapshot: list[Tensor]) -> None:
         """Warm up on the state, put the snapshot back, then record one step (CUDA only)."""

@@ -53,6 +53,8 @@ def adam_step(opt: torch.optim.Optimizer, found_inf: Tensor | None = None, lr: T
     makes the kernel skip the update (and the step count) as GradScaler's protocol does. ``lr``, a device
     scalar, replaces the group's learning rate (a recorded CUDA graph reads it from there).
     """
+    if lr is not None:
+        adam_state(opt)  # a device rate needs the kernel call below, and it needs the state in place
     group = opt.param_groups[0]
     params = group["params"]
     state = opt.state
@@ -60,6 +62,9 @@ def adam_step(opt: torch.optim.Optimizer, found_inf: Tensor | None = None, lr: T
             or group.get("weight_decay") or group.get("differentiable") or group.get("decoupled_weight_decay")
             or opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
             or any(p.grad is None or p not in state for p in params)):
+        if lr is not None:  # only the kernel call below takes a device rate (and can be recorded)
+            raise RuntimeError("a device learning rate needs Adam's fused kernel with its state in place "
+                               "(one parameter group, default options)")
         if found_inf is not None:
             opt.found_inf = found_inf  # the attribute GradScaler sets for fused optimizers
         opt.step()

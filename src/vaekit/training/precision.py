@@ -116,15 +116,17 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def step(self, opt: torch.optim.Optimizer, found_inf: torch.Tensor | None) -> None:
+    def step(self, opt: torch.optim.Optimizer, found_inf: torch.Tensor | None,
+             lr: torch.Tensor | None = None) -> None:
         """One optimizer step. With loss scaling the scaler unscales, skips steps with overflowing gradients
         and adapts the scale; otherwise ``found_inf`` (a device flag set when anything was non-finite) is
-        handed to the fused optimizer, which then skips the update without the host reading the flag."""
+        handed to the fused optimizer, which then skips the update without the host reading the flag.
+        ``lr``: a device scalar to use as the learning rate (see :func:`~vaekit.training.optim.adam_step`)."""
         if self.scaler is not None:
             self.scaler.step(opt)
             self.scaler.update()
             return
-        adam_step(opt, found_inf)
+        adam_step(opt, found_inf, lr)
 
     def state(self) -> dict[str, Any] | None:
         """The loss scaler's state, for the checkpoint (None without one)."""

@@ -127,13 +127,18 @@ class TrainStep:
         # DDP averages gradients over ranks while the post's loss is a sum: scale each rank's loss back up.
         self.loss_factor = float(ctx.world_size)
         self.graph: graphs.StepGraph | None = None
+        # Beside a recording the rate is a float32 device scalar, for recorded and unrecorded steps alike.
+        self.lr: Tensor | None = None
         if use_graph:
             self.lr = torch.tensor(float(opt.param_groups[0]["lr"]), device=device)
-            self.graph = graphs.StepGraph(self._recorded_step, self._mutable_state, device, device.type == "cuda")
+            self.graph = graphs.StepGraph(self._recorded_step, self._mutable_state, device, device.type == "cuda",
+                                          config.batch_size)
         self._updated = False  # whether the last step updated the weights itself (a replayed graph does)
 
     def __call__(self, x: Tensor, noise: Noise, kl_weight: float, global_step: int) -> Tensor:
         """Loss (summed over the batch) and gradients of one batch; the guard sees both."""
+        if self.lr is not None:
+            self.lr.fill_(self.opt.param_groups[0]["lr"])
         if self.graph is not None and self.graph.fits(x, noise):
             loss = self._replay(x, noise, kl_weight, global_step)
             if loss is not None:
@@ -172,7 +177,6 @@ class TrainStep:
     def _replay(self, x: Tensor, noise: Noise, kl_weight: float, global_step: int) -> Tensor | None:
         """The recorded step on this batch, or None (and no more recording) if it cannot be recorded here."""
         assert self.graph is not None
-        self.lr.fill_(self.opt.param_groups[0]["lr"])
         try:
             loss = self.graph(x, noise, kl_weight, global_step)
         except graphs.RecordingError as e:
@@ -192,7 +196,8 @@ class TrainStep:
         """The optimizer step; with rare reads the fused kernel skips it itself when the flag is set."""
         if self._updated:
             return  # the replayed graph has updated the weights already
-        self.prec.step(self.opt, self.guard.found if self.fused and self.every > 1 else None)
+        found = self.guard.found if self.fused and self.every > 1 else None
+        self.prec.step(self.opt, found, self.lr)
 
     def close(self) -> None:
         self.prec.detach()
