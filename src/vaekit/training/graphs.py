@@ -133,9 +133,7 @@ class StepGraph:
             if self.record:  # let queued warm-up work finish, and leave a capture's stream if it was left open
                 torch.cuda.synchronize(self.device)
                 torch.cuda.set_stream(torch.cuda.default_stream(self.device))
-            with torch.no_grad():
-                for t, saved in zip(state, snapshot, strict=True):
-                    t.copy_(saved)
+            _restore(state, snapshot)
             raise RecordingError(" ".join(f"{type(e).__name__}: {e}".split())[:300]) from e
 
     def _capture(self, state: list[Tensor], snapshot: list[Tensor]) -> None:
@@ -148,11 +146,15 @@ class StepGraph:
                 self._run_body()
         if stream is not None:
             torch.cuda.current_stream(self.device).wait_stream(stream)
-        with torch.no_grad():
-            for t, saved in zip(state, snapshot, strict=True):
-                t.copy_(saved)
+        _restore(state, snapshot)
         if self.record:
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.loss = self._run_body()
 
+
+def _restore(state: list[Tensor], snapshot: list[Tensor]) -> None:
+    """Put every state tensor back to its snapshot, in place (a recording holds them by address)."""
+    with torch.no_grad():
+        for t, saved in zip(state, snapshot, strict=True):
+            t.copy_(saved)
