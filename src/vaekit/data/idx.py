@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IDXError
+from .errors import FileFormatError, IDXError
 
 __all__ = [
     "IDXContents",
@@ -168,13 +168,15 @@ def decode_idx(data: bytes, source: str = "<bytes>", *, digests: bool = True) ->
 def load_idx(path: str | os.PathLike[str], *, digests: bool = True, source: str | None = None) -> IDXContents:
     """Read and decode the IDX file at ``path`` (see :func:`decode_idx`); ``source`` renames it in errors."""
     label = source if source is not None else _describe(path)
+    return decode_idx(read_file(path, label, IDXError), label, digests=digests)
+
+
+def read_file(path: str | os.PathLike[str], label: str, error: type[FileFormatError] = FileFormatError) -> bytes:
+    """The bytes of the dataset file at ``path``, or ``error`` in one line naming ``label`` and the reason."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
-        raise IDXError(
-            f"{label}: cannot read file ({exc.strerror or exc}); check the path and permissions"
-        ) from exc
-    return decode_idx(data, label, digests=digests)
+        raise error(f"{label}: cannot read file ({exc.strerror or exc}); check the path and permissions") from exc
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .cifar import decode_cifar10
-from .errors import FileFormatError
-from .idx import load_idx
+from .idx import load_idx, read_file
 from .registry import FileSpec, provided_roles
 
 __all__ = ["FileCheck", "Payload", "check_file", "find_file", "find_files", "role_arrays"]
@@ -81,13 +80,7 @@ def _load(path: str | os.PathLike[str], spec: FileSpec, source: str | None) -> t
         idx = load_idx(path, digests=True, source=source)
         return idx.array, idx.compressed, idx.file_md5 or "", idx.payload_sha256 or ""
     label = source if source is not None else os.fspath(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise FileFormatError(
-            f"{label}: cannot read file ({exc.strerror or exc}); check the path and permissions"
-        ) from exc
-    archive = decode_cifar10(data, label)
+    archive = decode_cifar10(read_file(path, label), label)
     return archive.arrays, archive.compressed, archive.file_md5, archive.payload_sha256
 
 
