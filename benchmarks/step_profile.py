@@ -96,16 +96,17 @@ def _runner(step: TrainStep, config: vaekit.TrainConfig, model: vaekit.VAE, imag
     return run
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings of a GPU are otherwise of the launches only)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _wall_ms(run: Callable[[int], None], device: torch.device, steps: int) -> float:
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     run(steps)
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / steps * 1e3
 
 
@@ -167,7 +168,7 @@ def profile_steps(variants: list[tuple[str, TrainStep, vaekit.TrainConfig, vaeki
             times.append(_wall_ms(run, device, steps))
             with profile(activities=activities) as prof:
                 run(steps)
-                _sync(device)
+                sync(device)
             parts.append(_split(prof, device, steps))
     out = []
     for (label, *_), times, parts in zip(variants, walls, splits, strict=True):

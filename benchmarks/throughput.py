@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from step_profile import sync as _sync
 from torch import nn
 from tqdm import tqdm
 
@@ -87,11 +88,6 @@ class PostVAE(nn.Module):
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         rx, mu, std, logvar = self(x)
         return F.binary_cross_entropy(rx, x, reduction="sum") - 0.5 * (1 + logvar - mu * mu - std * std).sum()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 CPU = torch.device("cpu")
@@ -468,7 +464,6 @@ def print_conv_floor(args: argparse.Namespace, shape: tuple[int, ...], device: t
 def measure_profile(args: argparse.Namespace, images: np.ndarray, device: torch.device) -> None:
     """One step of the autograd path (every operation dispatched from the host, as before the hand-written
     step and CUDA graphs) and of vaekit's step with the default flags, each split into where its time goes."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import step_profile
 
     shape = tuple(images.shape[1:])
