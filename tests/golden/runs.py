@@ -43,8 +43,9 @@ RUNS: dict[str, list[str]] = {
 }
 KILLED = "killed_resumed"
 # Relative tolerance across machines. fp32 runs differ in the last bits of each step's sums (measured between
-# an AMD EPYC with AVX2 and an Intel Xeon with AVX-512: at most 2.3e-5 after 2 epochs); the bf16 recipe rounds
-# every product to 8 bits of mantissa, so the same difference grows faster (2.2e-3 after 3 epochs).
+# an AMD EPYC with AVX2 and an Intel Xeon with AVX-512: at most 2.3e-5 after 2 epochs). The fast recipe runs in
+# bf16 where the CPU computes it natively and in fp32 elsewhere; its bf16 run on the Xeon and its fp32 run on
+# the EPYC differed by up to 2.2e-3 after 3 epochs.
 RTOL = {"fp32": 5e-4, "bf16": 2e-2}
 # Timing and placement: differ from run to run by nature.
 UNSTABLE = {"train_samples_per_s", "train_seconds", "seconds", "device", "compiled", "world_size", "data_source"}
