@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import signal
@@ -52,7 +53,8 @@ UNSTABLE = {"train_samples_per_s", "train_seconds", "seconds", "device", "compil
 
 
 def fingerprint() -> dict[str, str]:
-    """What decides the CPU kernels' bits: the torch build, the architecture, the vector ISA and the CPU model."""
+    """What decides the CPU kernels' bits: the torch build, the architecture, the vector ISA, the CPU model and
+    the number of compute threads (a sum split over two threads is added in another order)."""
     import torch
 
     model = platform.processor()
@@ -63,7 +65,7 @@ def fingerprint() -> dict[str, str]:
                 model = line.split(":", 1)[1].strip()
                 break
     return {"torch": torch.__version__, "machine": platform.machine(), "cpu": model,
-            "capability": str(torch.backends.cpu.get_cpu_capability())}
+            "capability": str(torch.backends.cpu.get_cpu_capability()), "threads": str(torch.get_num_threads())}
 
 
 def weight_record(path: Path) -> tuple[dict[str, str], dict[str, float]]:
@@ -73,7 +75,8 @@ def weight_record(path: Path) -> tuple[dict[str, str], dict[str, float]]:
 
     tensors = sorted(load_file(path).items())
     hashes = {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in tensors}
-    norms = {k: float(np.linalg.norm(v.astype(np.float64).ravel())) for k, v in tensors}
+    # math.fsum: an exactly rounded sum, the same whatever BLAS and thread count the machine has.
+    norms = {k: math.sqrt(math.fsum(np.square(v.astype(np.float64)).ravel())) for k, v in tensors}
     return hashes, norms
 
 
