@@ -75,10 +75,10 @@ def split_rows(images: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nda
     k_train = k_test = 0
     for start, chunk in chunks(images):
         mask = test[start : start + len(chunk)]
-        picked = chunk[mask]
-        test_out[k_test : k_test + len(picked)] = picked
-        k_test += len(picked)
-        kept = chunk[~mask]
-        train_out[k_train : k_train + len(kept)] = kept
-        k_train += len(kept)
+        n_held = int(np.count_nonzero(mask))
+        # compress writes straight into the outputs: no temporary copy of the chunk
+        np.compress(mask, chunk, axis=0, out=test_out[k_test : k_test + n_held])
+        np.compress(~mask, chunk, axis=0, out=train_out[k_train : k_train + len(chunk) - n_held])
+        k_test += n_held
+        k_train += len(chunk) - n_held
     return train_out, test_out
