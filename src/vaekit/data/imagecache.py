@@ -12,8 +12,8 @@ Entries are written into a temporary folder beside their final place and renamed
 complete entry or none, and a crash never leaves a half-written one under a valid key. Every read checks the
 entry whole: ``meta.json`` must hold every field with the right types, and the digest of the arrays must equal
 the one stored, so a flipped byte on disk is never trained on. Reading the arrays again costs little beside
-decoding them (SHA-256 runs at about a gigabyte per second; a 28x28 PNG alone takes 0.25 ms to decode, the
-time to hash 300 such images). A damaged entry is reported by :func:`read_entry` as a miss, and decoded again.
+decoding them: SHA-256 runs at about 1.7 GB/s on one core, so 60,000 28x28 images are checked in 0.03 s, where
+decoding them from PNG takes 15 s. A damaged entry is reported by :func:`read_entry` as a miss, and decoded again.
 """
 
 from __future__ import annotations
