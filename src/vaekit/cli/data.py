@@ -162,11 +162,12 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``data {list,fetch,verify}`` to ``subparsers``; handlers are stored as ``func`` (args -> int)."""
+    """Add ``data {list,fetch,verify,split}`` to ``subparsers``; handlers are stored as ``func`` (args -> int)."""
     parser = subparsers.add_parser(
         "data",
-        help="list, fetch and verify datasets",
-        description="List the datasets vaekit knows, download them into the cache, or check checksums.",
+        help="list, fetch and verify datasets; show your own images' train/test split",
+        description="List the datasets vaekit knows, download them into the cache, or check checksums; show which "
+        "of your own images are held out for testing.",
     )
     commands = parser.add_subparsers(dest="data_command", metavar="{list,fetch,verify,split}", required=True)
 
