@@ -14,7 +14,7 @@ Every image gets a number in [0, 1): the first 8 bytes of SHA-256 over the seed 
 The fraction is met on average: the test split of N images holds about ``N * F`` (a binomial count, within a
 few times ``sqrt(N * F)``). Small data needs two rules, applied only when the hashes alone fail them: at least
 one image is held out and at least one is trained on, and each class large enough to expect a test image
-(``round(n * F) >= 1``) has one; the image with the smallest number (and its copies) is then held out, or the
+(``n * F >= 0.5``) has one; the image with the smallest number (and its copies) is then held out, or the
 one with the largest trained on. Only in these cases can an added image move a held-out one back to training.
 """
 
@@ -55,7 +55,7 @@ def test_mask(positions: np.ndarray, labels: np.ndarray | None, test_fraction: f
     test = positions < test_fraction
     groups = [np.arange(len(positions))] if labels is None else [np.flatnonzero(labels == c) for c in np.unique(labels)]
     for members in groups:
-        if len(members) >= 2 and round(len(members) * test_fraction) >= 1 and not test[members].any():
+        if len(members) >= 2 and len(members) * test_fraction >= 0.5 and not test[members].any():
             _hold_out_one(test, positions, members)
     if not test.any() and len(positions):
         _hold_out_one(test, positions, np.arange(len(positions)))
