@@ -11,6 +11,11 @@ Every image gets a number in [0, 1): the first 8 bytes of SHA-256 over the seed 
   split alike (an array has no file names to hash);
 * a file whose pixels change may change side; a run's record then refuses the changed data anyway.
 
+Hashing each file's relative path instead would also keep the split steady, but it would send a renamed or
+re-sorted file, or a copy under another name, to a random side (the same picture could be trained on and
+tested), and it gives arrays, whose rows have no names, no rule at all; it only does better for a file whose
+pixels change, which a run's record refuses anyway.
+
 The fraction is met on average: the test split of N images holds about ``N * F`` (a binomial count, within a
 few times ``sqrt(N * F)``). Small data needs two rules, applied only when the hashes alone fail them: at least
 one image is held out and at least one is trained on, and each class large enough to expect a test image
