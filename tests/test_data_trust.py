@@ -323,8 +323,8 @@ def test_val_beside_train_and_test_is_left_out_with_one_line(tmp_path: Path,
 
 
 @pytest.mark.parametrize("layout, found", [
-    (("train", "cats"), "holds train/, a split name, but no a test/ (or val/) folder beside it"),
-    (("cats", "Test"), "holds Test/, a split name, but no a train/ folder beside it"),
+    (("train", "cats"), "holds train/, a split name, but no test/ (or val/) folder beside it"),
+    (("cats", "Test"), "holds Test/, a split name, but no train/ folder beside it"),
     (("train", "val", "valid"), "holds val/ and valid/, two folders for one split"),
 ])
 def test_a_split_folder_without_its_partner_is_refused_in_one_line(tmp_path: Path, layout: tuple[str, ...],

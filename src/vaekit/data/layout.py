@@ -96,7 +96,7 @@ def _given_split(root: Path) -> tuple[list[str], list[str]]:
         notes = [f"{root}: {val}/ is not used: {train}/ and {test}/ give the split"] if val is not None else []
         return [f"{train}/", f"{test}/"], notes
     have = train or test or val
-    need = "a test/ (or val/) folder" if train is not None else "a train/ folder"
+    need = "test/ (or val/) folder" if train is not None else "train/ folder"
     raise BadInputError(f"{root}: holds {have}/, a split name, but no {need} beside it; add it to give the split "
                         f"yourself, or rename {have}/ if it is a class")
 
