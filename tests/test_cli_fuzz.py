@@ -190,6 +190,7 @@ def _semantic_cases(tmp: Path) -> list[list[str]]:
         ["plot", missing], ["plot", str(a_file), "--grid-size", "3"],
         ["data", "fetch", "cifar-100"], ["data", "verify", "cifar-100"],
         ["data", "verify", "mnist", "--data-dir", missing],
+        ["data", "split", missing], ["data", "split", str(a_file)], ["data", "split", str(existing), "--json"],
     ]
     if not torch.cuda.is_available():
         cases.append(["train", "--device", "cuda", "--out", str(tmp / "r")])

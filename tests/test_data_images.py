@@ -92,8 +92,8 @@ def test_class_subfolders_give_sorted_labels_and_a_stratified_split(tmp_path: Pa
     assert info["class_names"] == ["ant", "moth", "zebra"] and splits.class_names == ("ant", "moth", "zebra")
     assert info["kind"] == "folder" and info["path"] == str((tmp_path / "d").resolve())
     assert info["split"] == "random" and info["stratified"] and info["test_fraction"] == 0.1 and info["seed"] == 0
-    assert (info["n_train"], info["n_test"]) == (55, 6)
-    assert sorted(np.bincount(splits.test_labels, minlength=3).tolist()) == [1, 2, 3]
+    assert info["n_train"] + info["n_test"] == 61 and 1 <= info["n_test"] <= 15
+    assert np.bincount(splits.test_labels, minlength=3).min() >= 1, "each class expecting a test image has one"
     assert splits.train_images.dtype == np.uint8 and splits.train_images.shape[1:] == (6, 5)
     assert info["channels"] == 1 and info["image_shape"] == [6, 5]
     everything = {p.tobytes(): label for label, name in enumerate(["ant", "moth", "zebra"]) for p in pixels[name]}
@@ -110,7 +110,7 @@ def test_split_depends_on_seed_and_fraction_only(tmp_path: Path) -> None:
     first, info = load_own_data(tmp_path / "d", progress=False, test_fraction=0.2, seed=3)
     again, _ = load_own_data(tmp_path / "d", progress=False, test_fraction=0.2, seed=3)
     other, _ = load_own_data(tmp_path / "d", progress=False, test_fraction=0.2, seed=4)
-    assert info["n_test"] == 6 and np.array_equal(first.test_images, again.test_images)
+    assert 1 <= info["n_test"] <= 15 and np.array_equal(first.test_images, again.test_images)
     assert not np.array_equal(first.test_images, other.test_images)
 
 
@@ -120,7 +120,7 @@ def test_flat_folder_has_no_labels(tmp_path: Path) -> None:
     save(tmp_path / "d" / "more" / "9.png", grey(9))  # subfolders of a flat folder are searched too
     splits, info = load_own_data(tmp_path / "d", progress=False, test_fraction=0.3)
     assert info["class_names"] is None and not info["stratified"] and splits.class_names is None
-    assert (info["n_train"], info["n_test"]) == (7, 3)
+    assert info["n_train"] + info["n_test"] == 10 and 1 <= info["n_test"] <= 9
     assert not splits.train_labels.any() and not splits.test_labels.any()
 
 
@@ -244,7 +244,7 @@ def test_colour_modes_as_a_viewer_shows_them(tmp_path: Path) -> None:
     save(d / "g.webp", rgb, lossless=True)
     splits, info = load_own_data(d, progress=False, test_fraction=0.5, seed=1)
     assert info["channels"] == 3, "one colour image makes the set colour"
-    by_name = dict(zip(sorted(p.name for p in d.iterdir()), _in_file_order(splits, info), strict=True))
+    by_name = _in_file_order(d)
     on_white = by_name["a_rgba.png"]
     assert (on_white[:, :2] == 255).all(), "fully transparent pixels are white"
     assert np.array_equal(on_white[:, 3:], rgb[:, 3:]), "opaque pixels keep their colour"
@@ -257,22 +257,17 @@ def test_colour_modes_as_a_viewer_shows_them(tmp_path: Path) -> None:
         assert np.array_equal(by_name[name], rgb), name
     grey_splits, grey_info = load_own_data(d, channels=1, progress=False, test_fraction=0.5, seed=1)
     assert grey_info["channels"] == 1 and grey_splits.train_images.ndim == 3
-    grey_by_name = dict(zip(sorted(p.name for p in d.iterdir()), _in_file_order(grey_splits, grey_info), strict=True))
+    grey_by_name = _in_file_order(d, channels=1)
     assert np.array_equal(grey_by_name["e.tiff"], np.asarray(Image.fromarray(rgb).convert("L")))
 
 
-def _in_file_order(splits, info) -> list[np.ndarray]:
-    """Undo the random split: the images in file order (the split keeps order, so merge by test indices)."""
-    from vaekit.data.own import split_indices
+def _in_file_order(folder: Path, **options) -> dict[str, np.ndarray]:
+    """Each file's decoded image, by file name (the data before it is split)."""
+    from vaekit.data.own import read_own_data
 
-    n = info["n_train"] + info["n_test"]
-    train, test = split_indices(None, n, info["test_fraction"], info["seed"])
-    out: list[np.ndarray] = [np.empty(0)] * n
-    for i, image in zip(train, splits.train_images, strict=True):
-        out[i] = image
-    for i, image in zip(test, splits.test_images, strict=True):
-        out[i] = image
-    return out
+    raw = read_own_data(folder, progress=False, **options)
+    assert raw.names is not None
+    return dict(zip(raw.names, raw.images, strict=True))
 
 
 def test_sixteen_bit_and_exif_rotation(tmp_path: Path) -> None:
@@ -623,7 +618,8 @@ def test_fuzz_folders(tmp_path_factory: pytest.TempPathFactory, files: list) -> 
         with pixel_limit(20_000):
             _, info = load_own_data(root, image_size=4, channels=3, progress=False, skip_bad=True, cache=False)
     except BadInputError as exc:
-        assert "\n" not in str(exc) and n_good < 2 and "at least 2" in str(exc)
+        assert "\n" not in str(exc)
+        assert (n_good < 2 and "at least 2" in str(exc)) or "images are identical" in str(exc)
         return
     assert {b["path"] for b in info["bad"]} == expected_bad
     assert info["n_train"] + info["n_test"] == n_good

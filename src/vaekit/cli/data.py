@@ -1,4 +1,4 @@
-"""The ``vaekit data`` command: ``list``, ``fetch`` and ``verify`` datasets.
+"""The ``vaekit data`` command: ``list``, ``fetch`` and ``verify`` datasets; ``split`` shows your own images' split.
 
 :func:`add_data_parser` plugs the command into the main ``vaekit`` parser. Handlers return an exit code;
 problems the user must fix (unknown dataset, download impossible) are raised as
@@ -9,15 +9,22 @@ problems the user must fix (unknown dataset, download impossible) are raised as
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from vaekit.cli.common import positive_int
 
 if TYPE_CHECKING:
     from vaekit.data.resolve import FileReport
+    from vaekit.data.splits import RawData
 
-__all__ = ["add_data_parser", "main"]
+__all__ = ["add_data_parser", "main", "split_report"]
+
+# The seed of the random split of your own images, as training uses it (vaekit.training.session.OWN_SPLIT_SEED).
+OWN_SPLIT_SEED = 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -104,14 +111,65 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def split_report(raw: RawData, test: Any, test_fraction: float) -> dict[str, Any]:
+    """The split of ``raw`` (``test``: the held-out mask) as plain JSON values: counts per class, files per side."""
+    names = raw.names if raw.names is not None else list(range(len(raw.images)))
+    labels = raw.labels if raw.labels is not None else [0] * len(names)
+    classes = raw.class_names or [None]
+    counts = {str(name): {"train": 0, "test": 0} for name in classes}
+    for label, held in zip(labels, test, strict=True):
+        counts[str(classes[int(label)])]["test" if held else "train"] += 1
+    random = raw.n_given_train is None
+    return {
+        "path": raw.path, "kind": raw.kind, "split": "random" if random else "given",
+        "test_fraction": float(test_fraction) if random else None,
+        "n_train": int(len(names) - int(test.sum())), "n_test": int(test.sum()),
+        "classes": counts if raw.class_names is not None else None,
+        "test": [n for n, held in zip(names, test, strict=True) if held],
+        "train": [n for n, held in zip(names, test, strict=True) if not held],
+    }
+
+
+def _print_split(report: dict[str, Any]) -> None:
+    how = (f"held out by a hash of each image's pixels, test fraction {report['test_fraction']}"
+           if report["split"] == "random" else "as given by its split folders")
+    print(f"{report['path']}: {report['n_train']:,} train, {report['n_test']:,} test ({how})")
+    if report["classes"] is not None:
+        width = max(len("class"), *(len(name) for name in report["classes"]))
+        print(f"  {'class':<{width}}  {'train':>7}  {'test':>7}")
+        for name, count in report["classes"].items():
+            print(f"  {name:<{width}}  {count['train']:>7,}  {count['test']:>7,}")
+    what = "files" if report["kind"] == "folder" else "rows"
+    print(f"held-out {what}:")
+    for name in report["test"]:
+        print(f"  {name}")
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from vaekit.data.errors import DataError
+    from vaekit.data.own import read_own_data, split_mask
+
+    if not 0 < args.test_fraction < 1:
+        raise DataError(f"--test-fraction must be a number between 0 and 1 (exclusive), got {args.test_fraction}")
+    raw = read_own_data(args.path, image_size=args.image_size, channels=args.channels, skip_bad=args.skip_bad,
+                        progress=not args.no_progress and not args.json)
+    report = split_report(raw, split_mask(raw, args.test_fraction, OWN_SPLIT_SEED), args.test_fraction)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        _print_split(report)
+    return 0
+
+
 def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``data {list,fetch,verify}`` to ``subparsers``; handlers are stored as ``func`` (args -> int)."""
+    """Add ``data {list,fetch,verify,split}`` to ``subparsers``; handlers are stored as ``func`` (args -> int)."""
     parser = subparsers.add_parser(
         "data",
-        help="list, fetch and verify datasets",
-        description="List the datasets vaekit knows, download them into the cache, or check checksums.",
+        help="list, fetch and verify datasets; show your own images' train/test split",
+        description="List the datasets vaekit knows, download them into the cache, or check checksums; show which "
+        "of your own images are held out for testing.",
     )
-    commands = parser.add_subparsers(dest="data_command", metavar="{list,fetch,verify}", required=True)
+    commands = parser.add_subparsers(dest="data_command", metavar="{list,fetch,verify,split}", required=True)
 
     p_list = commands.add_parser("list", help="show each dataset and where it is found now")
     p_list.set_defaults(func=_cmd_list)
@@ -141,6 +199,26 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
         "--data-dir", type=Path, default=None, metavar="DIR", help="verify the files in DIR"
     )
     p_verify.set_defaults(func=_cmd_verify)
+    _add_split_parser(commands)
+
+
+def _add_split_parser(commands: argparse._SubParsersAction) -> None:
+    p_split = commands.add_parser(
+        "split",
+        help="show which of your own images are held out for testing",
+        description="Read a folder of images or a .npy/.npz file as `vaekit train --data PATH` does and print "
+        "the train/test split it gets: counts per class and the held-out files (rows for an array file). Give "
+        "the same --test-fraction, --image-size, --channels and --skip-bad as to train.",
+    )
+    p_split.add_argument("path", type=Path, help="a folder of images, or a .npy/.npz file")
+    p_split.add_argument("--test-fraction", type=float, default=0.1, metavar="F",
+                         help="share of the images held out (default 0.1)")
+    p_split.add_argument("--image-size", type=positive_int, default=None, metavar="N", help="resize and crop to NxN")
+    p_split.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 (grey) or 3 (colour)")
+    p_split.add_argument("--skip-bad", action="store_true", help="leave unreadable files out")
+    p_split.add_argument("--json", action="store_true", help="print the split as JSON")
+    p_split.add_argument("--no-progress", action="store_true", help="do not show the decoding progress bar")
+    p_split.set_defaults(func=_cmd_split)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,12 +1,6 @@
 """Reading a folder of images into one ``uint8`` array, decoded once and cached.
 
-Layout (as torchvision's ``ImageFolder``, so folders prepared for it work unchanged):
-
-* ``train/`` and ``test/`` subfolders: the split is used as given; each may have class subfolders. Anything
-  else beside them (a ``val/`` folder, a README) is not used.
-* otherwise, when every image lies in a subfolder, each top-level subfolder holding images is a class
-  (sorted names give labels 0, 1, ...); images in deeper folders belong to their top-level class;
-* otherwise (some images directly in the folder) the data has no labels, and all images below are used.
+The layout (a given split, class subfolders or neither) is worked out by :mod:`vaekit.data.layout`.
 
 Reading happens in two passes over a thread pool: the headers first (cheap; skipped when ``image_size`` and
 ``channels`` are both given), which settle the number of channels and the image size or show that sizes
@@ -27,7 +21,6 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,9 +29,10 @@ import numpy as np
 from . import imagecache
 from .errors import BadInputError
 from .images import FORMAT_NAMES, ImageProblem, Probe, decode_image, probe_image
+from .layout import FolderPlan, plan_folder
 from .resolve import warn
 from .splits import RawData, content_digest
-from .walk import Entry, list_images
+from .walk import Entry
 
 __all__ = ["FolderPlan", "bad_files_error", "plan_folder", "read_folder"]
 
@@ -47,73 +41,24 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-@dataclass
-class FolderPlan:
-    """The images a folder holds, in dataset order (a given split: training images first), with labels."""
-
-    root: Path
-    entries: list[Entry]
-    labels: list[int] | None
-    class_names: list[str] | None
-    n_given_train: int | None
-    bad: list[tuple[str, str]] = field(default_factory=list)
-    ignored: int = 0
-    ignored_examples: list[str] = field(default_factory=list)
-
-
-def _class_of(rel: str, prefix: str) -> str | None:
-    inner = rel[len(prefix) :]
-    return inner.split("/", 1)[0] if "/" in inner else None
-
-
-def _part(root: Path, prefix: str) -> tuple[Any, list[str | None]]:
-    """List one part (the whole folder, ``train/`` or ``test/``) and each entry's class (``None``: flat)."""
-    listing = list_images(root / prefix if prefix else root, prefix)
-    classes = [_class_of(e.rel, prefix) for e in listing.entries]
-    if any(c is None for c in classes):
-        classes = [None] * len(classes)
-    return listing, classes
-
-
-def plan_folder(root: Path) -> FolderPlan:
-    """List ``root`` and work out its layout (given split or not, classes or not) without opening any image."""
-    given = (root / "train").is_dir() and (root / "test").is_dir()
-    prefixes = ["train/", "test/"] if given else [""]
-    parts = [_part(root, prefix) for prefix in prefixes]
-    labelled = [bool(classes) and classes[0] is not None for _, classes in parts]
-    if given and all(listing.entries for listing, _ in parts) and labelled[0] != labelled[1]:
-        flat = "train/" if not labelled[0] else "test/"
-        raise BadInputError(
-            f"{root}: {flat} holds images directly while the other split has class subfolders; use the same "
-            "layout in train/ and test/ (class subfolders in both, or images directly in both)"
-        )
-    names = sorted({c for _, classes in parts for c in classes if c is not None}) if any(labelled) else None
-    index = {name: i for i, name in enumerate(names or [])}
-    plan = FolderPlan(root=root, entries=[], labels=[] if names else None, class_names=names, n_given_train=None)
-    for listing, classes in parts:
-        plan.entries += listing.entries
-        if plan.labels is not None:
-            plan.labels += [index[c] for c in classes if c is not None]
-        plan.bad += listing.bad
-        plan.ignored += listing.ignored
-        plan.ignored_examples += listing.ignored_examples
-    if given:
-        plan.n_given_train = len(parts[0][0].entries)
-    return plan
-
-
 def _digest_key(plan: FolderPlan, image_size: int | None, channels: int | None) -> tuple[str, str]:
-    """(cache key, identity of the folder + options) for ``plan`` decoded with these options."""
+    """(cache key, identity of the folder + options) for ``plan`` decoded with these options.
+
+    The key covers the folder's real path and, per file, everything that identifies its content on disk (see
+    :class:`~vaekit.data.walk.Entry`), so another folder with the same names, sizes and times, or a file rewritten
+    keeping its size and modification time, never gets this folder's decoded pixels.
+    """
     options = json.dumps(
         {"format": imagecache.FORMAT_VERSION, "image_size": image_size, "channels": channels,
-         "given": plan.n_given_train is not None}
+         "given": plan.given}
     )
-    digest = hashlib.sha256(options.encode())
+    identity = hashlib.sha256(f"{os.path.realpath(plan.root)}\0{options}".encode("utf-8", "surrogateescape"))
+    digest = identity.copy()
     for e in plan.entries:
-        digest.update(f"{e.rel}\0{e.size}\0{e.mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        digest.update(f"{e.rel}\0{e.size}\0{e.mtime_ns}\0{e.ctime_ns}\0{e.inode}\0{e.device}\n"
+                      .encode("utf-8", "surrogateescape"))
     for rel, problem in plan.bad:
         digest.update(f"bad\0{rel}\0{problem}\n".encode("utf-8", "surrogateescape"))
-    identity = hashlib.sha256(f"{os.path.realpath(plan.root)}\0{options}".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:32], identity.hexdigest()[:32]
 
 
@@ -283,7 +228,7 @@ def _check_counts(plan: FolderPlan, n_train: int | None, n_total: int, n_bad: in
     """Refuse data too small to train and test on (after bad files are left out)."""
     skipped = f" ({n_bad:,} bad files left out)" if n_bad else ""
     if n_train is not None:
-        for part, n in (("train/", n_train), ("test/", n_total - n_train)):
+        for part, n in zip(plan.given, (n_train, n_total - n_train), strict=True):
             if n == 0:
                 raise BadInputError(f"{plan.root / part}: holds no usable images{skipped}; put images there")
     if n_total < 2:
@@ -291,6 +236,17 @@ def _check_counts(plan: FolderPlan, n_train: int | None, n_total: int, n_bad: in
             f"{plan.root}: holds only {n_total} usable image{skipped}; at least 2 are needed (one to train on, "
             "one to test); add images"
         )
+
+
+def _from_cache(plan: FolderPlan, key: str, skip_bad: bool) -> RawData | None:
+    """The plan's images from the cache (``None``: not there, or the entry is damaged)."""
+    entry = imagecache.read_entry(key)
+    if entry is None:
+        return None
+    bad = [(rel, problem) for rel, problem in entry.meta["bad"]]
+    if bad and not skip_bad:
+        raise bad_files_error(plan.root, bad)
+    return _raw(plan, entry.images, entry.labels, entry.meta, bad)
 
 
 def read_folder(
@@ -304,23 +260,24 @@ def read_folder(
 ) -> RawData:
     """Decode every image under ``root`` (see the module docstring), from the cache when it is up to date."""
     plan = plan_folder(root)
+    for note in plan.notes:
+        warn(note)
     if not plan.entries and not plan.bad:
         raise _empty_error(plan)
     key, identity = _digest_key(plan, image_size, channels)
-    entry = imagecache.read_entry(key) if cache else None
-    if entry is not None:
-        bad = [(str(rel), str(problem)) for rel, problem in entry.meta["bad"]]
-        if bad and not skip_bad:
-            raise bad_files_error(root, bad)
-        return _raw(root, plan, entry.images, entry.labels, entry.meta, bad)
+    cached = _from_cache(plan, key, skip_bad) if cache else None
+    if cached is not None:
+        return cached
     images, rows, bad = _decode_plan(plan, image_size, channels, skip_bad, progress)
     n_train = None if plan.n_given_train is None else sum(1 for i in rows if i < plan.n_given_train)
     _check_counts(plan, n_train, len(rows), len(bad))
     labels = np.zeros(len(rows), np.int64) if plan.labels is None else np.asarray(plan.labels, np.int64)[rows]
     labels = labels.astype(np.uint8) if (labels.size == 0 or labels.max() < 256) else labels
+    labelled = plan.labels is not None
     meta = {
-        "bad": bad, "n_given_train": n_train, "stale_of": identity,
-        "digest": content_digest(images, labels if plan.labels is not None else None, n_train),
+        "bad": bad, "n_given_train": n_train, "stale_of": identity, "labelled": labelled,
+        "files": [plan.entries[i].rel for i in rows],
+        "digest": content_digest(images, labels if labelled else None, n_train),
     }
     if cache:
         try:
@@ -328,22 +285,21 @@ def read_folder(
             images, labels, meta = stored.images, stored.labels, stored.meta
         except OSError as exc:
             warn(f"cannot write the image cache under {imagecache.images_root()} ({exc}); decoding again next time")
-    return _raw(root, plan, images, labels, meta, bad)
+    return _raw(plan, images, labels, meta, bad)
 
 
-def _raw(
-    root: Path, plan: FolderPlan, images: np.ndarray, labels: np.ndarray, meta: dict[str, Any],
-    bad: list[tuple[str, str]],
-) -> RawData:
+def _raw(plan: FolderPlan, images: np.ndarray, labels: np.ndarray, meta: dict[str, Any],
+         bad: list[tuple[str, str]]) -> RawData:
+    root = plan.root.resolve()
     return RawData(
         kind="folder",
-        name=root.resolve().name or str(root.resolve()),
-        path=str(root.resolve()),
+        name=root.name or str(root),
+        path=str(root),
         images=images,
         labels=labels if plan.class_names is not None else None,
         class_names=plan.class_names,
         digest=str(meta["digest"]),
         n_given_train=meta.get("n_given_train"),
         bad=bad,
+        names=list(meta["files"]),
     )
-

@@ -1,15 +1,19 @@
 """The decoded-image cache: a folder of images decoded once into ``uint8`` ``.npy`` files.
 
 An entry lives in ``cache_dir()/images/<key>/`` and holds ``images.npy`` (memory-mapped on load),
-``labels.npy`` and ``meta.json`` (the file list, the files that could not be decoded, class names, the content
-digest). The key is a hash of everything that determines the pixels: each file's relative path, size and
-modification time, the preprocessing options and :data:`FORMAT_VERSION`. A changed folder gets a new key and
-is decoded again; the stale entry of the same folder and options is then deleted, so edits do not pile up
-copies.
+``labels.npy`` and ``meta.json``: the file of each image (``files``), the files that could not be decoded
+(``bad``), whether the images are labelled, a given split's boundary and the content digest. The key is a hash
+of everything that determines the pixels (see :func:`vaekit.data.folder.read_folder`): the folder's real path,
+each file's relative path, size, times, device and inode, the preprocessing options and
+:data:`FORMAT_VERSION`. A changed folder gets a new key and is decoded again; the stale entry of the same folder
+and options is then deleted, so edits do not pile up copies.
 
 Entries are written into a temporary folder beside their final place and renamed into it, so a reader sees a
-complete entry or none, and a crash never leaves a half-written one under a valid key. A damaged entry is
-reported by :func:`read_entry` as a miss, and decoded again.
+complete entry or none, and a crash never leaves a half-written one under a valid key. Every read checks the
+entry whole: ``meta.json`` must hold every field with the right types, and the digest of the arrays must equal
+the one stored, so a flipped byte on disk is never trained on. Reading the arrays again costs little beside
+decoding them: SHA-256 runs at about 1.7 GB/s on one core, so 60,000 28x28 images are checked in 0.03 s, where
+decoding them from PNG takes 15 s. A damaged entry is reported by :func:`read_entry` as a miss, and decoded again.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from typing import Any
 import numpy as np
 
 from .registry import cache_dir
+from .splits import content_digest
 
 __all__ = ["FORMAT_VERSION", "CacheEntry", "entry_dir", "images_root", "read_entry", "write_entry"]
 
-# Bump when decoding rules change, so existing caches are decoded again instead of reused.
-FORMAT_VERSION = 1
+# Bump when decoding rules or the entry's layout change, so existing caches are decoded again instead of reused.
+FORMAT_VERSION = 2
 _META = "meta.json"
 _IMAGES = "images.npy"
 _LABELS = "labels.npy"
@@ -56,7 +61,7 @@ def entry_dir(key: str) -> Path:
 
 
 def read_entry(key: str) -> CacheEntry | None:
-    """The entry stored under ``key``, or ``None`` if there is none or it is damaged."""
+    """The entry stored under ``key``, or ``None`` if there is none or it is damaged in any way."""
     folder = entry_dir(key)
     if not (folder / _META).is_file():
         return None
@@ -66,15 +71,43 @@ def read_entry(key: str) -> CacheEntry | None:
         labels = np.load(folder / _LABELS, allow_pickle=False)
     except (OSError, ValueError, EOFError):
         return None
-    if (
-        not isinstance(meta, dict)
-        or meta.get("format") != FORMAT_VERSION
-        or images.dtype != np.uint8
-        or list(images.shape) != meta.get("shape")
-        or labels.shape != (images.shape[0],)
-    ):
+    if not (_meta_ok(meta, images, labels) and _digest_ok(meta, images, labels)):
         return None
     return CacheEntry(images=images, labels=labels, meta=meta)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _meta_ok(meta: Any, images: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether ``meta`` holds every field, of the right type, and agrees with the arrays' shapes."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        return False
+    n = images.shape[0] if images.ndim else -1
+    files, bad, n_train = meta.get("files"), meta.get("bad"), meta.get("n_given_train")
+    return (
+        images.dtype == np.uint8
+        and images.ndim in (3, 4)
+        and list(images.shape) == meta.get("shape")
+        and labels.shape == (n,)
+        and labels.dtype.kind in "iu"
+        and isinstance(meta.get("digest"), str)
+        and isinstance(meta.get("labelled"), bool)
+        and (n_train is None or (_is_int(n_train) and 0 <= n_train <= n))
+        and isinstance(files, list) and len(files) == n and all(isinstance(f, str) for f in files)
+        and isinstance(bad, list)
+        and all(isinstance(b, list) and len(b) == 2 and all(isinstance(x, str) for x in b) for b in bad)
+    )
+
+
+def _digest_ok(meta: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether the arrays are still the ones written: their digest against the one stored with them."""
+    try:
+        found = content_digest(images, labels if meta["labelled"] else None, meta["n_given_train"])
+    except (OSError, ValueError):  # an array file truncated under its memory map, among others
+        return False
+    return found == meta["digest"]
 
 
 def write_entry(key: str, images: np.ndarray, labels: np.ndarray, meta: dict[str, Any]) -> CacheEntry:

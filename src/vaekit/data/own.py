@@ -7,16 +7,16 @@
 folder was moved, images were added, pixels changed).
 
 The split: ``train/`` and ``test/`` subfolders (or ``x_train``/``x_test`` arrays) are used as given.
-Otherwise ``round(N * test_fraction)`` images go to the test split (at least one, and at least one image is
-left to train on), chosen with a NumPy generator seeded by ``seed``; with labels the split is stratified,
-each class contributing in proportion to its size (largest remainders get the odd images), so a rare class
-is not left out of the test split by chance. Both splits keep the data's own order.
+Otherwise each image is held out or not by a hash of its own pixels and ``seed`` (:mod:`vaekit.data.holdout`),
+so adding or removing images moves no other image between the splits and identical images stay on one side;
+about ``N * test_fraction`` images are held out, at least one, leaving at least one to train on. Both splits
+keep the data's own order. A memory-mapped array is split in one pass a chunk at a time
+(:mod:`vaekit.data.chunked`): the splits are the one copy of the data in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 
 from .arrays import read_array_file, read_array_source
+from .chunked import split_rows
 from .errors import BadInputError, DataError
 from .folder import read_folder
+from .holdout import hash_positions, split_indices, test_mask
 from .splits import RawData, Splits
 
 __all__ = [
@@ -36,9 +38,11 @@ __all__ = [
     "read_own_data",
     "skipped_warning",
     "split_indices",
+    "split_mask",
 ]
 
-INFO_VERSION = 1
+# 2: the random split holds out images by a hash of their pixels (1: by a seeded permutation of positions).
+INFO_VERSION = 2
 # How a command is told where a run's images are now.
 WHERE_NOW = "--data-dir PATH for evaluate, plot and explore; --data PATH for train --resume"
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -86,44 +90,40 @@ def read_own_data(
                         "an array file")
 
 
-def split_indices(
-    labels: np.ndarray | None, n: int, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, test indices), each ascending; see the module docstring for the rule."""
-    rng = np.random.default_rng(seed)
-    groups = [np.arange(n)] if labels is None else [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    total = min(max(math.floor(n * test_fraction + 0.5), 1), n - 1)
-    quotas = np.array([len(g) * total / n for g in groups])
-    take = np.floor(quotas).astype(np.int64)
-    order = np.argsort(-(quotas - take), kind="stable")
-    take[order[: total - int(take.sum())]] += 1
-    test = np.sort(np.concatenate([rng.permutation(g)[:k] for g, k in zip(groups, take, strict=True)]))
-    mask = np.ones(n, dtype=bool)
-    mask[test] = False
-    return np.flatnonzero(mask), test
-
-
 def _indices_digest(indices: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(indices, dtype="<i8").data).hexdigest()
+
+
+def split_mask(raw: RawData, test_fraction: float, seed: int) -> np.ndarray:
+    """Which of ``raw``'s images are test images (a boolean mask): the given split, or the held-out ones.
+
+    Raises :class:`BadInputError` when every image is identical: none could be tested without being trained on.
+    """
+    if raw.n_given_train is not None:
+        return np.arange(len(raw.images)) >= raw.n_given_train
+    test = test_mask(hash_positions(raw.images, seed), raw.labels, test_fraction)
+    if not test.any():
+        raise BadInputError(f"{raw.path or IN_MEMORY}: all {len(raw.images):,} images are identical, so none can be "
+                            "held out for testing without also being trained on; add different images")
+    return test
 
 
 def _split(raw: RawData, test_fraction: float, seed: int) -> tuple[Splits, str | None]:
     """Split ``raw``; return the splits and the digest of a random split's test indices (``None``: given)."""
     labels = raw.labels if raw.labels is not None else np.zeros(len(raw.images), np.uint8)
+    test = split_mask(raw, test_fraction, seed)
     if raw.n_given_train is not None:
         cut = raw.n_given_train
-        parts = (raw.images[:cut], labels[:cut], raw.images[cut:], labels[cut:])
-        test_digest = None
+        train_images, test_images, test_digest = raw.images[:cut], raw.images[cut:], None
     else:
-        train, test = split_indices(raw.labels, len(raw.images), test_fraction, seed)
-        parts = (raw.images[train], labels[train], raw.images[test], labels[test])
-        test_digest = _indices_digest(test)
+        train_images, test_images = split_rows(raw.images, test)
+        test_digest = _indices_digest(np.flatnonzero(test))
     splits = Splits(
         name=raw.name,
-        train_images=parts[0],
-        train_labels=parts[1],
-        test_images=parts[2],
-        test_labels=parts[3],
+        train_images=train_images,
+        train_labels=labels[~test],
+        test_images=test_images,
+        test_labels=labels[test],
         source=raw.path or IN_MEMORY,
         class_names=tuple(raw.class_names) if raw.class_names is not None else None,
     )
@@ -188,7 +188,10 @@ def _check_info(info: Any) -> None:
     if missing:
         raise DataError(f"the run's data record lacks {', '.join(missing)}; it was edited or written by another "
                         "version, retrain the run")
-    if info["version"] != INFO_VERSION or info["kind"] not in ("folder", "array"):
+    if info["version"] == 1 and info["split"] == "random":
+        raise DataError("the run's test images were drawn by an older vaekit, by position; this one holds images out "
+                        "by their pixels and cannot rebuild that split, so retrain the run")
+    if info["version"] not in (1, INFO_VERSION) or info["kind"] not in ("folder", "array"):
         raise DataError(f"the run's data record has version {info['version']!r} and kind {info['kind']!r}, which "
                         f"this vaekit does not read (version {INFO_VERSION}, folder or array)")
 

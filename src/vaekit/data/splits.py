@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .chunked import chunks
 from .errors import DataError
 from .idx import check_pair
 from .registry import DatasetSpec
@@ -114,7 +115,8 @@ class RawData:
     ``images`` is ``uint8`` (N, H, W) or (N, H, W, 3) and may be memory-mapped; ``labels`` is (N,) or ``None``
     for unlabelled data. ``n_given_train`` is set when the data came already split: the first
     ``n_given_train`` images are the training split and the rest the test split. ``bad`` lists the files left
-    out with ``skip_bad`` as ``(path, problem)``. ``digest`` is :func:`content_digest` of the data.
+    out with ``skip_bad`` as ``(path, problem)``. ``digest`` is :func:`content_digest` of the data. ``names``
+    gives each image's file (relative to ``path``) for a folder; ``None`` for arrays, whose images are rows.
     """
 
     kind: str
@@ -126,22 +128,18 @@ class RawData:
     digest: str
     n_given_train: int | None = None
     bad: list[tuple[str, str]] = field(default_factory=list)
-
-
-_DIGEST_CHUNK = 1 << 24
+    names: list[str] | None = None
 
 
 def content_digest(images: np.ndarray, labels: np.ndarray | None, n_given_train: int | None = None) -> str:
     """SHA-256 over the images' shape and pixels, the labels (as int64) and a given split's boundary.
 
-    Read in chunks of images, so a memory-mapped array is hashed without being loaded whole.
+    Read in chunks of images, so a memory-mapped array is hashed without being loaded or kept resident whole.
     """
     digest = hashlib.sha256()
     digest.update(repr((tuple(int(d) for d in images.shape), str(images.dtype), n_given_train)).encode())
-    per_image = max(1, int(np.prod(images.shape[1:], dtype=np.int64)))
-    step = max(1, _DIGEST_CHUNK // per_image)
-    for start in range(0, len(images), step):
-        digest.update(np.ascontiguousarray(images[start : start + step]).data)
+    for _, chunk in chunks(images):
+        digest.update(np.ascontiguousarray(chunk).data)
     if labels is None:
         digest.update(b"unlabelled")
     else:

@@ -8,6 +8,11 @@ is reported as a symlink loop instead of being followed forever.
 
 Entries come out sorted by their path relative to the root (POSIX separators), so the same folder always
 gives the same order on every machine.
+
+A vaekit run folder below the root (one holding ``config.json`` beside ``model.safetensors`` or
+``checkpoint.safetensors``) is not listed: its figures are a model's output, not training data, and a run
+written inside its own data folder (``cd photos && vaekit train --data .``) would otherwise turn them into a
+class of the next run. Such folders are counted in :attr:`Listing.runs`, so the caller can say so.
 """
 
 from __future__ import annotations
@@ -23,13 +28,26 @@ from .images import IMAGE_EXTENSIONS
 __all__ = ["Entry", "Listing", "list_images"]
 
 
+# The files that make a folder a vaekit run folder (see vaekit.run.folder): its config and weights or checkpoint.
+RUN_CONFIG = "config.json"
+RUN_WEIGHTS = ("model.safetensors", "checkpoint.safetensors")
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One image file: its path relative to the listed root, size in bytes and modification time (ns)."""
+    """One image file: its path relative to the listed root and what identifies its content on disk.
+
+    Size and modification time alone do not: ``cp -p``, ``rsync -a`` and ``touch -r`` rewrite a file and keep
+    both. The change time cannot be set by a program and moves with every write, and the device and inode tell
+    a file apart from another with the same name, size and times elsewhere, so the decode cache keys on all.
+    """
 
     rel: str
     size: int
     mtime_ns: int
+    ctime_ns: int = 0
+    inode: int = 0
+    device: int = 0
 
 
 @dataclass
@@ -40,6 +58,12 @@ class Listing:
     bad: list[tuple[str, str]] = field(default_factory=list)
     ignored: int = 0
     ignored_examples: list[str] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+
+
+def _is_run_folder(names: set[str]) -> bool:
+    """Whether a folder holding files ``names`` is a vaekit run folder."""
+    return RUN_CONFIG in names and any(name in names for name in RUN_WEIGHTS)
 
 
 def _stat_problem(exc: OSError) -> str:
@@ -64,6 +88,9 @@ def _scan_folder(folder: str, prefix: str, listing: Listing) -> list[tuple[str, 
     except OSError as exc:
         listing.bad.append((prefix.rstrip("/") or ".", f"cannot list folder ({exc.strerror or exc})"))
         return []
+    if prefix and _is_run_folder({item.name for item in items}):
+        listing.runs.append(prefix.rstrip("/"))
+        return []
     subfolders = []
     for item in items:
         if item.name.startswith("."):
@@ -85,7 +112,9 @@ def _scan_folder(folder: str, prefix: str, listing: Listing) -> list[tuple[str, 
         elif not stat.S_ISREG(info.st_mode):
             listing.bad.append((rel, "not a regular file"))
         else:
-            listing.entries.append(Entry(rel, info.st_size, info.st_mtime_ns))
+            listing.entries.append(
+                Entry(rel, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev)
+            )
     return subfolders
 
 
@@ -111,4 +140,5 @@ def list_images(root: Path, prefix: str = "") -> Listing:
         stack.extend(reversed(found))
     listing.entries.sort(key=lambda e: e.rel)
     listing.bad.sort()
+    listing.runs.sort()
     return listing

@@ -101,8 +101,11 @@ def _settle(config: TrainConfig, out: str | os.PathLike | None, resume: bool, fo
         resume = False  # killed before it wrote its config: nothing was done, so start it afresh
     if resume:
         _, stored, recorded = runs.read_config(run_dir)
-        # --data may name where the run's images are now: what they are is checked against the run's record.
-        config = replace(stored, **{k: getattr(config, k) for k in RESUMABLE}, data=config.data or stored.data)
+        # --data may name where the run's images are now: what they are is checked against the run's record,
+        # whose absolute path is preferred over the stored --data, which may be relative to another directory.
+        own = recorded.get("own")
+        where = config.data or (own.get("path") if isinstance(own, dict) else None) or stored.data
+        config = replace(stored, **{k: getattr(config, k) for k in RESUMABLE}, data=where)
         config.validate()
         return run_dir, config, Stored(stored.epochs, recorded)
     if ctx.is_main:
