@@ -43,7 +43,8 @@ from tqdm import tqdm
 
 from vaekit.compiled import CompiledForward
 from vaekit.data.resolve import warn as _warn
-from vaekit.eval.elbo import EVAL_SEED, to_unit
+from vaekit.data.tensors import to_unit
+from vaekit.eval.elbo import EVAL_SEED
 from vaekit.model import VAE
 from vaekit.objectives import continuous_bernoulli_log_norm, log_importance_weights, log_likelihood
 

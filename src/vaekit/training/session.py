@@ -24,9 +24,9 @@ from vaekit import run as runs
 from vaekit.config import DISCRETIZED_LOGISTIC_SCALE, ConfigError, ModelConfig, TrainConfig
 from vaekit.data import Splits, load_splits
 from vaekit.data.binarize import binarize_splits, describe, protocol
+from vaekit.data.tensors import as_rows
 from vaekit.devices import resolve_device
 from vaekit.errors import NonFiniteError, RunFolderError
-from vaekit.eval.elbo import as_rows
 from vaekit.model import VAE, model_config, n_params
 from vaekit.training import distributed, precision
 from vaekit.training.callbacks import Callback, default_callbacks, log
