@@ -27,7 +27,7 @@ from vaekit.training import graphs
 from vaekit.training.distributed import DistContext
 from vaekit.training.gradients import Gradients, make_gradients
 from vaekit.training.objective import Noise
-from vaekit.training.optim import adam_state, adam_step
+from vaekit.training.optim import adam_state, adam_step, is_fused
 from vaekit.training.plan import StepPlan
 from vaekit.training.precision import Precision
 
@@ -192,13 +192,16 @@ class TrainStep:
 
     def __init__(self, model: VAE, opt: torch.optim.Optimizer, config: TrainConfig, plan: StepPlan,
                  ctx: DistContext, device: torch.device, warn: Callable[[str], None]) -> None:
+        if plan.fused_adam != is_fused(opt):
+            raise ValueError("the step plan was chosen for another optimizer: choose_plan's fused_adam must be "
+                             "is_fused(opt)")
         self.plan, self.opt = plan, opt
         self.prec = Precision.create(plan.precision, device)
         self.params = list(model.parameters())
         self.every = plan.sync_every
         self.guard = FiniteGuard(self.params, device, self.every, check_grads=self.prec.scaler is None)
-        self.prec.attach(model)
         self.gradients = make_gradients(plan, model, config, self.prec, ctx, device, warn)
+        self.prec.attach(model)  # autocast's outputs back to float32 (see precision.py); fp32: nothing
         eager = EagerStep(self.gradients, opt, self.prec, self.guard, plan.fused_adam)
         self.runner: EagerStep | RecordedStep = (
             RecordedStep(eager, self.params, device, config.batch_size, warn) if plan.graph else eager)
