@@ -34,8 +34,8 @@ from torch.profiler import ProfilerActivity, profile
 import vaekit
 from vaekit.training.distributed import DistContext
 from vaekit.training.objective import draw_noise
-from vaekit.training.optim import make_adam
-from vaekit.training.precision import Precision
+from vaekit.training.optim import is_fused, make_adam
+from vaekit.training.plan import choose_plan
 from vaekit.training.step import TrainStep
 
 CATEGORIES = ("matrix products", "element-wise", "optimizer", "dispatch and other")
@@ -73,7 +73,10 @@ def build_step(model_name: str, shape: tuple[int, ...], device: torch.device, ba
     torch.manual_seed(0)
     model = vaekit.VAE(vaekit.model_config(model_name, image_shape=shape)).to(device)
     opt = make_adam(model.parameters(), config.lr)
-    step = TrainStep(model, opt, config, Precision.create(precision, device), DistContext(), device, print)
+    plan = choose_plan(config, model, device, 1, is_fused(opt))
+    if plan.precision_warning:
+        print(f"--precision {precision}: {plan.precision_warning}")
+    step = TrainStep(model, opt, config, plan, DistContext(), device, print)
     return step, config, model
 
 

@@ -486,9 +486,7 @@ def measure_profile(args: argparse.Namespace, images: np.ndarray, device: torch.
         flags.setdefault("compiled", False)
         step, config, m = step_profile.build_step(args.model, shape, device, args.batch_size, args.precision,
                                                   **flags)
-        what = "recorded CUDA graph" if step.graph is not None else (
-            "hand-written" if step.by_hand is not None else "compiled" if step.forward.active else "autograd")
-        built.append((f"{label} [{what}]", step, config, m))
+        built.append((f"{label} [{step.plan.strategy}]", step, config, m))
     for p in step_profile.profile_steps(built, images, device):
         step_profile.print_profile(p, floor_ms)
 

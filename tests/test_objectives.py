@@ -8,11 +8,14 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
+from vaekit.eval.likelihood import bernoulli_log_px_z
 from vaekit.objectives import (
+    bernoulli_cross_entropy,
     bernoulli_log_likelihood,
     diagonal_normal_log_prob,
     elbo_terms,
     gaussian_kl,
+    gaussian_kl_per_dim,
     gaussian_log_likelihood,
     standard_normal_log_prob,
 )
@@ -118,3 +121,17 @@ def test_elbo_terms_add_up() -> None:
     torch.testing.assert_close(t.loss, t.recon + t.kl)
     bce = torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits), x, reduction="none").sum(-1)
     torch.testing.assert_close(t.recon, bce)
+
+
+def test_each_term_has_one_definition_that_its_other_forms_compute() -> None:
+    """The estimator's two-pass Bernoulli term, the cross-entropy training minimizes and the KL per dimension
+    are the definitions above, in other arrangements."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(5, 40, generator=g)
+    logits = torch.randn(7, 5, 40, generator=g) * 5
+    torch.testing.assert_close(bernoulli_log_px_z(x, logits), bernoulli_log_likelihood(x.expand_as(logits), logits),
+                               rtol=1e-12, atol=1e-10)
+    assert torch.equal(bernoulli_cross_entropy(x, logits[0]), -bernoulli_log_likelihood(x, logits[0]))
+    mu, logvar = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    torch.testing.assert_close(gaussian_kl_per_dim(mu, logvar).sum(dim=-1), gaussian_kl(mu, logvar),
+                               rtol=1e-14, atol=1e-14)

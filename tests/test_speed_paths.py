@@ -17,7 +17,7 @@ from vaekit.cli.train import config_from_args
 from vaekit.config import TrainConfig
 from vaekit.errors import NonFiniteError
 from vaekit.model import VAE, model_config
-from vaekit.training import step as step_mod
+from vaekit.training import plan as plan_mod
 from vaekit.training.objective import Noise, batch_loss
 from vaekit.training.precision import Precision, cpu_has_native_bf16
 from vaekit.training.schedule import lr_at
@@ -64,7 +64,7 @@ def test_deferred_checks_give_the_same_weights_as_per_step_checks(tiny_data: Pat
                                                                   monkeypatch) -> None:
     """The accelerator path (flag read every N steps, the fused optimizer honouring it) run on the CPU."""
     eager = vaekit.train(_cfg(tiny_data), tmp_path / "eager")
-    monkeypatch.setattr(step_mod, "sync_every", lambda device, fused, graph=False: 3)
+    monkeypatch.setattr(plan_mod, "sync_every", lambda device, fused_adam, graph=False: 3)
     deferred = vaekit.train(_cfg(tiny_data), tmp_path / "deferred")
     _assert_bitwise_equal(_weights(eager.path), _weights(deferred.path))
 
@@ -94,7 +94,7 @@ def test_deferred_checks_name_the_first_bad_step_and_never_update_with_it(tiny_d
                                                                           monkeypatch) -> None:
     """Read every 4 steps: the loss of step 2 is infinite, the host learns it at step 4 and names step 2, and the
     fused optimizer skipped the updates of steps 2, 3 and 4 (a NaN gradient never reached the weights)."""
-    monkeypatch.setattr(step_mod, "sync_every", lambda device, fused, graph=False: 4)
+    monkeypatch.setattr(plan_mod, "sync_every", lambda device, fused_adam, graph=False: 4)
     probe = InfiniteBiasAfterStep(1)
     with pytest.raises(NonFiniteError, match=r"the loss became inf at epoch 1, step 2; no checkpoint"):
         vaekit.train(_cfg(tiny_data), tmp_path / "run", callbacks=[probe])

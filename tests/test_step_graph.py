@@ -6,6 +6,7 @@ same tests run recorded graphs too."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from vaekit.training import graphs
 from vaekit.training.distributed import DistContext
 from vaekit.training.objective import Noise
 from vaekit.training.optim import make_adam
-from vaekit.training.precision import Precision
+from vaekit.training.plan import StepPlan, choose_plan, sync_every
 from vaekit.training.step import TrainStep
 
 CPU = torch.device("cpu")
@@ -30,9 +31,14 @@ def _setup(config: TrainConfig, graph: bool, seed: int = 0,
     torch.manual_seed(seed)
     model = VAE(model_config("mlp", hidden=[40, 12], zdim=3, image_shape=(10, 10))).to(device)
     opt = make_adam(model.parameters(), config.lr)
-    step = TrainStep(model, opt, config, Precision.create("fp32", device), DistContext(), device, _no_warning,
-                     graph=graph)
+    step = TrainStep(model, opt, config, _plan(config, model, device, graph), DistContext(), device, _no_warning)
     return model, opt, step
+
+
+def _plan(config: TrainConfig, model: VAE, device: torch.device, graph: bool) -> StepPlan:
+    """The run's plan with the recording on or off as asked (on a CPU: its logic, without recording)."""
+    plan = choose_plan(config, model, device, 1, fused_adam=True)
+    return replace(plan, graph=graph, sync_every=sync_every(device, True, graph))
 
 
 def _no_warning(msg: str) -> None:
@@ -162,8 +168,7 @@ def test_a_step_that_cannot_be_recorded_runs_unrecorded_with_one_line() -> None:
     model = VAE(model_config("mlp", hidden=[40, 12], zdim=3, image_shape=(10, 10)))
     opt = make_adam(model.parameters(), EXACT_LR)
     config = TrainConfig(lr=EXACT_LR, batch_size=16)
-    step = TrainStep(model, opt, config, Precision.create("fp32", CPU), DistContext(), CPU, warnings.append,
-                     graph=True)
+    step = TrainStep(model, opt, config, _plan(config, model, CPU, True), DistContext(), CPU, warnings.append)
     assert step.graph is not None
     step.graph.body = lambda *a: (_ for _ in ()).throw(RuntimeError("CUDA error: capture invalidated"))
     _, opt_ref, ref = _setup(config, graph=False)
@@ -172,15 +177,19 @@ def test_a_step_that_cannot_be_recorded_runs_unrecorded_with_one_line() -> None:
     assert step.graph is None and len(warnings) == 1 and "could not be recorded" in warnings[0]
 
 
-def test_recording_is_chosen_only_where_it_applies() -> None:
+def test_recording_is_chosen_only_where_it_applies(monkeypatch) -> None:
+    """The plan records on CUDA in fp32 with fused Adam on one process (the chooser reads the device's type
+    only, so a CUDA device can be named here without one)."""
     cuda = torch.device("cuda", 0)
-    assert graphs.applies(TrainConfig(), cuda, distributed=False, fused_adam=True)
+    model = VAE(model_config("seed"))
+    assert choose_plan(TrainConfig(), model, cuda, 1, fused_adam=True).graph
     for change in (dict(cuda_graph=False), dict(compile=True), dict(detect_anomaly=True)):
-        assert not graphs.applies(TrainConfig(**change), cuda, distributed=False, fused_adam=True)
-    assert not graphs.applies(TrainConfig(precision="bf16"), cuda, False, True, precision="bf16")
-    assert not graphs.applies(TrainConfig(), CPU, distributed=False, fused_adam=True)
-    assert not graphs.applies(TrainConfig(), cuda, distributed=True, fused_adam=True)
-    assert not graphs.applies(TrainConfig(), cuda, distributed=False, fused_adam=False)
+        assert not choose_plan(TrainConfig(**change), model, cuda, 1, fused_adam=True).graph
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert not choose_plan(TrainConfig(precision="bf16"), model, cuda, 1, fused_adam=True).graph
+    assert not choose_plan(TrainConfig(), model, CPU, 1, fused_adam=True).graph
+    assert not choose_plan(TrainConfig(), model, cuda, 2, fused_adam=True).graph
+    assert not choose_plan(TrainConfig(), model, cuda, 1, fused_adam=False).graph
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="recording needs a CUDA GPU")

@@ -45,7 +45,7 @@ def test_a_profile_splits_the_whole_step(model: str) -> None:
     for fused in (False, True):
         step, config, m = step_profile.build_step(model, shape, CPU, 16, "fp32", False, fused_step=fused,
                                                   cuda_graph=True)
-        assert (step.by_hand is not None) == (fused and model == "seed")
+        assert (step.plan.gradients == "hand-written") == (fused and model == "seed")
         variants.append((f"fused={fused}", step, config, m))
     profiles = step_profile.profile_steps(variants, images, CPU, steps=4, repeats=1)
     for p in profiles:

@@ -18,12 +18,36 @@ from torch import Tensor
 LOG_2PI = math.log(2 * math.pi)
 
 
+def _kl_inner(mu: Tensor, logvar: Tensor) -> Tensor:
+    """1 + log sigma_j^2 - mu_j^2 - sigma_j^2, elementwise: the KL's terms before the factor -1/2."""
+    return 1 + logvar - mu.pow(2) - logvar.exp()
+
+
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, diag(exp(logvar))) || N(0, I)) per row, in closed form.
 
     KL = -1/2 * sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2)
+
+    The one definition of the KL: training (autograd and the hand-written step of
+    :mod:`vaekit.training.fused`, whose gradient of it ``tests/test_fused_step.py`` checks against this),
+    evaluation and :func:`gaussian_kl_per_dim` all compute it here.
     """
-    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
+    return -0.5 * torch.sum(_kl_inner(mu, logvar), dim=-1)
+
+
+def gaussian_kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
+    """The closed-form KL of each latent dimension, elementwise (``gaussian_kl`` is their sum per row)."""
+    return -0.5 * _kl_inner(mu, logvar)
+
+
+def bernoulli_cross_entropy(x: Tensor, logits: Tensor) -> Tensor:
+    """-log p(x|z) under the Bernoulli likelihood per row: the blog post's binary cross-entropy, summed.
+
+    The one definition of the Bernoulli term: :func:`bernoulli_log_likelihood` is its negative, the
+    hand-written training step computes it through this function, and the estimator's faster form
+    (:func:`vaekit.eval.likelihood.bernoulli_log_px_z`) is tested against it.
+    """
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=-1)
 
 
 def bernoulli_log_likelihood(x: Tensor, logits: Tensor) -> Tensor:
@@ -32,7 +56,7 @@ def bernoulli_log_likelihood(x: Tensor, logits: Tensor) -> Tensor:
     For grey-level x in [0, 1] this is minus the blog post's binary cross-entropy (not a normalized
     density then, but the same objective).
     """
-    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=-1)
+    return -bernoulli_cross_entropy(x, logits)
 
 
 def gaussian_log_likelihood(x: Tensor, mean: Tensor, log_sigma: Tensor | float) -> Tensor:

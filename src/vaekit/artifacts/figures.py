@@ -21,7 +21,7 @@ import torch
 
 from vaekit import run as runs
 from vaekit.artifacts import FIGURES
-from vaekit.eval.elbo import to_unit
+from vaekit.data.tensors import to_unit
 from vaekit.model import VAE
 
 if TYPE_CHECKING:

@@ -43,9 +43,15 @@ from tqdm import tqdm
 
 from vaekit.compiled import CompiledForward
 from vaekit.data.resolve import warn as _warn
-from vaekit.eval.elbo import EVAL_SEED, to_unit
+from vaekit.data.tensors import to_unit
+from vaekit.eval.elbo import EVAL_SEED
 from vaekit.model import VAE
-from vaekit.objectives import continuous_bernoulli_log_norm, log_importance_weights, log_likelihood
+from vaekit.objectives import (
+    continuous_bernoulli_log_norm,
+    gaussian_kl_per_dim,
+    log_importance_weights,
+    log_likelihood,
+)
 
 # Default number of decoder rows (images x draws) per chunk on the CPU: 8192 rows of 784 float32 logits
 # are 26 MB, large enough for efficient matrix products, small enough to stay in cache-friendly memory.
@@ -348,7 +354,7 @@ def latent_statistics(model: VAE, images: Tensor, batch_size: int = 1000,
         xb = images[i : i + batch_size].reshape(min(batch_size, len(images) - i), -1).to(param.device)
         mu, logvar = model.encode((to_unit(xb) if xb.dtype == torch.uint8 else xb).to(param.dtype))
         mus.append(mu.double().cpu())
-        kls.append((-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).double().sum(dim=0).cpu())
+        kls.append(gaussian_kl_per_dim(mu, logvar).double().sum(dim=0).cpu())
     mu_all = torch.cat(mus)
     var = mu_all.var(dim=0) if len(mu_all) > 1 else torch.zeros(mu_all.shape[1], dtype=torch.float64)
     kl = torch.stack(kls).sum(dim=0) / len(mu_all)

@@ -11,9 +11,10 @@ from vaekit import run as runs
 from vaekit.config import BINARIZE, ConfigError
 from vaekit.data import Splits, load_splits
 from vaekit.data.binarize import binarize_splits, bits_per_dim_scale, protocol
+from vaekit.data.tensors import as_rows
 from vaekit.devices import resolve_device
 from vaekit.errors import RunFolderError, VaekitError
-from vaekit.eval.elbo import as_rows, evaluate_elbo
+from vaekit.eval.elbo import evaluate_elbo
 from vaekit.run import Run, load_run
 
 # The keys an importance-sampled evaluation adds to the evaluate output and merges into summary.json.

@@ -151,7 +151,11 @@ class MetricsCSV(Callback):
 
 
 class EpochLog(Callback):
-    """One line per epoch on stderr: the losses and the time."""
+    """On stderr, the step's plan in one line before training, then one line per epoch: the losses and the time."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.state.epoch < trainer.config.epochs:  # a finished run resumed for its outputs trains no step
+            log(trainer.step.plan.line())
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
         log(f"epoch {row['epoch']}/{trainer.config.epochs}  train {row['train_loss']:.3f}  test {row['test_loss']:.3f}"

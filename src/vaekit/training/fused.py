@@ -10,7 +10,10 @@ operands, so the loss and every gradient are bit for bit those of ``loss.backwar
 runs check whole trainings): what is saved is the engine's bookkeeping, not arithmetic.
 
 It covers the post's objective: an MLP VAE, the single-draw ELBO with the closed-form KL, the Bernoulli
-likelihood, float32, one process. Everything else goes through autograd (:func:`applies` says which).
+likelihood, float32, one process. Everything else goes through autograd (:func:`vaekit.training.plan.choose_plan`
+decides, and says why). The loss calls :mod:`vaekit.objectives`' definitions of the Bernoulli term and the
+KL; their gradients are written out here (:func:`bernoulli_backward`, :func:`gaussian_kl_backward`) and tested
+against autograd on those definitions.
 
 The method, with ``a`` a layer's pre-activation, ``h`` its output and ``g`` the gradient flowing back:
 
@@ -28,12 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaekit.config import TrainConfig
 from vaekit.data.binarize import binarize_with
-from vaekit.eval.elbo import to_unit
+from vaekit.data.tensors import to_unit
 from vaekit.model import VAE
-from vaekit.objectives import gaussian_kl
-from vaekit.training.objective import Noise, single_draw
+from vaekit.objectives import bernoulli_cross_entropy, gaussian_kl
+from vaekit.training.objective import Noise
 
 _aten = torch.ops.aten
 
@@ -75,17 +77,39 @@ def layers_of(body: nn.Sequential) -> list[Layer] | None:
     return out
 
 
-def applies(model: VAE, config: TrainConfig, distributed: bool, precision: str = "fp32") -> bool:
-    """Whether the hand-written step computes this run's objective (else autograd does).
+def model_blocker(model: VAE) -> str | None:
+    """Why the hand-written step cannot compute ``model``'s gradients, or None when it can.
 
-    The post's objective in float32 (``precision``: the one training runs in, after any fallback) on one
-    process, not compiled, not under anomaly detection; an MLP whose layers are Linear and a supported
-    activation; no learned likelihood parameter.
+    It knows an MLP whose layers are Linear and a supported activation, with no learned likelihood
+    parameter; the rest of what it needs (the objective, the precision, one process) is the run's settings,
+    which :func:`vaekit.training.plan.choose_plan` checks.
     """
-    return (config.fused_step and single_draw(config) and config.likelihood == "bernoulli"
-            and precision == "fp32" and not config.compile and not config.detect_anomaly
-            and not distributed and model.config.architecture == "mlp" and model.log_sigma is None
-            and layers_of(model.encoder) is not None and layers_of(model.decoder) is not None)
+    if model.config.architecture != "mlp":
+        return f"the {model.config.architecture} model has no hand-written step (MLP only)"
+    if model.log_sigma is not None:
+        return "a learned likelihood scale has no hand-written step"
+    if layers_of(model.encoder) is None or layers_of(model.decoder) is None:
+        return "the MLP has a layer the hand-written step does not know"
+    return None
+
+
+def bernoulli_backward(logits: Tensor, x: Tensor) -> Tensor:
+    """d/d logits of :func:`~vaekit.objectives.bernoulli_cross_entropy`: sigmoid(logits) - x (the kernels
+    ``BinaryCrossEntropyWithLogitsBackward`` runs for a sum's gradient of ones)."""
+    return torch.sigmoid(logits) - x
+
+
+def gaussian_kl_backward(mu: Tensor, logvar: Tensor, kl_weight: float | Tensor) -> tuple[Tensor, Tensor]:
+    """The gradients of ``kl_weight * gaussian_kl(mu, logvar)`` (summed over rows) for ``mu`` and ``logvar``.
+
+    d KL / d mu = mu and d KL / d logvar = (exp(logvar) - 1) / 2, computed as autograd computes them through
+    :func:`~vaekit.objectives.gaussian_kl`'s operations: the sum passes -kl_weight / 2 to each term, the
+    square's backward doubles mu, the exponential's reuses exp(logvar).
+    """
+    # kl_weight is a number, or a device scalar inside a recorded CUDA graph (where fill_ would read it back)
+    w = kl_weight.expand_as(mu) if isinstance(kl_weight, Tensor) else torch.full_like(mu, kl_weight)
+    g_inner = w * -0.5
+    return -g_inner * (2 * mu), g_inner + -g_inner * logvar.exp()
 
 
 def mlp_forward(layers: list[Layer], h: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
@@ -120,7 +144,7 @@ class FusedLoss:
 
     def __init__(self, model: VAE) -> None:
         enc, dec = layers_of(model.encoder), layers_of(model.decoder)
-        assert enc is not None and dec is not None, "applies() is checked before building the step"
+        assert enc is not None and dec is not None, "model_blocker() is checked before building the step"
         self.enc, self.dec, self.zdim = enc, dec, model.zdim
 
     def __call__(self, x: Tensor, noise: Noise, kl_weight: float | Tensor) -> Tensor:
@@ -136,15 +160,13 @@ class FusedLoss:
         std = torch.exp(0.5 * logvar)
         z = mu + std * eps
         logits, dec_in, dec_pre = mlp_forward(self.dec, z)
-        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=-1)
+        recon = bernoulli_cross_entropy(x, logits)
         kl = gaussian_kl(mu, logvar)
         loss = (recon + kl_weight * kl).sum()
-        # Backward. d loss / d recon_i = 1, d loss / d kl_i = kl_weight, so the KL's inner sum gets -kl_weight / 2.
-        g_z = mlp_backward(self.dec, dec_in, dec_pre, [*dec_in[1:], logits], torch.sigmoid(logits) - x, True)
-        # kl_weight is a number, or a device scalar inside a recorded CUDA graph (where fill_ would read it back)
-        w = kl_weight.expand_as(mu) if isinstance(kl_weight, Tensor) else torch.full_like(mu, kl_weight)
-        g_inner = w * -0.5
-        g_mu = g_z + -g_inner * (2 * mu)
-        g_logvar = (g_inner + -g_inner * logvar.exp()) + (g_z * eps * std) * 0.5
+        # Backward: d loss / d recon_i = 1 and d loss / d kl_i = kl_weight.
+        g_z = mlp_backward(self.dec, dec_in, dec_pre, [*dec_in[1:], logits], bernoulli_backward(logits, x), True)
+        kl_mu, kl_logvar = gaussian_kl_backward(mu, logvar, kl_weight)
+        g_mu = g_z + kl_mu
+        g_logvar = kl_logvar + (g_z * eps * std) * 0.5
         mlp_backward(self.enc, enc_in, enc_pre, [*enc_in[1:], out], torch.cat([g_mu, g_logvar], dim=-1), False)
         return loss

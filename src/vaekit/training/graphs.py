@@ -34,7 +34,6 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from vaekit.config import TrainConfig
 from vaekit.training.objective import Noise
 
 # Warm-up steps before recording (PyTorch's documentation uses 3; DDP needs 11, which is not used here).
@@ -45,15 +44,6 @@ Body = Callable[[Tensor, Noise, Tensor, Tensor], Tensor]
 
 class RecordingError(RuntimeError):
     """The step could not be recorded as a CUDA graph; the state is as it was before the attempt."""
-
-
-def applies(config: TrainConfig, device: torch.device, distributed: bool, fused_adam: bool,
-            precision: str = "fp32") -> bool:
-    """Whether the step is recorded as a CUDA graph: on a CUDA device in float32 (``precision``: the one
-    training runs in) with fused Adam, on one process, neither compiled nor under anomaly detection
-    (``--no-cuda-graph`` turns it off)."""
-    return (config.cuda_graph and device.type == "cuda" and precision == "fp32" and fused_adam
-            and not config.compile and not config.detect_anomaly and not distributed)
 
 
 class StepGraph:

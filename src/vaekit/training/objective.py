@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from vaekit.config import TrainConfig
 from vaekit.data.binarize import binarize_with
-from vaekit.eval.elbo import to_unit
+from vaekit.data.tensors import to_unit
 from vaekit.model import VAE
 from vaekit.objectives import elbo_terms, gaussian_kl, iwae_bound, log_importance_weights, log_likelihood
 

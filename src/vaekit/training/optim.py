@@ -25,6 +25,11 @@ def make_adam(params: Iterable[Tensor], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr)
 
 
+def is_fused(opt: torch.optim.Optimizer) -> bool:
+    """Whether ``opt`` runs Adam's fused kernel (which can skip an update on a device flag)."""
+    return bool(opt.param_groups[0].get("fused"))
+
+
 def adam_state(opt: torch.optim.Optimizer) -> list[Tensor]:
     """Every state tensor of Adam (step counts and both moments), creating the state first if no step has.
 

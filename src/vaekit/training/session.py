@@ -24,15 +24,16 @@ from vaekit import run as runs
 from vaekit.config import DISCRETIZED_LOGISTIC_SCALE, ConfigError, ModelConfig, TrainConfig
 from vaekit.data import Splits, load_splits
 from vaekit.data.binarize import binarize_splits, describe, protocol
+from vaekit.data.tensors import as_rows
 from vaekit.devices import resolve_device
 from vaekit.errors import NonFiniteError, RunFolderError
-from vaekit.eval.elbo import as_rows
 from vaekit.model import VAE, model_config, n_params
 from vaekit.training import distributed, precision
 from vaekit.training.callbacks import Callback, default_callbacks, log
 from vaekit.training.checkpoint import TrainState, load_checkpoint
 from vaekit.training.loop import fit
-from vaekit.training.optim import make_adam
+from vaekit.training.optim import is_fused, make_adam
+from vaekit.training.plan import choose_plan
 from vaekit.training.schedule import LRSchedule
 from vaekit.training.step import TrainStep
 from vaekit.training.trainer import TrainData, Trainer
@@ -262,11 +263,10 @@ def build_trainer(config: TrainConfig, mcfg: ModelConfig, splits: Splits, run_di
             "noise": torch.Generator(device=device).manual_seed(config.seed + 1)}
     if config.binarize == "dynamic":  # redraws every batch's pixels; checkpointed like the others
         gens["binarize"] = torch.Generator(device=device).manual_seed(config.seed + 2)
-    prec_name, why = precision.resolve(config.precision, device)
-    if why and ctx.is_main:
-        warn(f"--precision {config.precision}: {why}")
-    step = TrainStep(model, opt, config, precision.Precision.create(prec_name, device), ctx, device,
-                     warn if ctx.is_main else lambda _: None)
+    plan = choose_plan(config, model, device, ctx.world_size, is_fused(opt))
+    if plan.precision_warning and ctx.is_main:
+        warn(f"--precision {config.precision}: {plan.precision_warning}")
+    step = TrainStep(model, opt, config, plan, ctx, device, warn if ctx.is_main else lambda _: None)
     # The whole training split as one uint8 tensor (4x smaller than float); on the device for a single
     # process, on the host for data-parallel ranks, which gather their shard onto the device each epoch.
     x_all = as_rows(splits.train_images)
@@ -309,7 +309,7 @@ def _outputs(config: TrainConfig) -> tuple[str, ...]:
 
 def _finish(t: Trainer, data_info: dict[str, Any], test_labels: np.ndarray) -> None:
     """Weights, metrics and summary of the finished run, then its artifacts (rank 0 only)."""
-    compiled = t.step.forward.active
+    compiled = t.step.compiled
     prec_name = t.step.prec.name
     test_images = t.data.x_test.cpu().numpy() if t.ctx.is_main else None
     t.data = t.step = t.opt = None  # type: ignore[assignment] - release the data and optimizer before drawing

@@ -1,5 +1,5 @@
-"""One optimizer step: the loss under the chosen precision (compiled where asked, data-parallel under
-torchrun), backward, a non-finite guard without per-step syncs, and fused Adam.
+"""One optimizer step as the plan names it: loss and gradients, a non-finite guard without per-step syncs,
+and fused Adam; or all of it as one recorded CUDA graph.
 
 At the post's settings (batch 128, a 440k-parameter MLP) a CPU step is a few milliseconds, so what the
 step spends outside the matrix products matters: the finiteness check is one multi-tensor kernel plus one
@@ -7,6 +7,10 @@ read, and Adam is one fused kernel. On a GPU, reading any value back stalls the 
 check leaves a flag on the device that the fused optimizer honours (it skips the update, as with
 GradScaler), and the host reads the flag only every N steps; a non-finite value still never reaches the
 weights.
+
+Which step runs is decided before training by :func:`vaekit.training.plan.choose_plan`; :class:`TrainStep`
+builds what that plan names: the gradients (:mod:`vaekit.training.gradients`), run by :class:`EagerStep`
+(gradients, guard, then the update) or by :class:`RecordedStep` (the same, recorded as a CUDA graph).
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from vaekit.compiled import CompiledForward
 from vaekit.config import TrainConfig
 from vaekit.model import VAE
 from vaekit.training import graphs
 from vaekit.training.distributed import DistContext
-from vaekit.training.fused import FusedLoss, applies
-from vaekit.training.objective import Noise, Objective
-from vaekit.training.optim import adam_state, adam_step
+from vaekit.training.gradients import Gradients, make_gradients
+from vaekit.training.objective import Noise
+from vaekit.training.optim import adam_state, adam_step, is_fused
+from vaekit.training.plan import StepPlan
 from vaekit.training.precision import Precision
 
 
@@ -84,95 +88,74 @@ class FiniteGuard:
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
 
 
-def sync_every(device: torch.device, fused: bool, graph: bool = False) -> int:
-    """How often (in steps) the host reads the non-finite flag and the loss back from the device.
+class EagerStep:
+    """The step dispatched operation by operation: loss and gradients, the guard's checks, then Adam.
 
-    Every step on the CPU, where reading is free; every 50 steps on an accelerator, where a read stalls the
-    queue of kernels, and for a recorded step, whose guard keeps its record on the device. In between, the
-    fused optimizer skips any update the flag marks, so non-finite values never reach the weights either way
-    (an optimizer without that ability is checked every step).
-    """
-    return 50 if graph or (device.type != "cpu" and fused) else 1
-
-
-class TrainStep:
-    """Forward and backward of one batch, then the optimizer update; the parts of a step, named.
-
-    ``__call__`` computes the loss and gradients (``precision``'s autocast, ``torch.compile`` with its eager
-    fallback, DistributedDataParallel's gradient averaging; the post's objective by the hand-written step of
-    :mod:`~vaekit.training.fused`) and queues the non-finite checks; ``update`` applies Adam, skipping the
-    update when the guard's flag is set. Where :func:`graphs.applies` (or ``graph=True``, which on a CPU runs
-    the recorded step's logic without recording), the whole step including the update is one recorded CUDA
-    graph, replayed per batch, and ``update`` has nothing left to do.
+    ``lr``: None, or a float32 device scalar holding the learning rate (beside a recording, so the steps it
+    does not replay use the very rate the recorded ones do).
     """
 
-    def __init__(self, model: VAE, opt: torch.optim.Optimizer, config: TrainConfig, prec: Precision,
-                 ctx: DistContext, device: torch.device, warn: Callable[[str], None],
-                 graph: bool | None = None) -> None:
-        self.opt, self.prec, self.ctx, self.warn = opt, prec, ctx, warn
-        self.params = list(model.parameters())
-        self.fused = bool(opt.param_groups[0].get("fused"))
-        use_graph = graphs.applies(config, device, ctx.enabled, self.fused, prec.name) if graph is None else graph
-        self.every = sync_every(device, self.fused, use_graph)
-        self.guard = FiniteGuard(self.params, device, self.every, check_grads=prec.scaler is None)
-        module: torch.nn.Module = Objective(model, config)
-        if ctx.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-        prec.attach(model)
-        self.forward = CompiledForward(module, device, [], self.params, warn, enabled=config.compile)
-        # The post's objective goes through the hand-written step: the same numbers, less overhead.
-        self.by_hand = FusedLoss(model) if applies(model, config, ctx.enabled, prec.name) else None
-        # DDP averages gradients over ranks while the post's loss is a sum: scale each rank's loss back up.
-        self.loss_factor = float(ctx.world_size)
-        self.graph: graphs.StepGraph | None = None
-        # Beside a recording the rate is a float32 device scalar, for recorded and unrecorded steps alike.
+    def __init__(self, gradients: Gradients, opt: torch.optim.Optimizer, prec: Precision, guard: FiniteGuard,
+                 fused_adam: bool) -> None:
+        self.gradients, self.opt, self.prec, self.guard = gradients, opt, prec, guard
+        # With rare reads the fused kernel skips a flagged update itself; other optimizers are read every step.
+        self.skip_flagged = fused_adam and guard.every > 1
         self.lr: Tensor | None = None
-        if use_graph:
-            self.lr = torch.tensor(float(opt.param_groups[0]["lr"]), device=device)
-            self.graph = graphs.StepGraph(self._recorded_step, self._mutable_state, device, device.type == "cuda",
-                                          config.batch_size)
-        self._updated = False  # whether the last step updated the weights itself (a replayed graph does)
 
     def __call__(self, x: Tensor, noise: Noise, kl_weight: float, global_step: int) -> Tensor:
         """Loss (summed over the batch) and gradients of one batch; the guard sees both."""
-        if self.lr is not None:
-            self.lr.fill_(self.opt.param_groups[0]["lr"])
+        loss = self.gradients(x, noise, kl_weight)
+        self.guard.observe(loss, global_step)
+        return loss
+
+    def update(self) -> None:
+        """The optimizer step, skipped by the fused kernel when the guard's flag is set."""
+        self.prec.step(self.opt, self.guard.found if self.skip_flagged else None, self.lr)
+
+
+class RecordedStep:
+    """The whole step (gradients, guard and the Adam update) recorded once as a CUDA graph and replayed.
+
+    Full batches replay the recording (or, on a CPU, run its logic on its static buffers without recording);
+    an epoch's short last batch, or every batch after a recording failed (one warning), goes through
+    ``eager``, with the same float32 device learning rate. A replay has updated the weights already, so
+    :meth:`update` then has nothing left to do.
+    """
+
+    def __init__(self, eager: EagerStep, params: list[Tensor], device: torch.device, rows: int,
+                 warn: Callable[[str], None]) -> None:
+        self.eager, self.params, self.warn = eager, params, warn
+        self.lr = eager.lr = torch.tensor(float(eager.opt.param_groups[0]["lr"]), device=device)
+        self.graph: graphs.StepGraph | None = graphs.StepGraph(self._body, self._mutable_state, device,
+                                                               device.type == "cuda", rows)
+        self._updated = False  # whether the last step updated the weights itself (a replay does)
+
+    def __call__(self, x: Tensor, noise: Noise, kl_weight: float, global_step: int) -> Tensor:
+        """Loss and gradients of one batch, and for a replayed batch the update too."""
+        self.lr.fill_(self.eager.opt.param_groups[0]["lr"])
         if self.graph is not None and self.graph.fits(x, noise):
             loss = self._replay(x, noise, kl_weight, global_step)
             if loss is not None:
                 return loss
         self._updated = False
-        loss = self._loss_and_grads(x, noise, kl_weight)
-        self.guard.observe(loss, global_step)
-        return loss
+        return self.eager(x, noise, kl_weight, global_step)
 
-    def _loss_and_grads(self, x: Tensor, noise: Noise, kl_weight: float | Tensor) -> Tensor:
-        if self.by_hand is not None:
-            return self.by_hand(x, noise, kl_weight)  # sets every .grad afresh
-        for p in self.params:  # zero_grad(set_to_none=True) without Optimizer.zero_grad's 30 us of wrapping
-            p.grad = None
-        return self.forward.run(lambda fwd: self._forward_backward(fwd, x, noise, kl_weight))
+    def update(self) -> None:
+        if not self._updated:  # a replayed graph has updated the weights already
+            self.eager.update()
 
-    def _forward_backward(self, fwd: Callable[..., Tensor], x: Tensor, noise: Noise,
-                          kl_weight: float | Tensor) -> Tensor:
-        with self.prec.autocast():
-            loss = fwd(x, noise.eps, noise.uniforms, kl_weight)
-        self.prec.backward(loss * self.loss_factor if self.ctx.enabled else loss)
-        return loss
-
-    def _recorded_step(self, x: Tensor, noise: Noise, kl_weight: Tensor, step: Tensor) -> Tensor:
+    def _body(self, x: Tensor, noise: Noise, kl_weight: Tensor, step: Tensor) -> Tensor:
         """The whole step on the graph's static tensors: loss, gradients, guard and the Adam update."""
-        loss = self._loss_and_grads(x, noise, kl_weight)
-        self.guard.observe(loss, step)
-        adam_step(self.opt, self.guard.found, lr=self.lr)
+        e = self.eager
+        loss = e.gradients(x, noise, kl_weight)
+        e.guard.observe(loss, step)
+        adam_step(e.opt, e.guard.found, lr=self.lr)
         return loss
 
     def _mutable_state(self) -> list[Tensor]:
         """What a step changes: the weights, Adam's state and the guard's record."""
-        g = self.guard
-        return [*self.params, *adam_state(self.opt), g.found, g.first_step, g.first_loss]
+        g = self.eager.guard
+        return [*self.params, *adam_state(self.eager.opt), g.found, g.first_step, g.first_loss]
 
     def _replay(self, x: Tensor, noise: Noise, kl_weight: float, global_step: int) -> Tensor | None:
         """The recorded step on this batch, or None (and no more recording) if it cannot be recorded here."""
@@ -184,20 +167,62 @@ class TrainStep:
             self.graph = None
             return None
         self._updated = True
-        if self.graph.graph is not None:  # replays write the recording's gradients; .grad should show them
-            if self.graph.grads is None:
-                self.graph.grads = [p.grad for p in self.params]
-            elif self.params[0].grad is not self.graph.grads[0]:  # an unrecorded step replaced them
-                for p, g in zip(self.params, self.graph.grads, strict=True):
-                    p.grad = g
+        if self.graph.graph is not None:
+            self._show_recorded_grads()
         return loss
 
+    def _show_recorded_grads(self) -> None:
+        """Point every ``.grad`` at the tensor the recording writes, so the guard's error message reads the
+        replayed step's gradients (an unrecorded step, which sets ``.grad`` afresh, repoints them)."""
+        assert self.graph is not None
+        if self.graph.grads is None:
+            self.graph.grads = [p.grad for p in self.params]
+        elif self.params[0].grad is not self.graph.grads[0]:
+            for p, g in zip(self.params, self.graph.grads, strict=True):
+                p.grad = g
+
+
+class TrainStep:
+    """The step ``plan`` names, built for ``model`` and ``opt``: call it on a batch, then :meth:`update`.
+
+    ``step(x, noise, kl_weight, global_step)`` computes the loss and gradients and queues the non-finite
+    checks (a replayed CUDA graph updates the weights too); ``update()`` applies Adam unless a replay has.
+    ``guard`` holds the checks, ``every`` how often the loop reads them, ``prec`` the precision's state.
+    """
+
+    def __init__(self, model: VAE, opt: torch.optim.Optimizer, config: TrainConfig, plan: StepPlan,
+                 ctx: DistContext, device: torch.device, warn: Callable[[str], None]) -> None:
+        if plan.fused_adam != is_fused(opt):
+            raise ValueError("the step plan was chosen for another optimizer: choose_plan's fused_adam must be "
+                             "is_fused(opt)")
+        self.plan, self.opt = plan, opt
+        self.prec = Precision.create(plan.precision, device)
+        self.params = list(model.parameters())
+        self.every = plan.sync_every
+        self.guard = FiniteGuard(self.params, device, self.every, check_grads=self.prec.scaler is None)
+        self.gradients = make_gradients(plan, model, config, self.prec, ctx, device, warn)
+        self.prec.attach(model)  # autocast's outputs back to float32 (see precision.py); fp32: nothing
+        eager = EagerStep(self.gradients, opt, self.prec, self.guard, plan.fused_adam)
+        self.runner: EagerStep | RecordedStep = (
+            RecordedStep(eager, self.params, device, config.batch_size, warn) if plan.graph else eager)
+
+    @property
+    def graph(self) -> graphs.StepGraph | None:
+        """The recording (None when the step is not recorded, or recording failed)."""
+        return self.runner.graph if isinstance(self.runner, RecordedStep) else None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether a compiled step computes the gradients (False once it has fallen back)."""
+        return self.gradients.compiled
+
+    def __call__(self, x: Tensor, noise: Noise, kl_weight: float, global_step: int) -> Tensor:
+        """Loss (summed over the batch) and gradients of one batch; the guard sees both."""
+        return self.runner(x, noise, kl_weight, global_step)
+
     def update(self) -> None:
-        """The optimizer step; with rare reads the fused kernel skips it itself when the flag is set."""
-        if self._updated:
-            return  # the replayed graph has updated the weights already
-        found = self.guard.found if self.fused and self.every > 1 else None
-        self.prec.step(self.opt, found, self.lr)
+        """The optimizer step (nothing when a replayed graph has done it)."""
+        self.runner.update()
 
     def close(self) -> None:
         self.prec.detach()
