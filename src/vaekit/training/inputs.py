@@ -1,0 +1,81 @@
+"""The data a run trains on: a named dataset or your own images, read once the run folder exists.
+
+Your own images come with a record (``own``) from which a resumed run, ``vaekit evaluate`` and the other
+commands rebuild exactly the same images and split; it is stored in config.json's ``data`` section, which
+:func:`data_description` writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vaekit import run as runs
+from vaekit.config import TrainConfig
+from vaekit.data import Splits, load_splits
+from vaekit.data.binarize import binarize_splits
+from vaekit.errors import RunFolderError
+from vaekit.model import model_config
+from vaekit.training import distributed
+from vaekit.training.messages import warn
+from vaekit.training.setup import Stored, remove_created
+
+# Seed of the random train/test split of your own images: fixed, so runs of any --seed share a test set.
+OWN_SPLIT_SEED = 0
+SKIPPED = "skipped_files.txt"  # with --skip-bad: the images left out, one "path<TAB>problem" per line
+
+
+def read_data(config: TrainConfig, run_dir: Path, ctx: distributed.DistContext, data: Any,
+              stored: Stored | None) -> tuple[Splits, dict[str, Any] | None]:
+    """Create the run folder (so an unwritable --out fails first), then read the data.
+
+    Returns the splits and, for your own images, the record that rebuilds them (``None`` for a named
+    dataset). A failure removes the folders this created: a run that never started leaves nothing behind.
+    """
+    if config.model is not None:  # bad model settings fail before the data is read
+        model_config(config.model, config.zdim, config.hidden, config.activation)
+    missing = [p for p in [run_dir, *run_dir.parents] if not p.exists()][::-1] if ctx.is_main else []
+    try:
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        splits, own = _load(config, data, stored)
+        splits = binarize_splits(splits, config.binarize, config.binarize_seed)
+    except OSError as e:
+        remove_created(missing)
+        raise RunFolderError(f"cannot create run folder {run_dir}: {e.strerror}; choose another --out") from e
+    except BaseException:
+        remove_created(missing)
+        raise
+    return splits, own
+
+
+def _load(config: TrainConfig, data: Any, stored: Stored | None) -> tuple[Splits, dict[str, Any] | None]:
+    """A named dataset, or your own images (a resumed run rebuilds exactly the images it was trained on)."""
+    if config.data is None and data is None:
+        return load_splits(config.dataset, config.data_dir, progress=config.progress), None
+    from vaekit.data import load_own_data, load_own_data_from_info
+
+    if stored is not None:
+        return load_own_data_from_info(stored.data.get("own"), config.data if data is None else data,
+                                       progress=config.progress)
+    return load_own_data(config.data if data is None else data, image_size=config.image_size,
+                         channels=config.channels, test_fraction=config.test_fraction, seed=OWN_SPLIT_SEED,
+                         skip_bad=config.skip_bad, progress=config.progress)
+
+
+def report_skipped(run_dir: Path, own: dict[str, Any]) -> None:
+    """With --skip-bad: the list of skipped files beside the run, and one warning line that points to it."""
+    from vaekit.data import bad_files_text, skipped_warning
+
+    listing = run_dir / SKIPPED
+    message = skipped_warning(own, listing)
+    if message is not None:
+        runs.write_bytes(listing, bad_files_text(own).encode())
+        warn(message)
+
+
+def data_description(splits: Splits, own: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``data`` section of config.json: which data the run saw (``own``: the record of your own images)."""
+    info = {"dataset": splits.name, "source": splits.source, "n_train": int(len(splits.train_images)),
+            "n_test": int(len(splits.test_images)), "image_shape": list(splits.train_images.shape[1:])}
+    return {**info, "own": own} if own is not None else info
