@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from vaekit import run as runs
@@ -62,13 +63,15 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
         device = ctx.device or resolve_device(config.device)
         precision.resolve(config.precision, device)  # fp16 away from CUDA fails here, before the data is read
         extra = default_callbacks(config.progress, config.tensorboard, run_dir) + list(callbacks)
-        splits, own = read_data(config, run_dir, ctx, data, stored)
-        config = replace(config, model=config.model or default_model(splits, ctx.is_main))
+        splits, own, val = read_data(config, run_dir, ctx, data, stored)
+        config = replace(config, model=config.model or default_model(splits, ctx.is_main),
+                         val_fraction=val.fraction if val is not None else 0.0)
         mcfg = model_config_for(config, tuple(splits.train_images.shape[1:]))
         with folder_held(run_dir, config, resume, ctx):
-            t = build_trainer(config, mcfg, splits, run_dir, device, ctx)
-            data_info, test_labels = data_description(splits, own), splits.test_labels
-            del splits
+            t = build_trainer(config, mcfg, splits, run_dir, device, ctx,
+                              val_images=None if val is None else val.images)
+            data_info, test_labels = data_description(splits, own, val), splits.test_labels
+            del splits, val
             if ctx.is_main and own is not None:
                 report_skipped(run_dir, own)
             if stored is not None:
@@ -81,10 +84,12 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
     return runs.load_run(run_dir, device)
 
 
-
 def build_trainer(config: TrainConfig, mcfg: ModelConfig, splits: Splits, run_dir: Path, device: torch.device,
-                  ctx: distributed.DistContext) -> Trainer:
-    """A fresh model, optimizer, generators and step, with the data laid out for the loop."""
+                  ctx: distributed.DistContext, val_images: np.ndarray | None = None) -> Trainer:
+    """A fresh model, optimizer, generators and step, with the data laid out for the loop.
+
+    ``val_images`` are the validation images: evaluated after each epoch instead of the test images.
+    """
     torch.manual_seed(config.seed)
     model = VAE(mcfg).to(device)
     opt = make_adam(model.parameters(), config.lr)
@@ -101,7 +106,8 @@ def build_trainer(config: TrainConfig, mcfg: ModelConfig, splits: Splits, run_di
     # process, on the host for data-parallel ranks, which gather their shard onto the device each epoch.
     x_all = as_rows(splits.train_images)
     x_test = as_rows(splits.test_images).to(device) if ctx.is_main else None
-    data = TrainData(x_all, None if ctx.enabled else x_all.to(device), x_test, config.batch_size)
+    x_val = None if val_images is None else as_rows(val_images).to(device if ctx.is_main else "cpu")
+    data = TrainData(x_all, None if ctx.enabled else x_all.to(device), x_test, config.batch_size, x_val)
     warmup = round(config.lr_warmup * data.steps_per_epoch)
     schedule = LRSchedule(config.lr_schedule, config.lr, warmup, config.epochs * data.steps_per_epoch)
     return Trainer(config, model, opt, step, gens, TrainState(), schedule, data, run_dir, ctx, device,

@@ -1,10 +1,13 @@
 """The end of a run: its weights, metrics.csv and summary.json, then its artifacts (figures, explorer, report).
 
 ``summary.json`` holds the run's final numbers and how they were measured (the data protocol, the metric).
+With a validation split the test set is evaluated here, once, on the final weights: its numbers go into the
+summary and the last row of metrics.csv, and no choice made during training has seen them.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -14,6 +17,7 @@ from vaekit import run as runs
 from vaekit.config import TrainConfig
 from vaekit.data import Splits
 from vaekit.data.binarize import describe, protocol
+from vaekit.eval.elbo import evaluate_elbo
 from vaekit.model import VAE, n_params
 from vaekit.training.callbacks import log
 from vaekit.training.checkpoint import TrainState
@@ -25,6 +29,9 @@ def finish(t: Trainer, data_info: dict[str, Any], test_labels: np.ndarray) -> No
     """Weights, metrics and summary of the finished run, then its artifacts (rank 0 only)."""
     compiled = t.step.forward.active
     prec_name = t.step.prec.name
+    n_val = None if t.data.x_val is None else len(t.data.x_val)
+    if t.ctx.is_main and n_val is not None:
+        final_test(t)
     test_images = t.data.x_test.cpu().numpy() if t.ctx.is_main else None
     t.data = t.step = t.opt = None  # type: ignore[assignment] - release the data and optimizer before drawing
     release_free_memory()
@@ -32,6 +39,8 @@ def finish(t: Trainer, data_info: dict[str, Any], test_labels: np.ndarray) -> No
         return
     summary = summary_of(t.config, t.model, t.state, data_info, t.device)
     summary.update(precision=prec_name, compiled=compiled, world_size=t.ctx.world_size)
+    if n_val is not None:
+        summary.update(validation_summary(t.state.history, n_val))
     runs.save_weights(t.run_dir, t.model)
     runs.write_metrics(t.run_dir / runs.METRICS, t.state.history)
     runs.write_json(t.run_dir / runs.SUMMARY, summary)
@@ -42,6 +51,21 @@ def finish(t: Trainer, data_info: dict[str, Any], test_labels: np.ndarray) -> No
     if t.config.progress:
         log(f"done: test loss {summary['test_loss']:.3f} nats/image on {summary['dataset']} "
             f"[{describe(summary['protocol'])}]; run folder {t.run_dir}")
+
+
+def final_test(t: Trainer) -> None:
+    """Evaluate the test set once, on the final weights, into the last row of ``t.state.history``."""
+    c = t.config
+    test = evaluate_elbo(t.model, t.data.x_test, c.likelihood, c.sigma, c.eval_batch_size)
+    t.state = replace(t.state, history=[*t.state.history[:-1], {**t.state.history[-1], **test}])
+
+
+def validation_summary(history: list[dict[str, float]], n_val: int) -> dict[str, Any]:
+    """The validation numbers of summary.json: the last epoch's, and the best ``val_loss`` with its epoch."""
+    last = history[-1]
+    best = min(history, key=lambda r: r["val_loss"])
+    return {"val_loss": last["val_loss"], "val_recon": last["val_recon"], "val_kl": last["val_kl"],
+            "best_val_loss": best["val_loss"], "best_val_epoch": int(best["epoch"]), "n_val": n_val}
 
 
 def _test_only(data_info: dict[str, Any], test_images: np.ndarray, test_labels: np.ndarray) -> Splits:
