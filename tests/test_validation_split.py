@@ -102,6 +102,28 @@ def test_there_is_always_one_validation_image_and_one_to_train_on(images: np.nda
         validation_indices(images[:1], 0.1)
 
 
+def test_binarized_runs_validate_on_one_fixed_binary_copy(images: np.ndarray) -> None:
+    from vaekit.data.validation import binarize_validation
+
+    splits = Splits("digits", images, np.zeros(150, np.int64), images[:5], np.zeros(5, np.int64), "test")
+    _, val = carve_validation(splits, 0.2)
+    assert binarize_validation(val, "none", 1) is val
+    a, b = binarize_validation(val, "dynamic", 1), binarize_validation(val, "static", 1)
+    assert set(np.unique(a.images)) <= {0, 255} and np.array_equal(a.images, b.images)  # fixed by the seed
+    assert np.array_equal(a.indices, val.indices)
+
+
+def test_a_training_split_of_one_image_cannot_validate(images: np.ndarray, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "two.npy", images[:2])  # one test image, one to train on
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "two.npy"), "--out", str(run), *QUICK]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert line.startswith("vaekit train: error: a validation split needs at least 2 training images")
+    assert not run.exists()
+    assert main(["train", "--data", str(tmp_path / "two.npy"), "--out", str(run), "--val-fraction", "0", *QUICK]) == 0
+
+
 def test_val_fraction_is_checked_as_a_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for bad in (1, 1.5, -0.1, True, "0.1", float("nan")):
         with pytest.raises(ConfigError, match="val_fraction"):
@@ -223,6 +245,23 @@ def test_resume_with_a_validation_split_is_bit_for_bit(array_file: Path, tmp_pat
         assert summaries[0][key] == summaries[1][key], key
     assert data_section(tmp_path / "straight")["val_indices_sha256"] == \
         data_section(tmp_path / "resumed")["val_indices_sha256"]
+
+
+def test_a_run_from_before_validation_splits_resumes_without_one(array_file: Path, tmp_path: Path) -> None:
+    """Its config.json has no val_fraction and its data section no validation record: it continues as it began."""
+    def as_before(run: Path) -> None:
+        config = json.loads((run / "config.json").read_text())
+        del config["train"]["val_fraction"]
+        (run / "config.json").write_text(json.dumps(config))
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(array_file), "--val-fraction", "0", "--out", str(run), *QUICK]) == 0
+    as_before(run)
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--quiet"]) == 0
+    assert header(run) == list(runs.METRIC_COLUMNS) and all(r["test_loss"] for r in rows(run))
+    as_before(run)  # --val-fraction 0 says the same as the run's record
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "3", "--val-fraction", "0", "--quiet"]) == 0
+    assert len(rows(run)) == 3 and "val_loss" not in header(run)
 
 
 def test_resume_and_evaluate_check_the_validation_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

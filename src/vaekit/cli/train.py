@@ -199,7 +199,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             _, stored, _ = read_config(Path(args.out))
             def same(field: str, value: object) -> bool:
                 old = getattr(stored, field)
-                return old == value or (field == "recipe" and {old, value} <= {None, "post"})  # post: the default
+                return (old == value or (field == "recipe" and {old, value} <= {None, "post"})  # post: the default
+                        or (field == "val_fraction" and old is None and value == 0))  # a run from before: none
 
             clash = [f for f, v in given.items() if f not in (*RESUMABLE, "data") and not same(f, v)]
             if clash:

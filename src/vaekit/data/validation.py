@@ -105,4 +105,5 @@ def validation_problem(recorded: dict[str, Any], val: Validation | None) -> str 
         return "the run was trained without a validation split" if before is None else \
             "the run was trained with a validation split, and now none is carved"
     return (f"the validation split (fraction {recorded.get('val_fraction')}) now holds other images than it did "
-            f"for the run ({len(val.indices):,} images, was {recorded.get('n_val')}), so the training images differ")
+            f"for the run ({len(val.indices):,} images where the run had {recorded.get('n_val')}), so the training "
+            "images differ")
