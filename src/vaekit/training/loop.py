@@ -162,9 +162,6 @@ def _test_metrics(t: Trainer) -> dict[str, float]:
     return evaluate_elbo(t.model, t.data.x_test, c.likelihood, c.sigma, c.eval_batch_size)
 
 
-VAL_KEYS = ("val_loss", "val_recon", "val_kl")
-
-
 def validation_metrics(t: Trainer) -> dict[str, float]:
     """The ELBO on the validation images: ``val_loss``, ``val_recon``, ``val_kl`` (nats per image).
 
@@ -176,7 +173,7 @@ def validation_metrics(t: Trainer) -> dict[str, float]:
         c = t.config
         m = evaluate_elbo(t.model, t.data.x_val, c.likelihood, c.sigma, c.eval_batch_size)
         values = torch.tensor([m["test_loss"], m["test_recon"], m["test_kl"]], dtype=torch.float64, device=t.device)
-    return dict(zip(VAL_KEYS, t.ctx.all_reduce_(values).tolist(), strict=True))
+    return dict(zip(runs.VAL_METRIC_COLUMNS, t.ctx.all_reduce_(values).tolist(), strict=True))
 
 
 def nonfinite_error(t: Trainer, bad: tuple[int, float], step: int, epoch: int) -> NonFiniteError:
