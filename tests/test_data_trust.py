@@ -258,11 +258,22 @@ def test_data_split_of_an_array_file_lists_rows(tmp_path: Path, capsys: pytest.C
     assert report["classes"] is None and keys(x[report["test"]]) == keys(splits.test_images)
 
 
-def test_data_split_uses_the_training_seed() -> None:
-    from vaekit.cli.data import OWN_SPLIT_SEED
-    from vaekit.training.session import OWN_SPLIT_SEED as TRAINING_SEED
+def test_data_split_lists_what_training_holds_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
 
-    assert OWN_SPLIT_SEED == TRAINING_SEED
+    import vaekit
+    from vaekit import run as runs
+
+    class_folder(tmp_path / "d", {"cat": 12, "dog": 10})
+    config = vaekit.TrainConfig(data=str(tmp_path / "d"), epochs=1, val_fraction=0, progress=False, artifacts=False,
+                                test_fraction=0.25)
+    vaekit.train(config, tmp_path / "run")
+    own = runs.read_config(tmp_path / "run")[2]["own"]
+    assert main(["data", "split", str(tmp_path / "d"), "--test-fraction", "0.25", "--json"]) == 0
+    held = json.loads(capsys.readouterr().out)["test"]
+    order = sorted(p.relative_to(tmp_path / "d").as_posix() for p in (tmp_path / "d").rglob("*.png"))
+    indices = np.array(sorted(order.index(rel) for rel in held), dtype="<i8")
+    assert hashlib.sha256(indices.data).hexdigest() == own["test_indices_sha256"]
 
 
 # --- run folders and split folders inside the data -----------------------------------------------------------

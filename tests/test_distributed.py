@@ -119,3 +119,25 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_data: Path, tmp
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
     assert json.loads((ddp / "config.json").read_text())["train"]["batch_size"] == 127  # the global batch
     assert not (ddp / ".lock").exists() and not [p for p in ddp.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.slow
+def test_two_processes_validate_as_one(tmp_path: Path) -> None:
+    """With a validation split (your own images' default), rank 0 evaluates it every epoch and shares the numbers
+    with the other rank (a collective: a rank that skipped it would hang); the test set comes once, at the end."""
+    import numpy as np
+
+    from .conftest import make_digits
+
+    array = tmp_path / "digits.npy"
+    np.save(array, make_digits(300, seed=3)[0])
+    single = vaekit.train(TrainConfig(epochs=2, batch_size=64, device="cpu", progress=False, artifacts=False),
+                          tmp_path / "single", data=array)
+    _torchrun(["--data", str(array), "--batch-size", "64", "--epochs", "2", "--no-artifacts", "--out",
+               str(tmp_path / "ddp")], tmp_path)
+    ddp = vaekit.load_run(tmp_path / "ddp")
+    assert ddp.data["n_val"] == single.data["n_val"] > 0 and ddp.summary["world_size"] == 2
+    for a, b in zip(single.metrics, ddp.metrics, strict=True):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-2)
+    assert "test_loss" not in ddp.metrics[0]
+    assert ddp.summary["test_loss"] == pytest.approx(single.summary["test_loss"], abs=1e-2)

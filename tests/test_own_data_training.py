@@ -73,7 +73,8 @@ def test_fashion_mnist_png_folder_trains_as_its_idx_files(tmp_path: Path, capsys
         np.testing.assert_array_equal(getattr(splits, f"{part}_labels"),
                                       read_idx(idx / f"{prefix}-labels-idx1-ubyte.gz"))
 
-    common = ["--epochs", "2", "--seed", "3", "--device", "cpu", "--no-artifacts", "--quiet"]
+    # The same validation fraction for both: a folder's validation default, asked of the named dataset.
+    common = ["--epochs", "2", "--seed", "3", "--device", "cpu", "--no-artifacts", "--quiet", "--val-fraction", "0.1"]
     assert train_cli("--data", png, "--out", tmp_path / "from-png", *common) == 0
     assert train_cli("--dataset", "fashion-mnist", "--data-dir", idx, "--out", tmp_path / "from-idx", *common) == 0
     capsys.readouterr()
@@ -86,7 +87,7 @@ def test_fashion_mnist_png_folder_trains_as_its_idx_files(tmp_path: Path, capsys
     by_png, by_idx = metrics(tmp_path / "from-png"), metrics(tmp_path / "from-idx")
     assert len(by_png) == len(by_idx) == 2
     for a, b in zip(by_png, by_idx, strict=True):
-        assert (a["train_loss"], a["test_loss"]) == (b["train_loss"], b["test_loss"])
+        assert (a["train_loss"], a["val_loss"], a["test_loss"]) == (b["train_loss"], b["val_loss"], b["test_loss"])
     summaries = [json.loads((tmp_path / run / "summary.json").read_text()) for run in ("from-png", "from-idx")]
     assert summaries[0]["test_loss"] == summaries[1]["test_loss"]
 

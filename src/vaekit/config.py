@@ -155,6 +155,9 @@ BINARIZE_SEED = 20230802
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
 GRID_SPACINGS = ("linear", "normal")
+# The validation fraction of a run on your own images unless set: a named dataset has none unless asked for, so
+# its runs keep the numbers they always had (their test set evaluated every epoch).
+OWN_VAL_FRACTION = 0.1
 
 
 @dataclass
@@ -167,6 +170,9 @@ class TrainConfig:
     image_size: int | None = None  # resize the shorter side to N and centre-crop N x N
     channels: int | None = None  # 1 or 3 (None: 1 when every image is grey, else 3)
     test_fraction: float = 0.1  # share of your own images held out for testing, unless train/ and test/ are given
+    # Share of the training images held out for validation: the callbacks' metric to choose and stop on, so the
+    # test set gives the final number only. None: OWN_VAL_FRACTION for your own images, 0 (none) for a named dataset.
+    val_fraction: float | None = None
     skip_bad: bool = False  # leave unreadable images out (listed in the run folder) instead of stopping
     epochs: int = 50
     batch_size: int = 128
@@ -258,6 +264,9 @@ class TrainConfig:
         f = self.test_fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
             raise ConfigError(f"test_fraction must be a number between 0 and 1 (got {f!r})")
+        v = self.val_fraction
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1):
+            raise ConfigError(f"val_fraction must be a number from 0 (no validation split) up to 1 (got {_short(v)})")
         if isinstance(self.width, bool) or not isinstance(self.width, (int, float)) or not 0 < self.width <= 64:
             raise ConfigError(f"width must be a positive number up to 64 (got {self.width!r})")
         if self.model is not None and self.model not in PRESETS:

@@ -249,12 +249,19 @@ def samples_figure(model: VAE, n: int = 64, seed: int = 0) -> Figure:
 
 
 def loss_curve_figure(history: list[dict[str, float]]) -> Figure:
-    """Train and test loss per epoch from ``metrics.csv`` rows: convergence and overfitting at a glance."""
+    """Train, validation and test loss per epoch from ``metrics.csv`` rows: convergence and overfitting at a glance.
+
+    A run with a validation split has a validation curve and one test point, at the end (the test set is
+    evaluated once); a run without one has a test curve.
+    """
     epochs = [r["epoch"] for r in history]
     fig = new_figure(7, 4.5)
     ax = fig.add_subplot()
-    ax.plot(epochs, [r["train_loss"] for r in history], marker=".", label="train (mean over the epoch)")
-    ax.plot(epochs, [r["test_loss"] for r in history], marker=".", label="test")
+    ax.plot(epochs, [r["train_loss"] for r in history], marker=".", color="C0", label="train (mean over the epoch)")
+    for key, label, color in (("val_loss", "validation", "C2"), ("test_loss", "test", "C1")):
+        points = [(r["epoch"], r[key]) for r in history if key in r]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="." if len(points) > 1 else "o", color=color, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("negative ELBO (nats per image)")
     ax.grid(alpha=0.3)

@@ -25,7 +25,8 @@ from vaekit.artifacts import EXPLORER, FIGURES, REPORT
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.eval.run import NLL_KEYS
 
-RESULT_ORDER = ("test_loss", "test_recon", "test_kl", "train_loss", "epochs", "dataset", "model", "zdim",
+RESULT_ORDER = ("test_loss", "test_recon", "test_kl", "val_loss", "best_val_loss", "best_val_epoch", "n_val",
+                "train_loss", "epochs", "dataset", "model", "zdim",
                 "likelihood", "n_params", "train_samples_per_s", "train_seconds", "device")
 
 CAPTIONS = {
@@ -102,7 +103,7 @@ def _flat(d: dict[str, Any]) -> dict[str, Any]:
 def _metrics_table(rows: list[dict[str, float]]) -> str:
     if not rows:
         return '<p class="muted">No epochs recorded yet.</p>'
-    cols = list(runs.METRIC_COLUMNS)
+    cols = list(runs.metric_columns(rows))
     head = "".join(f"<th>{_e(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td class=num>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>"
                    for r in rows)
@@ -111,8 +112,12 @@ def _metrics_table(rows: list[dict[str, float]]) -> str:
 
 
 def loss_curves_svg(rows: list[dict[str, float]], width: int = 640, height: int = 300) -> str:
-    """Train and test loss over the epochs as an inline SVG (crisp at any size, no image file needed)."""
-    series = [("train_loss", "train", "#1f77b4"), ("test_loss", "test", "#ff7f0e")]
+    """Train, validation and test loss over the epochs as an inline SVG (crisp at any size, no image file needed).
+
+    A run with a validation split has its test loss on the last epoch only: a single point.
+    """
+    series = [("train_loss", "train", "#1f77b4"), ("val_loss", "validation", "#2ca02c"),
+              ("test_loss", "test", "#ff7f0e")]
     pts = [(r["epoch"], r[k]) for r in rows for k, _, _ in series if math.isfinite(r.get(k, math.nan))]
     if not pts:
         return '<p class="muted">No finite losses to plot.</p>'
@@ -146,7 +151,8 @@ def loss_curves_svg(rows: list[dict[str, float]], width: int = 640, height: int 
     parts.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">epoch</text>')
     parts.append(f'<text x="14" y="{top + ph / 2}" text-anchor="middle" '
                  f'transform="rotate(-90 14 {top + ph / 2})">nats per image</text>')
-    for n, (key, name, color) in enumerate(series):
+    n = 0  # legend entries so far
+    for key, name, color in series:
         line = [(r["epoch"], r[key]) for r in rows if math.isfinite(r.get(key, math.nan))]
         if not line:
             continue
@@ -156,6 +162,7 @@ def loss_curves_svg(rows: list[dict[str, float]], width: int = 640, height: int 
         ly = top + 14 + 18 * n
         parts.append(f'<line x1="{left + pw + 12}" x2="{left + pw + 32}" y1="{ly}" y2="{ly}" stroke="{color}" '
                      f'stroke-width="2"/><text x="{left + pw + 38}" y="{ly + 4}">{_e(name)}</text>')
+        n += 1
     parts.append("</svg>")
     return "".join(parts)
 

@@ -23,9 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["add_data_parser", "main", "split_report"]
 
-# The seed of the random split of your own images, as training uses it (vaekit.training.session.OWN_SPLIT_SEED).
-OWN_SPLIT_SEED = 0
-
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from vaekit.data.registry import DATASETS, EMBEDDED_NAME, cache_dir
@@ -147,7 +144,7 @@ def _print_split(report: dict[str, Any]) -> None:
 
 def _cmd_split(args: argparse.Namespace) -> int:
     from vaekit.data.errors import DataError
-    from vaekit.data.own import read_own_data, split_mask
+    from vaekit.data.own import OWN_SPLIT_SEED, read_own_data, split_mask
 
     if not 0 < args.test_fraction < 1:
         raise DataError(f"--test-fraction must be a number between 0 and 1 (exclusive), got {args.test_fraction}")

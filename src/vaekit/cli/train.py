@@ -15,6 +15,7 @@ from vaekit.config import (
     LIKELIHOODS,
     LR_SCHEDULES,
     OBJECTIVES,
+    OWN_VAL_FRACTION,
     PRECISIONS,
     PRESETS,
     RECIPES,
@@ -42,6 +43,17 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
+
+
+def _val_fraction(text: str) -> float:
+    """A number from 0 (no validation split) up to, not including, 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 up to 1, got {text[:40]!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 up to 1, got {text[:40]!r}")
     return value
 
 
@@ -78,6 +90,10 @@ def _data_flags(g: argparse._ArgumentGroup) -> None:
                    help="1 (grey) or 3 (colour); default: 1 when every image is grey, else 3")
     g.add_argument("--test-fraction", type=_fraction, metavar="F",
                    help="share of the images held out for testing when no test/ folder is given (default 0.1)")
+    g.add_argument("--val-fraction", type=_val_fraction, metavar="F",
+                   help="share of the training images held out for validation, whose val_loss callbacks choose "
+                        "and stop on (the test set is then evaluated once, at the end); default "
+                        f"{OWN_VAL_FRACTION} with --data, 0 (none: the test set evaluated every epoch) for a dataset")
     g.add_argument("--skip-bad", action="store_true", default=None,
                    help="leave unreadable images out (listed in RUN/skipped_files.txt) instead of stopping")
     g.add_argument("--binarize", choices=BINARIZE,
@@ -154,7 +170,7 @@ _FIELDS = (
     "lr", "zdim", "model", "width", "hidden", "activation", "likelihood", "sigma", "learn_sigma", "device", "seed",
     "checkpoint_every", "grid_size", "grid_spacing", "detect_anomaly", "objective", "k", "beta", "kl_warmup",
     "binarize", "precision", "compile", "fused_step", "cuda_graph", "lr_schedule", "lr_warmup", "recipe", "artifacts",
-    "tensorboard",
+    "tensorboard", "val_fraction",
 )
 
 
@@ -183,7 +199,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             _, stored, _ = read_config(Path(args.out))
             def same(field: str, value: object) -> bool:
                 old = getattr(stored, field)
-                return old == value or (field == "recipe" and {old, value} <= {None, "post"})  # post: the default
+                return (old == value or (field == "recipe" and {old, value} <= {None, "post"})  # post: the default
+                        or (field == "val_fraction" and old is None and value == 0))  # a run from before: none
 
             clash = [f for f, v in given.items() if f not in (*RESUMABLE, "data") and not same(f, v)]
             if clash:

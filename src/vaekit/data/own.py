@@ -31,6 +31,7 @@ from .holdout import hash_positions, split_indices, test_mask
 from .splits import RawData, Splits
 
 __all__ = [
+    "OWN_SPLIT_SEED",
     "INFO_VERSION",
     "bad_files_text",
     "load_own_data",
@@ -43,6 +44,9 @@ __all__ = [
 
 # 2: the random split holds out images by a hash of their pixels (1: by a seeded permutation of positions).
 INFO_VERSION = 2
+# Seed of the split of your own images into training and test images: fixed, so runs of any --seed, and
+# `vaekit data split`, hold out the same images.
+OWN_SPLIT_SEED = 0
 # How a command is told where a run's images are now.
 WHERE_NOW = "--data-dir PATH for evaluate, plot and explore; --data PATH for train --resume"
 ARRAY_SUFFIXES = (".npy", ".npz")

@@ -43,8 +43,22 @@ def load_run_data(run: Run, data_dir: str | os.PathLike | None = None, binarize:
     if tuple(splits.test_images.shape[1:]) != tuple(run.model_config.image_shape):
         raise RunFolderError(f"the data found for {run.path} has images of shape {splits.test_images.shape[1:]}, "
                              f"but the model expects {tuple(run.model_config.image_shape)}")
+    _check_validation(run, splits)
     mode = binarize or run.train_config.binarize
     return binarize_splits(splits, mode, run.train_config.binarize_seed, train=False)
+
+
+def _check_validation(run: Run, splits: Splits) -> None:
+    """The data found must carve the validation split the run recorded: the same training images, so the
+    test numbers are those of the run that chose its epochs on that split."""
+    if run.data.get("val_indices_sha256") is None:
+        return
+    from vaekit.data.validation import carve_validation, validation_problem
+
+    _, val = carve_validation(splits, run.data.get("val_fraction") or 0.0)
+    problem = validation_problem(run.data, val)
+    if problem is not None:
+        raise RunFolderError(f"the data found for {run.path} is not what the run was trained on: {problem}")
 
 
 def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = None, device: str = "cpu", *,

@@ -43,23 +43,41 @@ METRICS = "metrics.csv"
 SUMMARY = "summary.json"
 METRIC_COLUMNS = ("epoch", "train_loss", "test_loss", "test_recon", "test_kl", "seconds", "lr")
 REQUIRED_METRIC_COLUMNS = METRIC_COLUMNS[:-1]  # lr: added later, absent in older runs
+# A run with a validation split has these columns after train_loss; its test columns are blank but on the last
+# row, since the test set is evaluated once, at the end.
+VAL_METRIC_COLUMNS = ("val_loss", "val_recon", "val_kl")
 FORMAT_VERSION = 1
 
 
+def metric_columns(rows: list[dict[str, float]]) -> tuple[str, ...]:
+    """The columns of metrics.csv for these rows: the validation columns only when a row has them."""
+    if not any("val_loss" in row for row in rows):
+        return METRIC_COLUMNS
+    return (*METRIC_COLUMNS[:2], *VAL_METRIC_COLUMNS, *METRIC_COLUMNS[2:])
+
+
+def row_required_columns(row: dict[str, Any]) -> tuple[str, ...]:
+    """The cells an epoch's row must hold as numbers: the validation ones instead of the test ones with a
+    validation split (its test cells are filled on the last row only)."""
+    if "val_loss" not in row:
+        return REQUIRED_METRIC_COLUMNS
+    return (*REQUIRED_METRIC_COLUMNS[:2], *VAL_METRIC_COLUMNS, "seconds")
+
+
 def write_metrics(path: str | os.PathLike, rows: list[dict[str, float]]) -> None:
+    columns = metric_columns(rows)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for row in rows:
-        w.writerow({k: _cell(k, row.get(k)) for k in METRIC_COLUMNS})
+        w.writerow({k: _cell(k, row.get(k)) for k in columns})
     write_bytes(path, buf.getvalue().encode())
-
 
 
 def _cell(column: str, value: float | None) -> str:
     """One metrics.csv cell: the epoch as an integer, the LR to 6 significant digits, losses to 6 decimals."""
     if value is None:
-        return ""  # a row of a run from before the column existed
+        return ""  # a row of a run from before the column existed, or a test cell of a run that validates
     if column == "epoch":
         return str(int(value))
     return f"{value:.6g}" if column == "lr" else f"{value:.6f}"
@@ -130,7 +148,8 @@ def _check_field_types(cfg: Any, section: str) -> None:
 
 # Entries of config.json's "data" section that other parts of vaekit read, with their types.
 _DATA_FIELDS: dict[str, Any] = {"dataset": str | None, "source": str | None, "n_train": int, "n_test": int,
-                                "image_shape": list[int]}
+                                "image_shape": list[int], "n_val": int, "val_fraction": float,
+                                "val_indices_sha256": str}
 
 
 # Entries without which a section does not describe a run (the others have defaults, for older runs).

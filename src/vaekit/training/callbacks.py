@@ -49,7 +49,12 @@ class Callback:
         """Mid-epoch, when ``--checkpoint-every`` is due or a stop was asked for: ``state`` is consistent."""
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
-        """After an epoch and its evaluation; ``row`` is the epoch's line of metrics.csv."""
+        """After an epoch and its evaluation; ``row`` is the epoch's line of metrics.csv.
+
+        With a validation split, ``row`` has ``val_loss``, ``val_recon`` and ``val_kl``, the numbers to choose
+        and stop on, and no test numbers (the test set is evaluated once, after training); without one it has
+        ``test_loss``, ``test_recon`` and ``test_kl``.
+        """
 
     def on_fit_end(self, trainer: Trainer) -> None:
         """After the last epoch."""
@@ -151,26 +156,30 @@ class MetricsCSV(Callback):
 
 
 class EpochLog(Callback):
-    """On stderr, the step's plan in one line before training, then one line per epoch: the losses and the time."""
+    """On stderr, the step's plan in one line before training, then one line per epoch: the losses
+    (validation, or without it test) and the time."""
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if trainer.state.epoch < trainer.config.epochs:  # a finished run resumed for its outputs trains no step
             log(trainer.step.plan.line())
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
-        log(f"epoch {row['epoch']}/{trainer.config.epochs}  train {row['train_loss']:.3f}  test {row['test_loss']:.3f}"
-            f" (recon {row['test_recon']:.3f}, kl {row['test_kl']:.3f})  {row['seconds']:.1f}s")
+        split = "val" if "val_loss" in row else "test"
+        log(f"epoch {row['epoch']}/{trainer.config.epochs}  train {row['train_loss']:.3f}  "
+            f"{split} {row[f'{split}_loss']:.3f} (recon {row[f'{split}_recon']:.3f}, kl {row[f'{split}_kl']:.3f})  "
+            f"{row['seconds']:.1f}s")
 
 
 class TensorBoard(Callback):
-    """Per-epoch scalars for TensorBoard in ``RUN/tensorboard/``: train/loss, test/loss, test/recon, test/kl, lr.
+    """Per-epoch scalars for TensorBoard in ``RUN/tensorboard/``: train/loss, test/loss, test/recon, test/kl, lr,
+    or with a validation split val/loss, val/recon and val/kl in place of the test ones.
 
     Needs the ``tensorboard`` package (``pip install "vaekit[tensorboard]"``); without it training does not
     start. Scalars are indexed by epoch, so a resumed run continues the same curves.
     """
 
-    TAGS = {"train/loss": "train_loss", "test/loss": "test_loss", "test/recon": "test_recon",
-            "test/kl": "test_kl", "lr": "lr"}
+    TAGS = {"train/loss": "train_loss", "val/loss": "val_loss", "val/recon": "val_recon", "val/kl": "val_kl",
+            "test/loss": "test_loss", "test/recon": "test_recon", "test/kl": "test_kl", "lr": "lr"}
 
     def __init__(self, run_dir: Path) -> None:
         try:
@@ -189,7 +198,8 @@ class TensorBoard(Callback):
     def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
         if self.writer is not None:
             for tag, key in self.TAGS.items():
-                self.writer.add_scalar(tag, row[key], global_step=int(row["epoch"]))
+                if key in row:  # a run has either the val or the test scalars per epoch
+                    self.writer.add_scalar(tag, row[key], global_step=int(row["epoch"]))
             self.writer.flush()
 
     def teardown(self, trainer: Trainer) -> None:

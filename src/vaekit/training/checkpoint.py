@@ -132,7 +132,7 @@ def check_train_state(state: Any, path: Path) -> dict[str, Any]:
     for i, row in enumerate(history, 1):
         if not isinstance(row, dict) or row.get("epoch") != i:
             raise bad(f"history row {i} is not the metrics of epoch {i}")
-        for key in runs.REQUIRED_METRIC_COLUMNS:
+        for key in runs.row_required_columns(row):
             if not _finite_number(row.get(key)):
                 raise bad(f"history row {i} has {key} = {row.get(key)!r:.40}")
     return state

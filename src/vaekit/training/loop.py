@@ -143,18 +143,37 @@ def _check_step(t: Trainer, step: int, due: bool, epoch: int, stop: StopFlag) ->
 
 
 def _end_epoch(t: Trainer, epoch: int, loss_sum: Tensor, seconds: float) -> None:
-    """Evaluate on the test set (rank 0) and move ``t.state`` to the end of ``epoch`` with its metrics row."""
+    """Evaluate on the validation set, or without one the test set, and move ``t.state`` to the end of
+    ``epoch`` with its metrics row."""
     train_loss = t.ctx.all_reduce_(loss_sum.clone()).item() / t.data.n
-    if t.ctx.is_main:
-        c = t.config
-        metrics = evaluate_elbo(t.model, t.data.x_test, c.likelihood, c.sigma, c.eval_batch_size)
-    else:  # only rank 0 evaluates and records; the others go on to the next epoch
-        metrics = {"test_loss": math.nan, "test_recon": math.nan, "test_kl": math.nan}
+    metrics = _test_metrics(t) if t.data.x_val is None else validation_metrics(t)
     row = {"epoch": epoch, "train_loss": train_loss, **metrics, "seconds": seconds,
            "lr": float(t.opt.param_groups[0]["lr"])}
     t.state = replace(t.state, epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_seconds=0.0,
                       history=[*t.state.history, row], scaler=t.step.prec.state(), lr_schedule=t.schedule.state())
     t.epoch_shuffle = t.gens["shuffle"].get_state()
+
+
+def _test_metrics(t: Trainer) -> dict[str, float]:
+    """The test ELBO of a run without a validation split: rank 0 evaluates, the others' row holds NaN."""
+    if not t.ctx.is_main:  # only rank 0 evaluates and records; the others go on to the next epoch
+        return {"test_loss": math.nan, "test_recon": math.nan, "test_kl": math.nan}
+    c = t.config
+    return evaluate_elbo(t.model, t.data.x_test, c.likelihood, c.sigma, c.eval_batch_size)
+
+
+def validation_metrics(t: Trainer) -> dict[str, float]:
+    """The ELBO on the validation images: ``val_loss``, ``val_recon``, ``val_kl`` (nats per image).
+
+    Rank 0 evaluates and shares the numbers, so that every process's callbacks see the same ``val_loss``
+    and may stop training on it alike (collective under torchrun: every rank calls it).
+    """
+    values = torch.zeros(3, dtype=torch.float64, device=t.device)
+    if t.ctx.is_main:
+        c = t.config
+        m = evaluate_elbo(t.model, t.data.x_val, c.likelihood, c.sigma, c.eval_batch_size)
+        values = torch.tensor([m["test_loss"], m["test_recon"], m["test_kl"]], dtype=torch.float64, device=t.device)
+    return dict(zip(runs.VAL_METRIC_COLUMNS, t.ctx.all_reduce_(values).tolist(), strict=True))
 
 
 def nonfinite_error(t: Trainer, bad: tuple[int, float], step: int, epoch: int) -> NonFiniteError:

@@ -23,12 +23,14 @@ from vaekit.training.step import TrainStep
 @dataclass
 class TrainData:
     """The training split as flattened uint8 rows (on the host, and on the device for one process) and the
-    test split on rank 0's device; batches are index slices of these."""
+    test split on rank 0's device; batches are index slices of these. ``x_val``, the validation split (on rank
+    0's device, on the host elsewhere), is ``None`` without one: the test split is then evaluated every epoch."""
 
     x_all: Tensor
     x_train: Tensor | None
     x_test: Tensor | None
     batch_size: int
+    x_val: Tensor | None = None
 
     @property
     def n(self) -> int:

@@ -1,0 +1,33 @@
+"""Which model a run trains: the preset chosen for the data when none is named, sized for its images."""
+
+from __future__ import annotations
+
+import sys
+
+from vaekit.config import DISCRETIZED_LOGISTIC_SCALE, ModelConfig, TrainConfig
+from vaekit.data import Splits
+from vaekit.model import model_config
+
+
+def default_model(splits: Splits, announce: bool) -> str:
+    """The post's ``seed`` model for 28x28 grey images; otherwise ``conv``, which fits any size, said once."""
+    shape = tuple(splits.train_images.shape[1:])
+    if shape == (28, 28):
+        return "seed"
+    if announce:
+        size = "x".join(map(str, shape[:2])) + (" colour" if len(shape) == 3 else " grey")
+        print(f"vaekit train: {size} images: using the conv preset, a convolutional VAE for any image size "
+              "(choose another with --model)", file=sys.stderr, flush=True)
+    return "conv"
+
+
+def model_config_for(config: TrainConfig, image_shape: tuple[int, ...]) -> ModelConfig:
+    """The model a run trains: its preset and overrides sized for the data, with the likelihood's scales.
+
+    The discretized logistic always learns its per-pixel scales (a weight of the model, like a learned
+    Gaussian sigma), starting at ``DISCRETIZED_LOGISTIC_SCALE``.
+    """
+    learn = config.learn_sigma or config.likelihood == "discretized-logistic"
+    start = DISCRETIZED_LOGISTIC_SCALE if config.likelihood == "discretized-logistic" else config.sigma
+    return model_config(config.model, config.zdim, config.hidden, config.activation, image_shape,
+                        learn_sigma=learn, sigma_init=start, width=config.width)
