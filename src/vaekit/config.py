@@ -214,12 +214,7 @@ class TrainConfig:
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and self.lr == self.lr and self.lr < float("inf")):
             raise ConfigError(f"lr must be a positive finite number (got {self.lr!r})")
         self._validate_data()
-        if self.likelihood not in LIKELIHOODS:
-            raise ConfigError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
-        if not (self.sigma > 0 and self.sigma < float("inf")):
-            raise ConfigError(f"sigma must be a positive finite number (got {self.sigma!r})")
-        if self.learn_sigma and self.likelihood not in ("gaussian", "discretized-logistic"):
-            raise ConfigError(f"a learned sigma needs --likelihood gaussian (got {self.likelihood!r})")
+        self._validate_likelihood()
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         _positive_int("k", self.k, 100_000)
@@ -247,6 +242,25 @@ class TrainConfig:
             raise ConfigError(f"lr_warmup must be a finite number of epochs >= 0 (got {self.lr_warmup!r})")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+
+    def _validate_likelihood(self) -> None:
+        """The likelihood and the settings that belong to it; a setting it would ignore is refused, not dropped."""
+        if self.likelihood not in LIKELIHOODS:
+            raise ConfigError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
+        if not (self.sigma > 0 and self.sigma < float("inf")):
+            raise ConfigError(f"sigma must be a positive finite number (got {self.sigma!r})")
+        if self.likelihood == "discretized-logistic":
+            # It models the 256 levels of 8-bit pixels with scales of its own: binarized pixels would get an
+            # "8-bit" bits/dim that is not one, and a sigma would be silently unused.
+            if self.binarize != "none":
+                raise ConfigError(f"--likelihood discretized-logistic models 8-bit pixels, not the binary ones of "
+                                  f"--binarize {self.binarize}: drop --binarize, or use --likelihood bernoulli")
+            if self.learn_sigma or self.sigma != 1.0:
+                flag = "--learn-sigma" if self.learn_sigma else "--sigma"
+                raise ConfigError(f"{flag} sets the gaussian likelihood's sigma; the discretized logistic always "
+                                  f"learns its own per-pixel scales: drop {flag}")
+        elif self.learn_sigma and self.likelihood != "gaussian":
+            raise ConfigError(f"a learned sigma needs --likelihood gaussian (got {self.likelihood!r})")
 
     def _validate_data(self) -> None:
         if self.data is not None and (self.dataset is not None or self.data_dir is not None):

@@ -46,7 +46,7 @@ def load_run_data(run: Run, data_dir: str | os.PathLike | None = None, binarize:
     return binarize_splits(splits, mode, run.train_config.binarize_seed, train=False)
 
 
-def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = None, device: str = "cpu", *,
+def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = None, device: str = "auto", *,
                  nll: bool = False, samples: int = 5000, binarize: str | None = None, save: bool = True,
                  progress: bool = False, compile: bool | None = None, data: Any = None) -> dict[str, Any]:  # noqa: A002
     """Test-set metrics of a run: the keys of ``summary.json``'s ``test_*`` entries and more.
@@ -65,6 +65,9 @@ def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = N
     run = load_run(path, resolve_device(device))
     cfg = run.train_config
     mode = binarize or cfg.binarize
+    if mode != "none" and cfg.likelihood == "discretized-logistic":
+        raise ConfigError(f"--binarize {mode} evaluates binary pixels, and this run's discretized logistic models "
+                          "8-bit ones (its bits/dim would not be 8-bit bits/dim): evaluate it without --binarize")
     splits = load_run_data(run, data_dir, mode, data)
     x_test = as_rows(splits.test_images)
     metrics = evaluate_elbo(run.model, x_test, cfg.likelihood, cfg.sigma, cfg.eval_batch_size)
