@@ -310,16 +310,17 @@ def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
 
 # Named recipes: sets of training settings chosen for a purpose, with the user's own flags on top.
 # ``post`` is the blog post's recipe (every default). ``fast`` reaches the test loss of the post's 50 epochs
-# in a fraction of the wall time on the same data (measured by ``benchmarks/time_to_quality.py``):
+# in a fraction of the wall time on the same data (``benchmarks/time_to_quality.py`` measures it; the numbers,
+# with their machine and date, are in benchmarks/RESULTS.md, "Time to quality"):
 #
 # * a learning rate 17 times the post's (5e-3) with a linear warm-up over the first epoch, so the first steps
 #   at that rate do not blow up the young network, and a cosine decay to zero at the last step, whose final
-#   low-rate steps settle the weights the way many more epochs at a constant rate would: 16 epochs match the
-#   post's 50 (measured on Fashion-MNIST: 256.9 against 257.4 nats);
+#   low-rate steps settle the weights the way many more epochs at a constant rate would: 16 epochs matched the
+#   post's 50 on Fashion-MNIST;
 # * batch 256, twice the post's: fewer, larger matrix products, so less fixed cost per image, at a sample
 #   efficiency still close to batch 128's (batch 512 needed more epochs than it saved);
 # * bf16 matrix products where the hardware computes them natively (CUDA, CPUs with AVX-512 BF16 or AMX),
-#   about 1.3x the fp32 rate at this batch on such a CPU; elsewhere it trains in fp32, with a warning.
+#   faster than fp32 at this batch on such a CPU; elsewhere it trains in fp32, with a warning.
 #
 # The epochs are part of the recipe: the schedule decays over exactly that many.
 RECIPES: dict[str, dict[str, Any]] = {

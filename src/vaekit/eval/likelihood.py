@@ -22,7 +22,8 @@ in chunks of at most ``rows`` images-times-draws, with the log-mean-exp accumula
 so memory stays bounded for any K.
 
 Speed. Past the matrix products, the estimate is dominated by one transcendental per pixel and draw, the
-softplus of the Bernoulli term, which costs 40% of the time of the seed model's decoder on a CPU. For
+softplus of the Bernoulli term, a large share of the seed model's decoder time on a CPU (the measured
+share, and the estimator's speed, are in benchmarks/RESULTS.md, from ``benchmarks/nll_speed.py``). For
 binary pixels (the papers' protocol) :func:`sum_log_sigmoid` needs one ``exp`` per pixel and one ``log``
 per 112 pixels instead of an ``exp`` and a ``log1p`` per pixel, and ``torch.compile`` (``compile=True``,
 the default for large CPU estimates) fuses the decoder's element-wise work, the likelihood and the

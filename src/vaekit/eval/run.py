@@ -53,10 +53,10 @@ def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = N
 
     ``protocol`` says which data and likelihood the numbers belong to. With ``nll`` it adds the
     importance-sampled test log-likelihood with K = ``samples`` draws per image (see
-    :mod:`vaekit.likelihood`): ``nll`` (nats per image), ``nll_stderr``, ``bits_per_dim``,
+    :mod:`vaekit.eval.likelihood`): ``nll`` (nats per image), ``nll_stderr``, ``bits_per_dim``,
     ``nll_samples``, ``active_units``, ``kl_per_dim`` and more (``NLL_KEYS``), and, with ``save``, merges
     them into the run's ``summary.json``. ``binarize`` evaluates under another protocol than the run's.
-    ``compile`` is :func:`vaekit.likelihood.estimate_log_px`'s (``None``: decided by the estimate's size).
+    ``compile`` is :func:`vaekit.eval.likelihood.estimate_log_px`'s (``None``: decided by the estimate's size).
     """
     if binarize is not None and binarize not in BINARIZE:
         raise ConfigError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE)}")
