@@ -114,3 +114,16 @@ def test_the_data_dir_help_of_a_finished_run_covers_your_own_images(command: str
 
 def test_the_evaluate_device_defaults_to_trains(capsys) -> None:
     assert "auto (default, as vaekit train" in _flag_help(_help("evaluate", capsys), "--device")
+
+
+def test_a_stored_discretized_logistic_run_that_recorded_an_unused_sigma_still_loads(tiny_data: Path,
+                                                                                     tmp_path: Path) -> None:
+    """Older runs could record --sigma or --learn-sigma beside the discretized logistic, which ignored them."""
+    run = make_run(tmp_path / "run", tiny_data, preset="mlp", hidden=[16], likelihood="discretized-logistic",
+                   sigma=0.0625, learn_sigma=True)
+    stored = runs.read_json(run / runs.CONFIG)
+    stored["train"].update(sigma=0.5, learn_sigma=True)
+    runs.write_json(run / runs.CONFIG, stored)
+    _, train, _ = runs.read_config(run)
+    assert (train.likelihood, train.sigma, train.learn_sigma) == ("discretized-logistic", 1.0, False)
+    assert main(["report", str(run)]) == 0

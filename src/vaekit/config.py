@@ -279,7 +279,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return cls(**_known(cls, d))
+        """A stored run's settings. Runs trained before the discretized logistic refused ``sigma`` and
+        ``learn_sigma`` may record them; it never used them (it learns its own scales), so they load as unset."""
+        cfg = cls(**_known(cls, d))
+        if cfg.likelihood == "discretized-logistic":
+            cfg.sigma, cfg.learn_sigma = TrainConfig.sigma, TrainConfig.learn_sigma
+        return cfg
 
 
 def _positive_int(name: str, value: Any, most: int | None = None) -> None:
