@@ -245,8 +245,8 @@ def latent_scatter_figure(model: VAE, images: np.ndarray, labels: np.ndarray,
         cmap = colormaps["viridis"]
         ticks = sorted({int(round(t)) for t in np.linspace(0, k - 1, MAX_CLASS_TICKS)})
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=index, cmap=cmap, s=3, alpha=0.7, vmin=-0.5, vmax=k - 0.5)
-    what = "class" if class_names else "label"
-    bar = fig.colorbar(sc, ax=ax, ticks=ticks, label=what if k <= MAX_CLASS_COLOURS else f"{what}, {k} in order")
+    what = ("class", "classes") if class_names else ("label", "labels")
+    bar = fig.colorbar(sc, ax=ax, ticks=ticks, label=what[0] if k <= MAX_CLASS_COLOURS else f"{k} {what[1]}, in order")
     bar.ax.set_yticklabels([names[t][:20] for t in ticks])
     ax.set_xlabel(f"{axis} 1" if axis == "PC" else "$z_1$")
     ax.set_ylabel(f"{axis} 2" if axis == "PC" else "$z_2$")

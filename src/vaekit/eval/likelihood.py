@@ -309,9 +309,10 @@ def row_bytes(model: VAE) -> int:
     sizes: list[int] = []
 
     def count(_module: torch.nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
-        shared = any(isinstance(t, Tensor) and t.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
-                     for t in inputs)
-        if isinstance(out, Tensor) and not shared:
+        if not isinstance(out, Tensor):
+            return
+        ptr = out.untyped_storage().data_ptr()
+        if not any(isinstance(t, Tensor) and t.untyped_storage().data_ptr() == ptr for t in inputs):
             sizes.append(out.numel() * out.element_size())
 
     leaves = [m for m in model.decoder.modules() if not any(m.children())]
