@@ -25,6 +25,8 @@ def make_run(folder: Path, data_dir: Path, *, epochs: int = 2, seed: int = 0, li
     mcfg = model_config(preset, zdim=zdim, learn_sigma=learn_sigma, sigma_init=sigma, image_shape=image_shape,
                         hidden=hidden)
     model = VAE(mcfg)
+    if likelihood == "discretized-logistic":  # its scales are a weight of the model, not a training setting
+        sigma, learn_sigma = 1.0, False
     tcfg = TrainConfig(dataset="mnist", data_dir=str(data_dir), epochs=epochs, device="cpu", likelihood=likelihood,
                        sigma=sigma, learn_sigma=learn_sigma, progress=False, model=preset, hidden=hidden, **train)
     tcfg.validate()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vaekit.model import VAE, model_config, n_params
-from vaekit.objectives import discretized_logistic_log_likelihood, log_likelihood
+from vaekit.objectives import LOG_SCALE_MIN, discretized_logistic_log_likelihood, log_likelihood
 
 
 @pytest.mark.parametrize("shape", [(28, 28), (32, 32, 3), (64, 64, 3), (20, 24, 3), (17, 9)])
@@ -101,6 +101,23 @@ def test_discretized_logistic_stays_finite_with_tiny_scales() -> None:
     lp = discretized_logistic_log_likelihood(x, mean, log_scale)
     lp.sum().backward()
     assert torch.isfinite(lp).all() and torch.isfinite(log_scale.grad).all() and torch.isfinite(mean.grad).all()
+
+
+def test_the_discretized_logistic_log_scale_is_floored_where_float32_exp_would_overflow() -> None:
+    x = torch.tensor([[0.0, 0.5, 1.0, 100 / 255]])
+    mean = torch.tensor([[0.9, 0.1, 0.0, 0.4]])
+
+    def at(log_scale: float) -> torch.Tensor:
+        return discretized_logistic_log_likelihood(x, mean, torch.full((4,), log_scale))
+
+    floor = at(LOG_SCALE_MIN)
+    for below in (-20.0, -88.5, -100.0, -1e4):
+        assert torch.equal(at(below), floor)
+    assert torch.isfinite(floor).all() and not torch.equal(at(LOG_SCALE_MIN + 0.1), floor)  # above: unchanged
+    log_scale = torch.full((4,), -100.0, requires_grad=True)
+    m = mean.clone().requires_grad_(True)
+    discretized_logistic_log_likelihood(x, m, log_scale).sum().backward()
+    assert torch.isfinite(m.grad).all() and torch.equal(log_scale.grad, torch.zeros(4))
 
 
 @pytest.mark.parametrize("likelihood", ["gaussian", "continuous-bernoulli", "discretized-logistic", "bernoulli"])

@@ -220,12 +220,7 @@ class TrainConfig:
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and self.lr == self.lr and self.lr < float("inf")):
             raise ConfigError(f"lr must be a positive finite number (got {self.lr!r})")
         self._validate_data()
-        if self.likelihood not in LIKELIHOODS:
-            raise ConfigError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
-        if not (self.sigma > 0 and self.sigma < float("inf")):
-            raise ConfigError(f"sigma must be a positive finite number (got {self.sigma!r})")
-        if self.learn_sigma and self.likelihood not in ("gaussian", "discretized-logistic"):
-            raise ConfigError(f"a learned sigma needs --likelihood gaussian (got {self.likelihood!r})")
+        self._validate_likelihood()
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         _positive_int("k", self.k, 100_000)
@@ -254,6 +249,25 @@ class TrainConfig:
         if self.recipe is not None and self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
 
+    def _validate_likelihood(self) -> None:
+        """The likelihood and the settings that belong to it; a setting it would ignore is refused, not dropped."""
+        if self.likelihood not in LIKELIHOODS:
+            raise ConfigError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
+        if not (self.sigma > 0 and self.sigma < float("inf")):
+            raise ConfigError(f"sigma must be a positive finite number (got {self.sigma!r})")
+        if self.likelihood == "discretized-logistic":
+            # It models the 256 levels of 8-bit pixels with scales of its own: binarized pixels would get an
+            # "8-bit" bits/dim that is not one, and a sigma would be silently unused.
+            if self.binarize != "none":
+                raise ConfigError(f"--likelihood discretized-logistic models 8-bit pixels, not the binary ones of "
+                                  f"--binarize {self.binarize}: drop --binarize, or use --likelihood bernoulli")
+            if self.learn_sigma or self.sigma != 1.0:
+                flag = "--learn-sigma" if self.learn_sigma else "--sigma"
+                raise ConfigError(f"{flag} sets the gaussian likelihood's sigma; the discretized logistic always "
+                                  f"learns its own per-pixel scales: drop {flag}")
+        elif self.learn_sigma and self.likelihood != "gaussian":
+            raise ConfigError(f"a learned sigma needs --likelihood gaussian (got {self.likelihood!r})")
+
     def _validate_data(self) -> None:
         if self.data is not None and (self.dataset is not None or self.data_dir is not None):
             raise ConfigError("--data trains on your own images; it cannot be combined with --dataset or --data-dir")
@@ -274,7 +288,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return cls(**_known(cls, d))
+        """A stored run's settings. Runs trained before the discretized logistic refused ``sigma`` and
+        ``learn_sigma`` may record them; it never used them (it learns its own scales), so they load as unset."""
+        cfg = cls(**_known(cls, d))
+        if cfg.likelihood == "discretized-logistic":
+            cfg.sigma, cfg.learn_sigma = TrainConfig.sigma, TrainConfig.learn_sigma
+        return cfg
 
 
 def _positive_int(name: str, value: Any, most: int | None = None) -> None:
@@ -305,16 +324,17 @@ def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
 
 # Named recipes: sets of training settings chosen for a purpose, with the user's own flags on top.
 # ``post`` is the blog post's recipe (every default). ``fast`` reaches the test loss of the post's 50 epochs
-# in a fraction of the wall time on the same data (measured by ``benchmarks/time_to_quality.py``):
+# in a fraction of the wall time on the same data (``benchmarks/time_to_quality.py`` measures it; the numbers,
+# with their machine and date, are in benchmarks/RESULTS.md, "Time to quality"):
 #
 # * a learning rate 17 times the post's (5e-3) with a linear warm-up over the first epoch, so the first steps
 #   at that rate do not blow up the young network, and a cosine decay to zero at the last step, whose final
-#   low-rate steps settle the weights the way many more epochs at a constant rate would: 16 epochs match the
-#   post's 50 (measured on Fashion-MNIST: 256.9 against 257.4 nats);
+#   low-rate steps settle the weights the way many more epochs at a constant rate would: 16 epochs matched the
+#   post's 50 on Fashion-MNIST;
 # * batch 256, twice the post's: fewer, larger matrix products, so less fixed cost per image, at a sample
 #   efficiency still close to batch 128's (batch 512 needed more epochs than it saved);
 # * bf16 matrix products where the hardware computes them natively (CUDA, CPUs with AVX-512 BF16 or AMX),
-#   about 1.3x the fp32 rate at this batch on such a CPU; elsewhere it trains in fp32, with a warning.
+#   faster than fp32 at this batch on such a CPU; elsewhere it trains in fp32, with a warning.
 #
 # The epochs are part of the recipe: the schedule decays over exactly that many.
 RECIPES: dict[str, dict[str, Any]] = {

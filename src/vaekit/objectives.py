@@ -113,6 +113,10 @@ def continuous_bernoulli_log_likelihood(x: Tensor, logits: Tensor) -> Tensor:
 
 # Half the width of one of the 256 levels of an 8-bit pixel scaled to [0, 1] (level k sits at k / 255).
 HALF_LEVEL = 0.5 / 255
+# Floor of the discretized logistic's log-scale, as in PixelCNN++ (Salimans et al., 2017): a scale of e^-7 is
+# about a quarter of a level, fine enough that a pixel predicted exactly gets about 80% of its level's mass,
+# and 1 / scale stays finite; unbounded, float32 exp(-log_scale) overflows below about -88 and gives NaN.
+LOG_SCALE_MIN = -7.0
 
 
 def discretized_logistic_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
@@ -122,10 +126,10 @@ def discretized_logistic_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tens
     last levels take the tails (Salimans et al., 2017; Kingma et al., 2016), so the 256 probabilities sum to 1
     exactly. With a = (x + h - mean) / s and b = (x - h - mean) / s, the bin's mass is sigmoid(a) - sigmoid(b),
     whose log is computed without cancellation as log(expm1(a - b)) - softplus(-b) - softplus(a), and the
-    tails as -softplus(-a) and -softplus(b). log(expm1(d)) is taken as d + log(-expm1(-d)), finite for any
-    scale, however small.
+    tails as -softplus(-a) and -softplus(b). log(expm1(d)) is taken as d + log(-expm1(-d)). The log-scale
+    is floored at ``LOG_SCALE_MIN`` (its gradient is then zero), so the result is finite for any input.
     """
-    inv_scale = torch.exp(-log_scale)
+    inv_scale = torch.exp(-log_scale.clamp(min=LOG_SCALE_MIN))
     a = (x - mean + HALF_LEVEL) * inv_scale
     b = (x - mean - HALF_LEVEL) * inv_scale
     d = 2 * HALF_LEVEL * inv_scale

@@ -29,7 +29,8 @@ from torch import nn
 
 from vaekit import run as runs
 from vaekit.artifacts import EXPLORER
-from vaekit.artifacts.figures import latent_means
+from vaekit.artifacts.figures import label_classes, latent_means
+from vaekit.artifacts.text import printable
 from vaekit.errors import VaekitError
 from vaekit.model import VAE
 from vaekit.model.conv import ToRows
@@ -168,14 +169,12 @@ def plane_range(means: np.ndarray) -> float:
     return max(3.0, math.ceil(2 * q) / 2) if math.isfinite(q) else 3.0
 
 
-def class_names(dataset: str | None, labels: np.ndarray, known: list[str] | tuple[str, ...] | None = None) -> list[str]:
-    """A name for every label: ``known`` (the data's own), else the registry's for ``dataset``, else the number."""
+def class_names(dataset: str | None, known: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """The names known for labels 0, 1, 2, ...: ``known`` (the data's own), else the registry's for ``dataset``."""
     from vaekit.data import DATASETS
 
-    n = int(labels.max()) + 1 if labels.size else 0
     spec = DATASETS.get(str(dataset))
-    known = list(known or (spec.class_names if spec is not None else None) or ())
-    return [known[i] if i < len(known) else str(i) for i in range(max(n, len(known)))]
+    return list(known or (spec.class_names if spec is not None else None) or ())
 
 
 def explorer_html(model: VAE, means: np.ndarray, labels: np.ndarray, *, title: str = "", meta: str = "",
@@ -186,24 +185,26 @@ def explorer_html(model: VAE, means: np.ndarray, labels: np.ndarray, *, title: s
     labels = np.asarray(labels).astype(np.int64)[:MAX_POINTS]
     if means.ndim != 2 or means.shape[1] != model.zdim or len(means) != len(labels):
         raise ExplorerError(f"expected ({len(labels)}, {model.zdim}) latent means, got {means.shape}")
+    # Each point's label as an index into the class names: identifiers in the millions become their rank.
+    index, names = label_classes(labels, class_names(dataset, classes))
     data = {
         "format": 1,
-        "title": title,
-        "meta": meta,
+        "title": printable(title),
+        "meta": printable(meta),
         "zdim": model.zdim,
         "imageShape": [int(s) for s in model.config.image_shape],
         "layers": layers,
         "weights": base64.b64encode(weights).decode("ascii"),
         "range": plane_range(means),
-        "classes": class_names(dataset, labels, classes),
+        "classes": names,
         # 4 decimals is far finer than a pixel of the plane and keeps the page small
-        "points": {"means": [round(float(v), 4) for v in means.ravel()], "labels": [int(v) for v in labels]},
+        "points": {"means": [round(float(v), 4) for v in means.ravel()], "labels": index.tolist()},
     }
     # "<" only occurs inside JSON strings, where \u003c is the same character; the page's script block
     # then can never be closed early by a title such as "</script>".
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     template = (resources.files("vaekit") / "assets" / "explorer.html").read_text(encoding="utf-8")
-    page_title = html.escape(f"vaekit latent explorer: {title}" if title else "vaekit latent explorer")
+    page_title = html.escape(printable(f"vaekit latent explorer: {title}" if title else "vaekit latent explorer"))
     return template.replace("__VAEKIT_TITLE__", page_title, 1).replace("__VAEKIT_DATA__", payload, 1)
 
 

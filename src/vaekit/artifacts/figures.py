@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ import torch
 
 from vaekit import run as runs
 from vaekit.artifacts import FIGURES
+from vaekit.artifacts.text import printable
 from vaekit.data.tensors import to_unit
 from vaekit.model import VAE
 
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 
 GRID_BOUND = 2.0  # half-width of the latent square of latent_grid.png, as in the blog post
 GRID_TICKS = 9  # at most this many labelled cells per axis of latent_grid.png
+MAX_CLASS_COLOURS = 20  # classes the scatter tells apart by colour (tab20), each with its colour-bar tick
+MAX_CLASS_TICKS = 11  # named ticks on the scatter's colour bar when there are more classes than colours
 
 
 def grid_coordinates(n: int, spacing: str = "linear", bound: float = GRID_BOUND) -> np.ndarray:
@@ -151,7 +155,9 @@ def latent_grid_figure(model: VAE, n: int = 20, spacing: str = "linear", means: 
     means along each around their mean (:func:`principal_plane`), and its title says so; without means
     it shows z1 and z2 with the other dimensions at 0.
     """
-    plane = principal_plane(means) if model.zdim > 2 and means is not None and len(means) > 1 else None
+    # Two means span one direction: a second "principal direction" would be arbitrary, so fewer than three
+    # fall back to z1 and z2.
+    plane = principal_plane(means) if model.zdim > 2 and means is not None and len(means) > 2 else None
     coords = grid_coordinates(n, spacing)
     fig = new_figure(8, 8)
     ax = fig.add_subplot()
@@ -193,7 +199,28 @@ def project_2d(mu: np.ndarray) -> tuple[np.ndarray, str]:
         return mu, "$z$"
     centred = mu - mu.mean(0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return centred @ vt[:2].T, "PC"
+    xy = centred @ vt[:2].T  # one image has one component: its second coordinate is 0
+    return np.pad(xy, ((0, 0), (0, 2 - xy.shape[1]))), "PC"
+
+
+def label_classes(labels: np.ndarray, class_names: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Every label as an index into the classes, and the name of every class: the colours of the scatter.
+
+    Labels 0, 1, 2, ... (below ``MAX_CLASS_COLOURS`` or the number of named classes) are their own
+    index, so a class missing from a small test set keeps its place and its colour on every run of the
+    dataset. Any other labels, such as identifiers in the millions, are ranked among the labels present:
+    the scatter then has one colour per label found, not one per integer up to the largest.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    names = [printable(n) for n in class_names or ()]
+    top = int(labels.max()) if len(labels) else -1
+    if top < max(len(names), MAX_CLASS_COLOURS):
+        values = np.arange(max(top + 1, len(names), 2))
+        index = labels
+    else:
+        values = np.unique(labels)
+        index = np.searchsorted(values, labels)
+    return index, [names[v] if v < len(names) else str(v) for v in values.tolist()]
 
 
 def latent_scatter_figure(model: VAE, images: np.ndarray, labels: np.ndarray,
@@ -201,19 +228,26 @@ def latent_scatter_figure(model: VAE, images: np.ndarray, labels: np.ndarray,
     """Where the encoder puts the test images, coloured by class: whether the latent space separates them.
 
     ``means`` are the images' posterior means when already computed; ``class_names`` label the colour bar.
+    Up to ``MAX_CLASS_COLOURS`` classes get a colour and a colour-bar tick each; more share a continuous
+    colour map, with at most ``MAX_CLASS_TICKS`` of them named on the bar (see :func:`label_classes`).
     """
     xy, axis = project_2d(latent_means(model, images) if means is None else means)
+    index, names = label_classes(labels, class_names)
     fig = new_figure(8, 7)
     ax = fig.add_subplot()
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
 
-    top = max(int(labels.max()) if len(labels) else 0, len(class_names or ()) - 1, 1)
-    cmap = ListedColormap(colormaps["tab10" if top < 10 else "tab20"].colors[: top + 1])
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap=cmap, s=3, alpha=0.7, vmin=-0.5, vmax=top + 0.5)
-    bar = fig.colorbar(sc, ax=ax, ticks=range(top + 1), label="class" if class_names else "label")
-    if class_names:
-        bar.ax.set_yticklabels([str(name)[:20] for name in class_names[: top + 1]])
+    k = len(names)
+    if k <= MAX_CLASS_COLOURS:
+        cmap, ticks = ListedColormap(colormaps["tab10" if k <= 10 else "tab20"].colors[:k]), list(range(k))
+    else:
+        cmap = colormaps["viridis"]
+        ticks = sorted({int(round(t)) for t in np.linspace(0, k - 1, MAX_CLASS_TICKS)})
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=index, cmap=cmap, s=3, alpha=0.7, vmin=-0.5, vmax=k - 0.5)
+    what = ("class", "classes") if class_names else ("label", "labels")
+    bar = fig.colorbar(sc, ax=ax, ticks=ticks, label=what[0] if k <= MAX_CLASS_COLOURS else f"{k} {what[1]}, in order")
+    bar.ax.set_yticklabels([names[t][:20] for t in ticks])
     ax.set_xlabel(f"{axis} 1" if axis == "PC" else "$z_1$")
     ax.set_ylabel(f"{axis} 2" if axis == "PC" else "$z_2$")
     ax.set_title("Posterior means of the test set" + (" (PCA)" if axis == "PC" else ""))

@@ -22,6 +22,7 @@ from urllib.parse import quote
 from vaekit import __version__
 from vaekit import run as runs
 from vaekit.artifacts import EXPLORER, FIGURES, REPORT
+from vaekit.artifacts.text import printable
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.eval.run import NLL_KEYS
 
@@ -59,7 +60,8 @@ svg text { font: 11px system-ui, sans-serif; fill: #5c6670; }
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    """Text as HTML, escaped, with file-name bytes that are not UTF-8 shown as ``\\xNN`` (see ``printable``)."""
+    return html.escape(printable(value), quote=True)
 
 
 def _fmt(value: Any) -> str:
@@ -259,7 +261,8 @@ def _protocol(run: runs.Run) -> str:
 def _explorer_link(run_dir: Path, page_dir: Path) -> str:
     """The link to the run's explorer page, relative to where the report is written (so both can move)."""
     target = run_dir / EXPLORER
-    href = _e(quote(Path(os.path.relpath(target.resolve(), page_dir.resolve())).as_posix()))
+    # Percent-encoding the path's bytes names the file exactly, a name that is not UTF-8 included.
+    href = _e(quote(os.fsencode(Path(os.path.relpath(target.resolve(), page_dir.resolve())).as_posix())))
     if target.is_file():
         return (f'<p><a class="explorer" href="{href}">Open the latent explorer</a> '
                 '<span class="muted">move through the latent space with the decoder running in the page</span></p>')

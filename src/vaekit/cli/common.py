@@ -17,6 +17,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+# --data-dir of the commands that read a finished run: a dataset's files, or the images of a run on your own data.
+DATA_DIR_HELP = ("where the run's data is now, if not where training found it: the folder of the dataset's files, "
+                 "or your own images (their folder or .npy/.npz file)")
+
+
 def _number(kind: type, minimum: float, inclusive: bool = True, what: str = "",
             maximum: float | None = None) -> Callable[[str], Any]:
     def parse(text: str) -> Any:

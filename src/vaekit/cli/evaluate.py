@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vaekit.cli.common import grid_int, positive_int
+from vaekit.cli.common import DATA_DIR_HELP, grid_int, positive_int
 from vaekit.config import BINARIZE, GRID_SPACINGS
 
 
@@ -13,7 +13,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from vaekit.data.binarize import describe
     from vaekit.eval.run import evaluate_run
 
-    result = evaluate_run(args.run, data_dir=args.data_dir, device=args.device or "cpu", nll=args.nll,
+    result = evaluate_run(args.run, data_dir=args.data_dir, device=args.device or "auto", nll=args.nll,
                           samples=args.samples, binarize=args.binarize, save=not args.no_save,
                           progress=not args.json, compile=args.compile)
     if args.json:
@@ -53,8 +53,9 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="test-set metrics of a run", description="Evaluate a run on its test set.")
     p.add_argument("run", help="run folder written by vaekit train")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--data-dir", help="folder with the dataset's files, if not where training found them")
-    p.add_argument("--device", help="cpu (default), auto, cuda, cuda:N or mps")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--device", help="auto (default, as vaekit train: a GPU when there is one), cpu, cuda, cuda:N or "
+                                    "mps; on the device the run trained on, test_loss is the one training reported")
     p.add_argument("--nll", action="store_true",
                    help="also estimate the test log-likelihood by importance sampling (stored in summary.json)")
     p.add_argument("--samples", type=positive_int, default=5000, metavar="K",
@@ -72,7 +73,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
 def add_plot_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="(re)draw a run's figures", description="Write the five figures of a run.")
     p.add_argument("run", help="run folder written by vaekit train")
-    p.add_argument("--data-dir", help="folder with the dataset's files, if not where training found them")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--grid-size", type=grid_int, default=None, help="cells per side of the latent grid")
     p.add_argument("--grid-spacing", choices=GRID_SPACINGS, default=None)
     p.set_defaults(func=cmd_plot)

@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any
 
 from vaekit.artifacts import EXPLORER
+from vaekit.cli.common import DATA_DIR_HELP
 
 DEFAULT_PORT = 8765
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -83,7 +84,7 @@ def add_explore_parser(sub: Any) -> argparse.ArgumentParser:
                    help="serve the page on 127.0.0.1 and print its address instead of writing it (Ctrl-C stops)")
     p.add_argument("--port", type=_port, default=None, help=f"port for --serve (default {DEFAULT_PORT}; 0: any free)")
     p.add_argument("--open", action="store_true", help="open the page in a web browser")
-    p.add_argument("--data-dir", help="folder with the dataset's IDX files, if not where training found them")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--device", default="cpu", help="device to compute the test set's latent means on (default cpu)")
     p.set_defaults(func=cmd_explore)
     return p

@@ -79,9 +79,10 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _data_flags(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--dataset", help="mnist, fashion-mnist or kmnist (default: MNIST, or its embedded "
+    g.add_argument("--dataset", help="mnist, fashion-mnist, kmnist or cifar10 (default: MNIST, or its embedded "
                                      "5,000-digit subset when offline)")
-    g.add_argument("--data-dir", help="folder holding the four IDX files of the dataset")
+    g.add_argument("--data-dir", help="folder holding the dataset's files: the four IDX files, or CIFAR-10's "
+                                      "cifar-10-binary.tar.gz")
     g.add_argument("--data", metavar="PATH", help="train on your own images: a folder of images (class subfolders "
                    "give labels; train/ and test/ subfolders give the split) or a .npy/.npz array")
     g.add_argument("--image-size", type=positive_int, metavar="N",
@@ -108,15 +109,19 @@ def _model_flags(g: argparse._ArgumentGroup) -> None:
                    "(after PyTorch-VAE's VanillaVAE for 64x64 colour, zdim 128)")
     g.add_argument("--zdim", type=positive_int, help="latent dimensions (default: the preset's, 2 for seed)")
     g.add_argument("--width", type=positive_float, help="channel multiplier of the conv presets (default 1)")
-    g.add_argument("--hidden", type=_hidden, help="hidden sizes of the mlp preset, e.g. 512,256")
-    g.add_argument("--activation", choices=ACTIVATIONS, help="activation of the mlp preset")
+    g.add_argument("--hidden", type=_hidden, help="hidden sizes in encoder order, e.g. 512,256, mirrored by the "
+                   "decoder: the layer widths of an MLP preset or the channels per level of a conv preset (not seed)")
+    g.add_argument("--activation", choices=ACTIVATIONS, help="activation of the preset's hidden layers, MLP or conv "
+                                                             "(default: the preset's own)")
     g.add_argument("--likelihood", choices=LIKELIHOODS, help="bernoulli (the post's BCE, default), gaussian, "
                    "continuous-bernoulli (the normalized density on [0, 1]) or discretized-logistic (the discrete "
-                   "likelihood of 8-bit pixels, with learned per-pixel scales; bits/dim comparable to papers)")
+                   "likelihood of the 256 levels of 8-bit pixels, with learned per-pixel scales; bits/dim comparable "
+                   "to papers; not with --binarize, --sigma or --learn-sigma)")
     g.add_argument("--sigma", type=_sigma, help="standard deviation of the gaussian likelihood (default 1), or "
-                                                "'learned' for a learned per-pixel one")
+                                                "'learned' for a learned per-pixel one; gaussian only")
     g.add_argument("--learn-sigma", action="store_true", default=None,
-                   help="learn a per-pixel gaussian standard deviation, starting at --sigma")
+                   help="learn a per-pixel gaussian standard deviation, starting at --sigma; gaussian only (the "
+                        "discretized logistic always learns its scales)")
     g.add_argument("--objective", choices=OBJECTIVES, help="elbo (default) or iwae, the k-sample "
                                                            "importance-weighted bound")
     g.add_argument("--k", type=positive_int, help="samples per image of the objective (default 1)")

@@ -1,8 +1,10 @@
 """Test-set evaluation of a trained model.
 
 ``test_loss`` is the negative ELBO per test image in nats with one reparametrized sample per image, as
-the blog post computes its loss. The noise comes from a generator seeded with a fixed seed, so the
-number is a deterministic function of the weights: ``vaekit evaluate`` reproduces what training printed.
+the blog post computes its loss. The noise comes from a CPU generator seeded with a fixed seed and is moved
+to the model's device, so the draws are the same on every device (a CUDA generator draws other numbers from
+the same seed) and the number is a function of the weights: ``vaekit evaluate`` on the device training ran
+on reproduces what training printed, and on another device differs only by its arithmetic.
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ def evaluate_elbo(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # on the CPU whatever the device: the same draws everywhere
     totals = torch.zeros(3, dtype=torch.float64, device=device)
     n = images.shape[0]
     for i in range(0, n, batch_size):
         x = to_unit(images[i : i + batch_size].to(device, non_blocking=True))
-        eps = torch.randn((x.shape[0], model.zdim), generator=gen, device=device, dtype=x.dtype)
+        eps = torch.randn((x.shape[0], model.zdim), generator=gen, dtype=x.dtype).to(device, non_blocking=True)
         logits, mu, logvar = model(x, eps)
         t = elbo_terms(logits, x, mu, logvar, likelihood, sigma, model.log_sigma)
         totals += torch.stack([t.loss.sum(), t.recon.sum(), t.kl.sum()]).double()

@@ -22,7 +22,8 @@ in chunks of at most ``rows`` images-times-draws, with the log-mean-exp accumula
 so memory stays bounded for any K.
 
 Speed. Past the matrix products, the estimate is dominated by one transcendental per pixel and draw, the
-softplus of the Bernoulli term, which costs 40% of the time of the seed model's decoder on a CPU. For
+softplus of the Bernoulli term, a large share of the seed model's decoder time on a CPU (the measured
+share, and the estimator's speed, are in benchmarks/RESULTS.md, from ``benchmarks/nll_speed.py``). For
 binary pixels (the papers' protocol) :func:`sum_log_sigmoid` needs one ``exp`` per pixel and one ``log``
 per 112 pixels instead of an ``exp`` and a ``log1p`` per pixel, and ``torch.compile`` (``compile=True``,
 the default for large CPU estimates) fuses the decoder's element-wise work, the likelihood and the
@@ -53,12 +54,24 @@ from vaekit.objectives import (
     log_likelihood,
 )
 
-# Default number of decoder rows (images x draws) per chunk on the CPU: 8192 rows of 784 float32 logits
-# are 26 MB, large enough for efficient matrix products, small enough to stay in cache-friendly memory.
+# Most decoder rows (images x draws) per chunk on the CPU: for a 784-pixel MLP, large enough for efficient
+# matrix products, small enough to stay in cache-friendly memory.
 ROWS = 8192
-# On an accelerator each chunk costs a few dozen kernel launches whatever its size, so chunks are larger:
-# 2^18 rows of 784 logits are 0.8 GB (a few GB with the intermediates).
+# On an accelerator each chunk costs a few dozen kernel launches whatever its size, so chunks may be larger.
 ROWS_ACCELERATOR = 1 << 18
+# Below those caps a chunk is sized from the model: its decoded rows may take this many bytes of activations
+# (see :func:`row_bytes`). On the CPU a fixed amount, so the chunks, and with them the draws and the estimate,
+# are the same on every machine; on an accelerator also at most ``FREE_SHARE`` of the memory free when the
+# estimate starts, which a large conv decoder at K = 5000 would otherwise exceed.
+CPU_MEMORY = 1 << 30
+ACCELERATOR_MEMORY = 16 << 30
+FREE_SHARE = 0.5
+# Decoder-output-sized temporaries of the likelihood and the importance weights alive at once, per decoded
+# row (the discretized logistic's bin masses and tails need the most), and the factor on the decoder layers'
+# outputs that covers the workspace of the convolutions beside them (a transposed convolution's column
+# buffer is about twice its output). Peaks measured on the CPU stay below the estimate (tests/test_nll_memory.py).
+LIKELIHOOD_COPIES = 16
+WORKSPACE_FACTOR = 2
 # Seed of the draws of the log-likelihood estimate: fixed so the estimate is a function of the weights (and
 # apart from the seeds of the ELBO's noise and of the binarized test copy, so no two streams coincide).
 NLL_SEED = EVAL_SEED + 101
@@ -237,7 +250,7 @@ def estimate_log_px(
     to [0, 1]) or floats already in [0, 1], flattened; they are moved to ``device`` (and ``dtype``, the
     model's) one batch at a time.
     The draws come from a generator seeded with ``seed``, so the result is deterministic for a given
-    ``rows`` (default ``ROWS`` on the CPU, ``ROWS_ACCELERATOR`` elsewhere).
+    ``rows`` (default: :func:`chunk_rows` of D-pixel rows; :func:`model_log_px` sizes them from the model).
 
     ``compile`` runs each chunk's decoder, likelihood and weights through ``torch.compile`` (float32
     rounding differs from eager by ~1e-6 relative); ``None`` does so on the CPU when the estimate decodes
@@ -250,7 +263,7 @@ def estimate_log_px(
     if n == 0:
         raise ValueError("no images to evaluate")
     device = torch.device(device) if device is not None else images.device
-    batch, chunk, n_chunks = chunk_layout(n, samples, rows, device)
+    batch, chunk, n_chunks = chunk_layout(n, samples, rows, device, (LIKELIHOOD_COPIES + 1) * 4 * dim)
 
     def chunk_log_w(x: Tensor, mu: Tensor, std: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
         z = mu + std * eps
@@ -278,13 +291,62 @@ def estimate_log_px(
     return LogLikelihood(out["log_px"], out["stderr"], out["elbo"], samples, dim)
 
 
-def chunk_layout(n: int, samples: int, rows: int | None, device: torch.device) -> tuple[int, int, int]:
+def memory_budget(device: torch.device) -> int:
+    """Bytes the decoded rows of one chunk may take on ``device`` (see ``CPU_MEMORY``)."""
+    if device.type == "cpu":
+        return CPU_MEMORY
+    free = None
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    elif device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
+        free = torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+    return int(min(ACCELERATOR_MEMORY, FREE_SHARE * free)) if free is not None else ACCELERATOR_MEMORY
+
+
+def row_bytes(model: VAE) -> int:
+    """Bytes of activations one decoded row needs: every decoder layer's output, and the likelihood's temporaries.
+
+    Measured by decoding one latent with a hook on every layer, so a conv decoder's feature maps count at
+    their true size; an output that is a view of its input (a reshape) takes no memory and is not counted.
+    Summing every layer over-counts what inference keeps alive at once, so the chunks err on the safe side
+    (``WORKSPACE_FACTOR`` and ``LIKELIHOOD_COPIES`` add what the convolutions and the likelihood need).
+    """
+    param = next(model.parameters())
+    sizes: list[int] = []
+
+    def count(_module: torch.nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
+        if not isinstance(out, Tensor):
+            return
+        ptr = out.untyped_storage().data_ptr()
+        if not any(isinstance(t, Tensor) and t.untyped_storage().data_ptr() == ptr for t in inputs):
+            sizes.append(out.numel() * out.element_size())
+
+    leaves = [m for m in model.decoder.modules() if not any(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.inference_mode():
+            logits = model.decode(torch.zeros(1, model.zdim, device=param.device, dtype=param.dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return WORKSPACE_FACTOR * sum(sizes) + LIKELIHOOD_COPIES * logits.numel() * max(logits.element_size(), 4)
+
+
+def chunk_rows(device: torch.device, bytes_per_row: int) -> int:
+    """Decoded rows per chunk: as many as ``memory_budget`` holds at ``bytes_per_row``, up to ``ROWS`` (CPU) or
+    ``ROWS_ACCELERATOR``, and at least one."""
+    cap = ROWS if device.type == "cpu" else ROWS_ACCELERATOR
+    return max(1, min(cap, memory_budget(device) // max(1, bytes_per_row)))
+
+
+def chunk_layout(n: int, samples: int, rows: int | None, device: torch.device,
+                 bytes_per_row: int = 0) -> tuple[int, int, int]:
     """Images per batch, draws per decoder call and calls per batch, decoding at most ``rows`` rows at once.
 
-    All K draws of a batch fit in ``rows`` (default ``ROWS`` on the CPU, ``ROWS_ACCELERATOR`` elsewhere),
-    so a batch is encoded once however large K is.
+    All K draws of a batch fit in ``rows`` (default :func:`chunk_rows` of ``bytes_per_row``), so a batch is
+    encoded once however large K is.
     """
-    rows = rows if rows is not None else (ROWS if device.type == "cpu" else ROWS_ACCELERATOR)
+    rows = rows if rows is not None else chunk_rows(device, bytes_per_row)
     if rows < 1:
         raise ValueError(f"rows must be a positive integer (got {rows!r})")
     batch = max(1, min(n, rows // samples))
@@ -308,17 +370,20 @@ def _batch_weights(x: Tensor, encode: Encoder, weights: CompiledForward, gen: to
 
 def model_log_px(model: VAE, images: Tensor, samples: int = 5000, likelihood: str = "bernoulli", sigma: float = 1.0,
                  *, compile: bool | None = None, **kwargs: Any) -> LogLikelihood:  # noqa: A002
-    """:func:`estimate_log_px` for a :class:`~vaekit.models.VAE` under the named likelihood.
+    """:func:`estimate_log_px` for a :class:`~vaekit.model.VAE` under the named likelihood.
 
     A model with a learned per-pixel sigma uses it in place of ``sigma``. With binary images, in code that
     ``torch.compile`` traces, the Bernoulli term is :func:`sum_log_sigmoid` of the sign-flipped logits;
     eager code keeps :func:`bernoulli_log_px_z`, because run op by op the grouped product's extra passes
     over the logits cost more than the ``log1p`` it saves (and so an eager fallback computes exactly what
     ``compile=False`` does). ``compile`` is :func:`estimate_log_px`'s (``None``: by the estimate's size).
+    Without ``rows`` the chunks are sized from the decoder's activations (:func:`row_bytes`) and the device.
     """
     was_training = model.training
     model.eval()
     param = next(model.parameters())
+    if kwargs.get("rows") is None:
+        kwargs["rows"] = chunk_rows(param.device, row_bytes(model))
     compiled = use_compile(compile, param.device, len(images) * samples)
     binary = compiled and likelihood == "bernoulli" and is_binary(images)
 

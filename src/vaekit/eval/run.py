@@ -61,17 +61,17 @@ def _check_validation(run: Run, splits: Splits) -> None:
         raise RunFolderError(f"the data found for {run.path} is not what the run was trained on: {problem}")
 
 
-def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = None, device: str = "cpu", *,
+def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = None, device: str = "auto", *,
                  nll: bool = False, samples: int = 5000, binarize: str | None = None, save: bool = True,
                  progress: bool = False, compile: bool | None = None, data: Any = None) -> dict[str, Any]:  # noqa: A002
     """Test-set metrics of a run: the keys of ``summary.json``'s ``test_*`` entries and more.
 
     ``protocol`` says which data and likelihood the numbers belong to. With ``nll`` it adds the
     importance-sampled test log-likelihood with K = ``samples`` draws per image (see
-    :mod:`vaekit.likelihood`): ``nll`` (nats per image), ``nll_stderr``, ``bits_per_dim``,
+    :mod:`vaekit.eval.likelihood`): ``nll`` (nats per image), ``nll_stderr``, ``bits_per_dim``,
     ``nll_samples``, ``active_units``, ``kl_per_dim`` and more (``NLL_KEYS``), and, with ``save``, merges
     them into the run's ``summary.json``. ``binarize`` evaluates under another protocol than the run's.
-    ``compile`` is :func:`vaekit.likelihood.estimate_log_px`'s (``None``: decided by the estimate's size).
+    ``compile`` is :func:`vaekit.eval.likelihood.estimate_log_px`'s (``None``: decided by the estimate's size).
     """
     if binarize is not None and binarize not in BINARIZE:
         raise ConfigError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE)}")
@@ -80,6 +80,9 @@ def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = N
     run = load_run(path, resolve_device(device))
     cfg = run.train_config
     mode = binarize or cfg.binarize
+    if mode != "none" and cfg.likelihood == "discretized-logistic":
+        raise ConfigError(f"--binarize {mode} evaluates binary pixels, and this run's discretized logistic models "
+                          "8-bit ones (its bits/dim would not be 8-bit bits/dim): evaluate it without --binarize")
     splits = load_run_data(run, data_dir, mode, data)
     x_test = as_rows(splits.test_images)
     metrics = evaluate_elbo(run.model, x_test, cfg.likelihood, cfg.sigma, cfg.eval_batch_size)

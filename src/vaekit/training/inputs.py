@@ -102,7 +102,7 @@ def report_skipped(run_dir: Path, own: dict[str, Any]) -> None:
     listing = run_dir / SKIPPED
     message = skipped_warning(own, listing)
     if message is not None:
-        runs.write_bytes(listing, bad_files_text(own).encode())
+        runs.write_bytes(listing, bad_files_text(own).encode("utf-8", "surrogateescape"))  # names as on disk
         warn(message)
 
 
