@@ -16,10 +16,10 @@ from PIL import Image
 from vaekit.artifacts import FINAL_OUTPUTS, REPORT, write_artifacts
 from vaekit.artifacts.explorer import explorer_html
 from vaekit.artifacts.figures import MAX_CLASS_COLOURS, label_classes, latent_scatter_figure
-from vaekit.artifacts.text import printable
 from vaekit.cli import main
 from vaekit.data import Splits
 from vaekit.model import VAE, model_config
+from vaekit.text import printable
 
 from .artifact_runs import make_run
 
@@ -113,3 +113,31 @@ def test_an_npz_of_identifier_labels_trains_with_its_artifacts(tmp_path: Path) -
     assert main(["train", "--data", str(tmp_path / "ids.npz"), "--out", str(run), *QUICK]) == 0
     page = (run / "explorer.html").read_text(encoding="utf-8")
     assert _page_data(page)["classes"] == ["1440764", "1443537"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names are bytes, not necessarily UTF-8, on Linux only")
+def test_a_run_folder_named_in_latin1_evaluates_resumes_and_draws(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The data and the run folder both have names that are not UTF-8; every command works on them and every
+    message shows the byte as \\xNN."""
+    data = os.path.join(os.fsencode(tmp_path), b"donn\xe9es")
+    rng = np.random.default_rng(1)
+    _write_pngs(os.path.join(data, b"a"), [b"%d.png" % i for i in range(10)], rng)
+    _write_pngs(os.path.join(data, b"b"), [b"%d.png" % i for i in range(10)], rng)
+    with open(os.path.join(data, b"a", b"bad.png"), "wb") as f:
+        f.write(b"not an image")
+    run = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"run-\xe9"))
+    args = ["--data", os.fsdecode(data), "--out", run, "--skip-bad", "--no-artifacts", *QUICK]
+    assert main(["train", *args]) == 0
+    warning = capsys.readouterr().err
+    assert "donn\\xe9es" in warning and "\udce9" not in warning
+    assert main(["evaluate", run, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_loss"] == json.loads(Path(run, "summary.json").read_text())[
+        "test_loss"]
+    assert main(["train", *args, "--resume", "--epochs", "2"]) == 0
+    assert main(["plot", run]) == 0 and main(["report", run]) == 0 and main(["explore", run]) == 0
+    assert "\udce9" not in "".join(capsys.readouterr())
+    os.remove(os.path.join(os.fsencode(run), b"model.safetensors"))
+    assert main(["evaluate", run]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "run-\\xe9" in line and "\udce9" not in line

@@ -30,10 +30,10 @@ from torch import nn
 from vaekit import run as runs
 from vaekit.artifacts import EXPLORER
 from vaekit.artifacts.figures import label_classes, latent_means
-from vaekit.artifacts.text import printable
 from vaekit.errors import VaekitError
 from vaekit.model import VAE
 from vaekit.model.conv import ToRows
+from vaekit.text import printable
 
 MAX_POINTS = 10_000  # test means embedded in the page (MNIST's whole test set)
 

@@ -22,9 +22,9 @@ import torch
 
 from vaekit import run as runs
 from vaekit.artifacts import FIGURES
-from vaekit.artifacts.text import printable
 from vaekit.data.tensors import to_unit
 from vaekit.model import VAE
+from vaekit.text import printable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

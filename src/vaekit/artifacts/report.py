@@ -22,9 +22,9 @@ from urllib.parse import quote
 from vaekit import __version__
 from vaekit import run as runs
 from vaekit.artifacts import EXPLORER, FIGURES, REPORT
-from vaekit.artifacts.text import printable
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.eval.run import NLL_KEYS
+from vaekit.text import printable
 
 RESULT_ORDER = ("test_loss", "test_recon", "test_kl", "val_loss", "best_val_loss", "best_val_epoch", "n_val",
                 "train_loss", "epochs", "dataset", "model", "zdim",

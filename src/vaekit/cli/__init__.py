@@ -20,6 +20,7 @@ from vaekit.cli.report import add_report_parser
 from vaekit.cli.train import add_train_parser
 from vaekit.config import ConfigError
 from vaekit.errors import VaekitError
+from vaekit.text import printable
 
 
 def build_parser() -> Parser:
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ConfigError, VaekitError, *_data_errors()) as e:
         code = getattr(e, "exit_code", 2)
-        message = " ".join(str(e).split())  # always one line
+        message = " ".join(printable(e).split())  # always one line, file names that are not UTF-8 as \xNN
         print(f"{prog}: error: {message}", file=sys.stderr)
         return code
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vaekit.cli.common import positive_int
+from vaekit.text import printable
 
 if TYPE_CHECKING:
     from vaekit.data.resolve import FileReport
@@ -55,7 +56,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
     paths = fetch(args.name, args.data_dir, progress=not args.no_progress)
     for role, path in paths.items():
-        print(f"{role:<13} {path}")
+        print(printable(f"{role:<13} {path}"))
     return 0
 
 
@@ -93,7 +94,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         return 1
     failed = False
     for folder, reports in locations:
-        print(folder)
+        print(printable(folder))
         for report in reports:
             verdict = _verdict(report)
             failed |= verdict != "OK"
@@ -130,16 +131,16 @@ def split_report(raw: RawData, test: Any, test_fraction: float) -> dict[str, Any
 def _print_split(report: dict[str, Any]) -> None:
     how = (f"held out by a hash of each image's pixels, test fraction {report['test_fraction']}"
            if report["split"] == "random" else "as given by its split folders")
-    print(f"{report['path']}: {report['n_train']:,} train, {report['n_test']:,} test ({how})")
+    print(printable(f"{report['path']}: {report['n_train']:,} train, {report['n_test']:,} test ({how})"))
     if report["classes"] is not None:
         width = max(len("class"), *(len(name) for name in report["classes"]))
         print(f"  {'class':<{width}}  {'train':>7}  {'test':>7}")
         for name, count in report["classes"].items():
-            print(f"  {name:<{width}}  {count['train']:>7,}  {count['test']:>7,}")
+            print(printable(f"  {name:<{width}}  {count['train']:>7,}  {count['test']:>7,}"))
     what = "files" if report["kind"] == "folder" else "rows"
     print(f"held-out {what}:")
     for name in report["test"]:
-        print(f"  {name}")
+        print(printable(f"  {name}"))
 
 
 def _cmd_split(args: argparse.Namespace) -> int:

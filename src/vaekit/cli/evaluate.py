@@ -7,6 +7,7 @@ import json
 
 from vaekit.cli.common import DATA_DIR_HELP, grid_int, positive_int
 from vaekit.config import BINARIZE, GRID_SPACINGS
+from vaekit.text import printable
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -45,7 +46,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from vaekit.artifacts import plot_run
 
     for path in plot_run(args.run, data_dir=args.data_dir, grid_size=args.grid_size, spacing=args.grid_spacing):
-        print(path)
+        print(printable(path))
     return 0
 
 

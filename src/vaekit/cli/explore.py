@@ -16,6 +16,7 @@ from typing import Any
 
 from vaekit.artifacts import EXPLORER
 from vaekit.cli.common import DATA_DIR_HELP
+from vaekit.text import printable
 
 DEFAULT_PORT = 8765
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -49,7 +50,7 @@ def serve(page: bytes, port: int = DEFAULT_PORT, open_browser: bool = False) -> 
     previous = {s: signal.signal(s, _raise_stop) for s in STOP_SIGNALS}
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
-        print(f"serving the explorer at {url} (Ctrl-C to stop)", flush=True)
+        print(printable(f"serving the explorer at {url} (Ctrl-C to stop)"), flush=True)
         if open_browser:
             webbrowser.open(url)
         server.serve_forever()
@@ -110,7 +111,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         if args.serve:
             return serve(page, DEFAULT_PORT if args.port is None else args.port, open_browser=args.open)
         path = Path(args.out)
-    print(path)
+    print(printable(path))
     if args.open:
         webbrowser.open(path.resolve().as_uri())
     return 0

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from vaekit.artifacts import REPORT
+from vaekit.text import printable
 
 
 def add_report_parser(sub: Any) -> argparse.ArgumentParser:
@@ -30,5 +31,5 @@ def cmd_report(args: argparse.Namespace) -> int:
         path = write_artifacts(args.run, which=("report",))[0]
     else:
         path = write_report(load_run(args.run), args.out)
-    print(path)
+    print(printable(path))
     return 0

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..text import printable
 from .download import download_file, offline
 from .embedded import EMBEDDED_SOURCE, embedded_csv_path, load_embedded
 from .errors import DataError, DatasetNotFoundError, FileFormatError
@@ -68,7 +69,7 @@ DEBIAN_DATASETS = Path("/usr/share/datasets")
 
 def warn(message: str) -> None:
     """Print a one-line warning on stderr."""
-    print(f"vaekit: warning: {message}", file=sys.stderr, flush=True)
+    print(f"vaekit: warning: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def default_search_roots() -> list[Path]:

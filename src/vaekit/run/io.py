@@ -7,11 +7,12 @@ fill its memory. Nothing here unpickles.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,25 @@ _NO_PICKLES = ("vaekit loads only safetensors and never unpickles, because unpic
                "(convert it with safetensors.torch.save_file where you trust it)")
 
 
+@contextlib.contextmanager
+def _utf8_name(path: Path) -> Iterator[str]:
+    """A name of ``path`` that safetensors can open: safetensors takes UTF-8 paths only, and a run folder on
+    Linux may have a name that is not UTF-8; such a file is opened here and reached through its descriptor."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        if not os.path.isdir("/proc/self/fd"):
+            raise
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield name
+
+
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load a safetensors file; refuses pickles and reports corruption as one line."""
     path = Path(path)
@@ -205,7 +225,7 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     except OSError as e:
         raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from e
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with _utf8_name(path) as name, safe_open(name, framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

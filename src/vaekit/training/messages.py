@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
+from vaekit.text import printable
+
 
 def warn(msg: str) -> None:
     """A one-line warning on stderr, shown even with --quiet: it says the run differs from what was asked."""
-    print(f"vaekit train: warning: {' '.join(msg.split())}", file=sys.stderr, flush=True)
+    print(f"vaekit train: warning: {' '.join(printable(msg).split())}", file=sys.stderr, flush=True)
