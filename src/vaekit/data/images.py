@@ -12,10 +12,12 @@ Rules (the same for every file, so a folder of mixed formats becomes one consist
 * ``image_size`` N resizes the shorter side to N and crops the centre NxN (``ImageOps.fit``, bicubic). An image
   already NxN is left untouched, so its pixels are exactly those in the file. JPEGs much larger than N are
   decoded at a reduced scale first (``Image.draft``), as ``Image.thumbnail`` does, which is several times faster.
-* Memory is bounded by the decoded file plus the output: the conversion to 8 bits runs in horizontal bands
-  of about a million pixels, and with ``image_size`` N each band is box-averaged (``Image.reduce``) down to no
-  less than 2N before the final bicubic fit, as ``Image.thumbnail``'s ``reducing_gap`` does. A 9000x9000
-  RGBA PNG thus costs its 324 MB of decoded pixels, not several full-size copies of them.
+* Memory is bounded by the output: an image is converted to 8 bits in horizontal bands of about half a
+  million pixels, and with ``image_size`` N each band is box-averaged (``Image.reduce``) down to no less than
+  2N before the final bicubic fit, as ``Image.thumbnail``'s ``reducing_gap`` does. A large 8-bit PNG is also
+  inflated band by band (:mod:`vaekit.data.pngbands`), so a 9000x9000 RGBA PNG wanted at 64x64 costs about
+  30 MB instead of its 324 MB of pixels; other formats are decoded whole by Pillow first (their pixels plus
+  the output).
 * Reading the header (:func:`probe_image`) decodes no pixels: a PNG's EXIF block is found by walking its
   chunks, where Pillow's ``getexif`` would decode the whole image to look for one after the pixel data.
 * An image whose width x height exceeds ``PIL.Image.MAX_IMAGE_PIXELS`` is refused as a decompression bomb.
@@ -40,7 +42,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from .pixels import GREY_MODES, ImageProblem, composite_on_white, luma, pixel_rule, to_8bit
+from .pixels import GREY_MODES, ImageProblem, Rule, composite_on_white, luma, pixel_rule, to_8bit
+from .pngbands import png_bands, png_layout
 
 __all__ = [
     "FORMAT_NAMES",
@@ -67,7 +70,7 @@ _TRANSPOSE = {
     5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_BAND_PIXELS = 1 << 20  # pixels converted at a time
+_BAND_PIXELS = 1 << 19  # pixels converted at a time
 # Leading bytes of the formats above, to tell a damaged image from a file that is no image at all.
 _MAGIC = (
     (b"\x89PNG", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"), (b"II*\0", "TIFF"),
@@ -224,28 +227,65 @@ def _reduce_factor(size: tuple[int, int], image_size: int | None) -> int:
     return 1 if image_size is None else max(1, min(size) // (2 * image_size))
 
 
-def _eight_bit(im: Image.Image, grey: bool, factor: int) -> np.ndarray:
-    """A loaded image as ``uint8`` (H, W) or (H, W, 3), converted in bands and box-averaged by ``factor``.
+def _band_rows(width: int, factor: int) -> int:
+    """Rows per band: about ``_BAND_PIXELS`` pixels, a multiple of ``factor`` so reduced boxes stay aligned."""
+    return max(1, _BAND_PIXELS // (width * factor)) * factor
 
-    Only one band's intermediate copies exist at a time, so the memory beyond the decoded image is the
-    output plus about a million pixels' worth of temporaries, whatever the image's size.
-    """
-    rule = pixel_rule(im)
+
+def _crops(im: Image.Image, rows: int) -> Iterator[Image.Image]:
+    """A loaded image in horizontal bands of ``rows`` rows (the image itself when it is one band)."""
     width, height = im.size
-    rows = max(1, _BAND_PIXELS // (width * factor)) * factor
-    out: np.ndarray | None = None
+    if rows >= height:
+        yield im
+        return
     for top in range(0, height, rows):
-        band = im if rows >= height else im.crop((0, top, width, min(height, top + rows)))
+        yield im.crop((0, top, width, min(height, top + rows)))
+
+
+def _eight_bit(bands: Iterator[Image.Image], rule: Rule, grey: bool, factor: int, height: int) -> np.ndarray:
+    """Bands of an image as one ``uint8`` (H, W) or (H, W, 3) array, each converted and box-averaged by ``factor``.
+
+    Only one band's intermediate copies exist at a time, so the memory beyond the source pixels is the output
+    plus one band's worth of temporaries, whatever the image's size.
+    """
+    out: np.ndarray | None = None
+    row = 0
+    for band in bands:
         picture = to_8bit(band, rule, grey)
-        del band
         if factor > 1:
             picture = picture.reduce(factor)
         part = np.asarray(picture, dtype=np.uint8)
         if out is None:
             out = np.empty((-(-height // factor), *part.shape[1:]), dtype=np.uint8)
-        out[top // factor : top // factor + len(part)] = part
-    assert out is not None  # an image has at least one row (checked when it is opened)
+        out[row : row + len(part)] = part
+        row += len(part)
+    if out is None or row != len(out):
+        raise ImageProblem(f"truncated image (its pixel data gives {row * factor:,} of {height:,} rows)")
     return out
+
+
+def _decode_pixels(im: Image.Image, grey: bool, image_size: int | None) -> tuple[np.ndarray, object]:
+    """(8-bit pixels before orientation, the EXIF orientation) of an opened image, in bands.
+
+    A large 8-bit PNG is inflated band by band (:mod:`vaekit.data.pngbands`), so only the output is ever held
+    whole; any other image is loaded by Pillow (JPEGs at a reduced scale) and converted band by band.
+    """
+    width, height = im.size
+    factor = _reduce_factor(im.size, image_size)
+    layout = png_layout(im.fp) if im.format == "PNG" and im.fp is not None and width * height > _BAND_PIXELS else None
+    if layout is not None and (layout.width, layout.height) == im.size:
+        orientation = _header_orientation(im)
+        bands = png_bands(im.fp, layout, _band_rows(width, factor))
+        return _eight_bit(bands, pixel_rule(im), grey, factor, height), orientation
+    if image_size is not None:
+        im.draft(None, (image_size, image_size))
+    im.load()
+    # After loading, so a TIFF whose Orientation Pillow has applied no longer reports one.
+    orientation = im.getexif().get(_ORIENTATION)
+    width, height = im.size
+    factor = _reduce_factor(im.size, image_size)
+    pixels = _eight_bit(_crops(im, _band_rows(width, factor)), pixel_rule(im), grey, factor, height)
+    return pixels, orientation
 
 
 def _upright(pixels: np.ndarray, orientation: object) -> np.ndarray:
@@ -275,12 +315,7 @@ def decode_image(source: Source, *, channels: int, image_size: int | None = None
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     with _opened(source) as im:
         try:
-            if image_size is not None:
-                im.draft(None, (image_size, image_size))
-            im.load()
-            # After loading, so a TIFF whose Orientation Pillow has applied no longer reports one.
-            orientation = im.getexif().get(_ORIENTATION)
-            pixels = _eight_bit(im, channels == 1, _reduce_factor(im.size, image_size))
+            pixels, orientation = _decode_pixels(im, channels == 1, image_size)
         except ImageProblem:
             raise
         except Image.DecompressionBombError as exc:
