@@ -27,6 +27,7 @@ from vaekit.data.arrays import read_array_file
 from vaekit.data.images import ImageProblem, decode_image, fit, probe_image
 from vaekit.data.pixels import luma, pixel_rule, to_8bit
 from vaekit.data.pngbands import png_layout
+from vaekit.data.splits import content_digest
 
 ORIENTATION = 0x0112
 
@@ -225,6 +226,26 @@ def test_tiff_with_an_orientation_tag_loads_upright(tmp_path: Path) -> None:
     assert info["image_shape"] == [48, 30, 3] and np.array_equal(splits.train_images[0], upright)
 
 
+TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+             5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+             8: Image.Transpose.ROTATE_90}
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "PNG", "WEBP"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_orientation_is_applied_once(fmt: str, orientation: int) -> None:
+    pixels = photo()[:30]
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    options = {"lossless": True} if fmt == "WEBP" else {}
+    stored = encode(Image.fromarray(pixels), fmt, exif=exif.tobytes(), **options)
+    method = TRANSPOSE.get(orientation)
+    upright = np.asarray(Image.fromarray(pixels).transpose(method)) if method is not None else pixels
+    probe = probe_image(stored)
+    assert (probe.height, probe.width) == upright.shape[:2]
+    assert np.array_equal(decode_image(stored, channels=3), upright)
+
+
 def test_float_and_32_bit_integer_tiffs_keep_their_values_or_are_refused() -> None:
     levels = np.arange(0, 240, 10, dtype=np.uint8).reshape(4, 6)
     as_int32 = encode(Image.fromarray(levels.astype(np.int32)), "TIFF")
@@ -336,6 +357,7 @@ def test_identifier_labels_become_classes_named_by_their_values(tmp_path: Path) 
     np.savez(tmp_path / "ids.npz", x=x, y=np.array([1443537, 1440764] * 20))
     raw = read_array_file(tmp_path / "ids.npz")
     assert raw.class_names == ["1440764", "1443537"] and raw.labels.tolist() == [1, 0] * 20
+    assert raw.digest == content_digest(x, np.array([1443537, 1440764] * 20))  # as recorded by earlier runs
     splits, info = load_own_data(tmp_path / "ids.npz")
     assert info["class_names"] == ["1440764", "1443537"] and set(splits.train_labels.tolist()) == {0, 1}
     np.savez(tmp_path / "dense.npz", x=x, y=np.arange(40) % 4)

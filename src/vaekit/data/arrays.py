@@ -241,11 +241,13 @@ def _load_problem(exc: BaseException) -> str:
 
 def _raw(kind: str, name: str, path: str | None, images: np.ndarray, labels: np.ndarray | None,
          n_given_train: int | None) -> RawData:
+    # The digest covers the labels as given, so runs recorded before they were renumbered still match.
+    digest = content_digest(images, labels, n_given_train)
     names = None
     if labels is not None:
         labels, names = dense_labels(labels)
     return RawData(kind=kind, name=name, path=path, images=images, labels=labels, class_names=names,
-                   digest=content_digest(images, labels, n_given_train), n_given_train=n_given_train)
+                   digest=digest, n_given_train=n_given_train)
 
 
 @dataclass(frozen=True)
