@@ -48,6 +48,10 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
     return message
 
 
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = main(args)
     err = capsys.readouterr().err
@@ -155,8 +159,7 @@ def test_a_damaged_large_png_is_a_bad_file() -> None:
 
 
 def with_chunk_before_iend(png: bytes, kind: bytes, body: bytes) -> bytes:
-    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return png[:-12] + chunk + png[-12:]
+    return png[:-12] + chunk(kind, body) + png[-12:]
 
 
 def test_png_exif_after_the_pixels_is_read_without_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -277,6 +280,22 @@ def test_transparent_grey_level_is_white_at_16_bits_as_at_8() -> None:
     assert eight[0].tolist() == [0, 255, 200, 255]
     assert np.array_equal(decode_image(deep, channels=1), eight)
     assert np.array_equal(decode_image(deep, channels=3), np.repeat(eight[..., None], 3, axis=2))
+
+
+def png_of(width: int, height: int, depth: int, colour: int, rows: bytes, *extra: bytes) -> bytes:
+    """A PNG written by hand: Pillow cannot write 16-bit colour."""
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + b"".join(extra) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_16_bit_colour_with_a_transparent_colour_is_refused() -> None:
+    key = (0x1234, 0x5678, 0x9ABC)
+    row = np.array([key, (0x1200, 0x5600, 0x9A00), (65535, 65535, 65535)], ">u2").tobytes()
+    stored = png_of(3, 2, 16, 2, (b"\0" + row) * 2, chunk(b"tRNS", struct.pack(">HHH", *key)))
+    with pytest.raises(ImageProblem, match="16-bit colour PNG with a transparent colour, which Pillow reads at 8 bits"):
+        decode_image(stored, channels=3)
+    opaque = png_of(3, 2, 16, 2, (b"\0" + row) * 2)
+    assert decode_image(opaque, channels=3)[0].tolist() == [[0x12, 0x56, 0x9A], [0x12, 0x56, 0x9A], [255, 255, 255]]
 
 
 # --- array files ---------------------------------------------------------------------------------------------

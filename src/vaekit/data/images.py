@@ -264,12 +264,22 @@ def _eight_bit(bands: Iterator[Image.Image], rule: Rule, grey: bool, factor: int
     return out
 
 
+def _refuse_wide_colour_key(im: Image.Image) -> None:
+    """Refuse a 16-bit colour PNG with a transparent colour: Pillow reads its pixels at 8 bits, where the 16-bit
+    colour that marks transparency can no longer be told apart from its neighbours (grey is read at 16 bits)."""
+    if im.format == "PNG" and isinstance(im.info.get("transparency"), tuple) and \
+            any(str(tile[3]).endswith(";16B") for tile in im.tile):
+        raise ImageProblem("16-bit colour PNG with a transparent colour, which Pillow reads at 8 bits where that "
+                           "colour cannot be matched exactly; save it with an alpha channel or at 8 bits")
+
+
 def _decode_pixels(im: Image.Image, grey: bool, image_size: int | None) -> tuple[np.ndarray, object]:
     """(8-bit pixels before orientation, the EXIF orientation) of an opened image, in bands.
 
     A large 8-bit PNG is inflated band by band (:mod:`vaekit.data.pngbands`), so only the output is ever held
     whole; any other image is loaded by Pillow (JPEGs at a reduced scale) and converted band by band.
     """
+    _refuse_wide_colour_key(im)
     width, height = im.size
     factor = _reduce_factor(im.size, image_size)
     layout = png_layout(im.fp) if im.format == "PNG" and im.fp is not None and width * height > _BAND_PIXELS else None

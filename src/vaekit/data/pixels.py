@@ -5,7 +5,8 @@ The rules, one per kind of pixel a file can hold:
 * Transparent pixels (an alpha channel, or a transparent colour at any bit depth) are composited on white,
   the background an image viewer shows.
 * 16-bit grey (PNG, TIFF, 16-bit PNM; Pillow modes ``I;16*``, or ``I`` read from a 16-bit file) is scaled by
-  ``round(v * 255 / 65535)``, so the whole range survives. Negative values (signed 16-bit TIFF) are refused.
+  ``round(v * 255 / 65535)``, so the whole range survives; its transparent level is matched at 16 bits.
+  Negative values (signed 16-bit TIFF) are refused.
 * 32-bit integer grey (TIFF) is taken as grey levels 0-255 and kept exactly; any other range is refused,
   because it has no single meaning (0-65535? 0-4294967295? a map of labels?).
 * Float grey (TIFF, mode ``F``) must lie in [0, 1] and is scaled by 255, the rule for float arrays too; other
