@@ -98,6 +98,7 @@ def test_a_large_png_costs_about_its_output(large_png: Path) -> None:
     decoded, output = 6000 * 6000 * 4, 6000 * 6000 * 3
     assert peak_bytes(large_png, "probe") < 16 << 20  # the header pass decodes no pixel
     assert peak_bytes(large_png, "64") < 0.25 * decoded  # was about 8x: several full-size copies
+    assert peak_bytes(large_png, "2") < 0.25 * decoded  # a tiny output does not make the bands huge
     assert peak_bytes(large_png, "full") < 1.75 * output
 
 

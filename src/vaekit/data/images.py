@@ -223,8 +223,14 @@ def probe_image(source: Source) -> Probe:
 
 
 def _reduce_factor(size: tuple[int, int], image_size: int | None) -> int:
-    """The box-averaging factor that keeps the shorter side at least twice ``image_size`` (1: none)."""
-    return 1 if image_size is None else max(1, min(size) // (2 * image_size))
+    """The box-averaging factor that keeps the shorter side at least twice ``image_size`` (1: none).
+
+    A band holds a whole number of boxes, so the factor is also capped to keep one row of boxes within
+    ``_BAND_PIXELS``; the bicubic fit that follows does the rest of the reduction.
+    """
+    if image_size is None:
+        return 1
+    return max(1, min(min(size) // (2 * image_size), _BAND_PIXELS // size[0]))
 
 
 def _band_rows(width: int, factor: int) -> int:
