@@ -22,6 +22,10 @@ from vaekit.config import ConfigError
 from vaekit.errors import VaekitError
 from vaekit.text import printable
 
+# Images larger than this a side (set by --image-size) are what runs out of memory first: the data, not the
+# model, is then what to change.
+_LARGE_IMAGE = 256
+
 
 def build_parser() -> Parser:
     parser = Parser(prog="vaekit", description="Variational auto-encoders: train, evaluate, plot, explore.")
@@ -59,6 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         asked = re.search(r"tried to allocate ([\d.]+ ?[A-Za-z]*)", str(e))
         reason = f" (it tried to allocate {asked.group(1)})" if asked else ""
+        size = getattr(args, "image_size", None)
+        if isinstance(size, int) and size > _LARGE_IMAGE:
+            print(f"{prog}: error: out of memory{reason}: {size}x{size} images (--image-size {size}) are too large "
+                  f"to train on with this machine's memory; pass a smaller --image-size (such as 64 to "
+                  f"{_LARGE_IMAGE})", file=sys.stderr)
+            return 2
         print(f"{prog}: error: out of memory{reason}; the sizes asked for do not fit this machine: try a "
               "smaller model (--hidden, --zdim), --batch-size or --samples", file=sys.stderr)
         return 1

@@ -4,10 +4,16 @@ Accepted images: (N, H, W) or (N, H, W, C) with C in 1, 3 or 4 (channels last), 
 [0, 1] (converted to ``uint8`` as ``round(x * 255)``). A fourth channel is alpha and is composited on white,
 as it is for PNG files, so the same picture gives the same pixels from a file or an array.
 
-Labels (optional): a 1-D array of N non-negative integers. An ``.npz`` file (or a mapping given directly)
-holds the images under ``x`` or ``images`` and the labels under ``y`` or ``labels``; a file with a single
-array uses it as the images. Keras-style ``x_train``/``x_test`` (with ``y_train``/``y_test``) give the split
-as is.
+Labels (optional): a 1-D array of N non-negative integers. Labels other than 0..K-1 (identifiers such as
+1440764) are renumbered 0..K-1 in increasing order, their original values becoming the class names. An
+``.npz`` file (or a mapping given directly) holds the images under ``x`` or ``images`` and the labels under
+``y`` or ``labels``; a file with a single array uses it as the images. Keras-style ``x_train``/``x_test``
+(with ``y_train``/``y_test``) give the split as is.
+
+Files are checked before NumPy reads them: the first bytes must be a ``.npy`` or ``.npz`` (zip) file, each
+``.npy`` header must declare a numeric dtype and non-negative dimensions whose size the file (or zip entry)
+really holds, and an ``.npz`` file's arrays must fit in the memory available, so a damaged or hostile file is
+one line naming the data, never a traceback or an "out of memory" that blames the model.
 
 Files are always opened with ``allow_pickle=False``: an array file can never run code. A ``.npy`` file is
 memory-mapped, and when no conversion is needed the images stay memory-mapped; conversions go through a chunk
@@ -16,15 +22,19 @@ of images at a time, so no float copy of the data set is ever made.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from .errors import BadInputError
-from .images import composite_on_white, fit, luma
+from .images import fit
+from .memory import check_fits
+from .pixels import composite_on_white, luma
 from .splits import RawData, content_digest
 
 __all__ = ["read_array_file", "read_array_source"]
@@ -33,6 +43,11 @@ _CHUNK_BYTES = 1 << 24
 _IMAGE_KEYS = ("x", "images")
 _LABEL_KEYS = ("y", "labels")
 _SPLIT_KEYS = ("x_train", "x_test")
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+_MAX_RATIO = 1032  # deflate's largest expansion: no honest zip entry grows more than this
+_OBJECTS = ("holds Python objects (dtype object), which vaekit never loads because that could run code; save a "
+            "numeric array instead")
 
 
 def _fail(where: str, problem: str) -> BadInputError:
@@ -110,7 +125,10 @@ def normalise_images(x: Any, where: str, *, channels: int | None, image_size: in
     has_alpha = x.ndim == 4 and x.shape[3] == 4
     if x.dtype == np.uint8 and channels == natural and not has_alpha and (height, width) == tuple(x.shape[1:3]):
         return x[..., 0] if x.ndim == 4 and x.shape[3] == 1 else x
-    out = np.empty((len(x), height, width) + ((3,) if channels == 3 else ()), dtype=np.uint8)
+    shape = (len(x), height, width) + ((3,) if channels == 3 else ())
+    check_fits(math.prod(shape), f"{where}: the {len(x):,} converted {width}x{height} images",
+               "pass a smaller --image-size, or use fewer images")
+    out = np.empty(shape, dtype=np.uint8)
     chunks = _chunks(x)
     for start in chunks:
         out[start : start + chunks.step] = _convert(x[start : start + chunks.step], channels, image_size)
@@ -118,7 +136,7 @@ def normalise_images(x: Any, where: str, *, channels: int | None, image_size: in
 
 
 def normalise_labels(y: Any, n: int, where: str) -> np.ndarray:
-    """Check labels: (n,) non-negative integers; returned as uint8 when they fit, else int64."""
+    """Check labels: (n,) non-negative integers; returned as int64 (see :func:`dense_labels` for the classes)."""
     y = _as_numpy(y, where)
     if y.dtype.kind not in "iu":
         raise _fail(where, f"labels have dtype {y.dtype}; labels must be integers (class 0, 1, 2, ...)")
@@ -126,7 +144,21 @@ def normalise_labels(y: Any, n: int, where: str) -> np.ndarray:
         raise _fail(where, f"labels have shape {y.shape} but there are {n} images; give one label per image")
     if n and int(y.min()) < 0:
         raise _fail(where, f"label {int(y.min())} is negative; labels must be 0, 1, 2, ...")
-    return y.astype(np.uint8) if (n == 0 or int(y.max()) < 256) else y.astype(np.int64)
+    return np.asarray(y, dtype=np.int64)
+
+
+def dense_labels(y: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
+    """Labels as classes 0..K-1 (uint8 when K <= 256), and the class names when they had to be renumbered.
+
+    Labels already 0..K-1 are kept (and get no names). Any other set of values, such as identifiers like
+    1440764, is renumbered in increasing order, and the original values become the class names, so the rest
+    of vaekit sees K classes instead of a million mostly empty ones.
+    """
+    values = np.unique(y)
+    names = None
+    if len(values) and int(values[-1]) != len(values) - 1:
+        y, names = np.searchsorted(values, y), [str(int(v)) for v in values]
+    return (y.astype(np.uint8) if len(values) <= 256 else y.astype(np.int64)), names
 
 
 def _as_numpy(value: Any, where: str) -> np.ndarray:
@@ -203,25 +235,120 @@ def _get(data: Mapping[str, Any], key: str, where: str) -> Any:
 def _load_problem(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if "pickle" in text.lower() or "object" in text.lower():
-        return ("holds Python objects (dtype object), which vaekit never loads because that could run code; "
-                "save a numeric array instead")
+        return _OBJECTS
     return f"not a readable NumPy file ({text or type(exc).__name__}); save it again with np.save or np.savez"
 
 
 def _raw(kind: str, name: str, path: str | None, images: np.ndarray, labels: np.ndarray | None,
          n_given_train: int | None) -> RawData:
-    return RawData(kind=kind, name=name, path=path, images=images, labels=labels, class_names=None,
-                   digest=content_digest(images, labels, n_given_train), n_given_train=n_given_train)
+    # The digest covers the labels as given, so runs recorded before they were renumbered still match.
+    digest = content_digest(images, labels, n_given_train)
+    names = None
+    if labels is not None:
+        labels, names = dense_labels(labels)
+    return RawData(kind=kind, name=name, path=path, images=images, labels=labels, class_names=names,
+                   digest=digest, n_given_train=n_given_train)
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What a ``.npy`` header declares: the shape, the dtype, the data's size and where the data starts."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    nbytes: int
+    offset: int
+
+
+def _not_numpy(head: bytes, what: str) -> str:
+    """Why a file is not the NumPy file its name says, from its first bytes."""
+    if not head:
+        return "not a readable NumPy file (it is empty); save it again with np.save or np.savez"
+    if head[:1] == b"\x80":  # the protocol mark every pickle since protocol 2 starts with
+        return ("holds Python objects (a pickle), which vaekit never loads because that could run code; save a "
+                "numeric array with np.save")
+    text = all(32 <= b < 127 or b in b"\t\r\n" for b in head)
+    kind = "a text file" if text else "some other kind of file"
+    return f"is not a NumPy {what} file (it is {kind}); save the images with np.save or np.savez"
+
+
+def _npy_header(handle: BinaryIO, where: str) -> _Header:
+    """Read and check a ``.npy`` header without reading its data: magic, version, a numeric dtype, dimensions."""
+    head = handle.read(8)
+    if not head.startswith(_NPY_MAGIC) or len(head) < 8:
+        raise _fail(where, _not_numpy(head, ".npy"))
+    try:
+        read = np.lib.format.read_array_header_1_0 if head[6] == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(handle)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise _fail(where, "has a damaged .npy header (NumPy cannot parse it); save it again with "
+                    "np.save or np.savez") from exc
+    if dtype.hasobject:
+        raise _fail(where, _OBJECTS)
+    if any(d < 0 for d in shape):
+        raise _fail(where, f"its .npy header declares shape {shape}, with a negative dimension; the file is "
+                    "corrupt, save it again with np.save or np.savez")
+    nbytes = math.prod(shape) * dtype.itemsize
+    return _Header(tuple(shape), dtype, nbytes, handle.tell())
+
+
+def _check_npy_file(path: Path, where: str) -> None:
+    """A ``.npy`` file's header against the file's size, so a truncated file is refused before it is mapped."""
+    with open(path, "rb") as handle:
+        header = _npy_header(handle, where)
+    held = path.stat().st_size - header.offset
+    if header.nbytes > held:
+        raise _fail(where, f"not a readable NumPy file (truncated: its header declares {header.shape} {header.dtype}, "
+                    f"{header.nbytes:,} bytes, but {held:,} follow it); save it again with np.save")
+
+
+def _check_npz_file(path: Path, where: str) -> None:
+    """Each ``.npz`` member's header against its zip entry, and their total against the memory, before loading.
+
+    A member is read whole (into an array, or as bytes when it is no ``.npy``), so a small file whose entries
+    declare terabytes must be refused here (as the CIFAR-10 reader bounds its archive), not found out by an
+    allocation failure. Reading never yields more than an entry declares, so checking the declared sizes is
+    enough.
+    """
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            key = f"{where}[{info.filename.removesuffix('.npy')}]"
+            if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > _MAX_RATIO * info.compress_size + 4096:
+                raise _fail(key, f"claims to expand from {info.compress_size:,} to {info.file_size:,} bytes, more "
+                            "than deflate can; the file is corrupt, save it again")
+            if info.filename.endswith(".npy"):
+                with archive.open(info) as member:
+                    header = _npy_header(member, key)
+                if header.offset + header.nbytes != info.file_size:
+                    raise _fail(key, f"its header declares {header.shape} {header.dtype} ({header.nbytes:,} bytes) "
+                                f"but its zip entry holds {info.file_size - header.offset:,}; the file is corrupt, "
+                                "save it again")
+            total += info.file_size
+    check_fits(total, f"{where}: its arrays", "use fewer or smaller images, or save them with np.save as a .npy "
+               "file, which is read from disk as needed")
+
+
+def _load(path: Path, where: str) -> Any:
+    """``np.load`` of a checked ``.npy`` (memory-mapped) or ``.npz`` file, whatever its name's suffix."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+        if head.startswith(_NPY_MAGIC):
+            _check_npy_file(path, where)
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        if head.startswith(_ZIP_MAGIC):
+            _check_npz_file(path, where)
+            return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, OverflowError, zipfile.BadZipFile) as exc:
+        raise _fail(where, _load_problem(exc)) from exc
+    raise _fail(where, _not_numpy(head, path.suffix.lower() if path.suffix.lower() in (".npy", ".npz") else ".npy"))
 
 
 def read_array_file(path: Path, *, channels: int | None = None, image_size: int | None = None) -> RawData:
     """Read a ``.npy`` (memory-mapped) or ``.npz`` file of images (see the module docstring)."""
     where = str(path)
-    suffix = path.suffix.lower()
-    try:
-        loaded = np.load(path, mmap_mode="r" if suffix == ".npy" else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise _fail(where, _load_problem(exc)) from exc
+    loaded = _load(path, where)
     if isinstance(loaded, np.ndarray):
         images = normalise_images(loaded, where, channels=channels, image_size=image_size)
         return _raw("array", path.stem, str(path.resolve()), images, None, None)

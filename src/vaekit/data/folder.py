@@ -30,6 +30,7 @@ from . import imagecache
 from .errors import BadInputError
 from .images import FORMAT_NAMES, ImageProblem, Probe, decode_image, probe_image
 from .layout import FolderPlan, plan_folder
+from .memory import check_fits
 from .resolve import warn
 from .splits import RawData, content_digest
 from .walk import Entry
@@ -185,6 +186,13 @@ def _empty_error(plan: FolderPlan) -> BadInputError:
     )
 
 
+def _warn_ignored(plan: FolderPlan) -> None:
+    """One line counting the files left out for their extension (``.heic``, none), so none vanishes unnoticed."""
+    if plan.ignored:
+        warn(f"{plan.root}: ignored {plan.ignored:,} other file(s) such as {', '.join(plan.ignored_examples)}; "
+             f"vaekit reads {FORMAT_NAMES} files, so convert any of them you want used")
+
+
 def _layout(
     plan: FolderPlan, image_size: int | None, channels: int | None, progress: bool
 ) -> tuple[list[int], int, tuple[int, int], list[tuple[str, str]]]:
@@ -211,7 +219,10 @@ def _decode_plan(
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Decode the plan's images; return (images of the usable rows, their entry indices, the bad files)."""
     usable, n_channels, (height, width), header_bad = _layout(plan, image_size, channels, progress)
-    out = np.empty((len(usable), height, width) + ((3,) if n_channels == 3 else ()), dtype=np.uint8)
+    shape = (len(usable), height, width) + ((3,) if n_channels == 3 else ())
+    what = f"{plan.root}: the {len(usable):,} decoded {width}x{height} images"
+    check_fits(int(np.prod(shape, dtype=np.int64)), what, "pass a smaller --image-size, or use fewer images")
+    out = np.empty(shape, dtype=np.uint8)
     failed = _decode_all(plan, usable, out, n_channels, image_size, progress)
     bad = sorted(plan.bad + header_bad + failed)
     if failed and skip_bad:
@@ -262,6 +273,8 @@ def read_folder(
     plan = plan_folder(root)
     for note in plan.notes:
         warn(note)
+    if plan.entries:
+        _warn_ignored(plan)
     if not plan.entries and not plan.bad:
         raise _empty_error(plan)
     key, identity = _digest_key(plan, image_size, channels)

@@ -3,15 +3,23 @@
 Rules (the same for every file, so a folder of mixed formats becomes one consistent array):
 
 * The first frame of animated or multi-page files (GIF, TIFF, WebP) is used.
-* EXIF orientation is applied (``ImageOps.exif_transpose``), so a phone photo stored sideways comes out upright.
-* Transparent pixels are composited on white, the background an image viewer shows, so a transparent PNG
-  icon looks as drawn instead of turning black where Pillow's plain conversion would drop the alpha channel.
-* 16-bit grey images (modes ``I;16*`` and ``I``) are scaled to 8 bits by ``round(v * 255 / 65535)``, not
-  clipped, so the whole range survives; float images (mode ``F``) are taken to lie in [0, 1].
+* EXIF orientation is applied, so a phone photo stored sideways comes out upright. (Pillow applies a TIFF's
+  Orientation tag itself while reading, and reports the upright size; it is not applied twice.)
+* Pixel values become 8 bits by the rules of :mod:`vaekit.data.pixels`: transparency composited on white,
+  16-bit grey scaled, 32-bit integer grey kept as 0-255, float grey read as 0-1, L*a*b* converted to sRGB;
+  any other range is refused with one line instead of being clipped or guessed.
 * Colour is converted to grey with Pillow's ITU-R 601-2 luma transform; grey to colour by repeating it.
 * ``image_size`` N resizes the shorter side to N and crops the centre NxN (``ImageOps.fit``, bicubic). An image
   already NxN is left untouched, so its pixels are exactly those in the file. JPEGs much larger than N are
   decoded at a reduced scale first (``Image.draft``), as ``Image.thumbnail`` does, which is several times faster.
+* Memory is bounded by the output: an image is converted to 8 bits in horizontal bands of about half a
+  million pixels, and with ``image_size`` N each band is box-averaged (``Image.reduce``) down to no less than
+  2N before the final bicubic fit, as ``Image.thumbnail``'s ``reducing_gap`` does. A large 8-bit PNG is also
+  inflated band by band (:mod:`vaekit.data.pngbands`), so a 9000x9000 RGBA PNG wanted at 64x64 costs about
+  30 MB instead of its 324 MB of pixels; other formats are decoded whole by Pillow first (their pixels plus
+  the output).
+* Reading the header (:func:`probe_image`) decodes no pixels: a PNG's EXIF block is found by walking its
+  chunks, where Pillow's ``getexif`` would decode the whole image to look for one after the pixel data.
 * An image whose width x height exceeds ``PIL.Image.MAX_IMAGE_PIXELS`` is refused as a decompression bomb.
 
 Whether an image counts as grey is decided by its file's colour mode (grey, 16-bit grey, black and white, or a
@@ -26,12 +34,16 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .pixels import GREY_MODES, ImageProblem, Rule, composite_on_white, luma, pixel_rule, to_8bit
+from .pngbands import png_bands, png_layout
 
 __all__ = [
     "FORMAT_NAMES",
@@ -50,11 +62,15 @@ IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
      ".pbm", ".pgm", ".ppm", ".pnm"}
 )
-_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
-_SIXTEEN_BIT = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 # Human names of the formats behind IMAGE_EXTENSIONS, for messages.
 FORMAT_NAMES = "PNG, JPEG, BMP, GIF, TIFF, WebP and PNM"
 _ORIENTATION = 0x0112  # EXIF tag; values 5-8 swap width and height
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_BAND_PIXELS = 1 << 19  # pixels converted at a time
 # Leading bytes of the formats above, to tell a damaged image from a file that is no image at all.
 _MAGIC = (
     (b"\x89PNG", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"), (b"II*\0", "TIFF"),
@@ -65,10 +81,6 @@ _HEAD = 16
 _REASON_CHARS = 100
 
 Source = str | os.PathLike[str] | bytes
-
-
-class ImageProblem(Exception):
-    """One file cannot be used; the message is a short clause saying why (without the path)."""
 
 
 @dataclass(frozen=True)
@@ -160,35 +172,144 @@ def _grey_palette(im: Image.Image) -> bool:
     return bool(raw.size) and bool(np.all(raw[:, 0] == raw[:, 1]) and np.all(raw[:, 1] == raw[:, 2]))
 
 
+def _png_exif(im: Image.Image) -> bytes | None:
+    """A PNG's ``eXIf`` chunk, found by walking the chunk headers (seeks only; no pixel is decoded)."""
+    handle = im.fp
+    if handle is None:
+        return None
+    where = handle.tell()
+    try:
+        handle.seek(8)
+        while True:
+            head = handle.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"eXIf":
+                data = handle.read(length)
+                return data if data.startswith(b"Exif\0\0") else b"Exif\0\0" + data
+            if kind == b"IEND":
+                return None
+            handle.seek(length + 4, os.SEEK_CUR)
+    finally:
+        handle.seek(where)
+
+
+def _header_orientation(im: Image.Image) -> int | None:
+    """The EXIF orientation still to apply to an opened (not loaded) image, read without decoding pixels."""
+    if im.format == "PNG" and "exif" not in im.info:
+        exif = _png_exif(im)
+        if exif is None:
+            return None
+        im.info["exif"] = exif  # so Pillow's getexif reads it instead of decoding the image to look for it
+    if im.format == "TIFF" and getattr(im, "_tile_size", im.size) != im.size:
+        return None  # Pillow applies the Orientation tag while reading a TIFF, and already reports its upright size
+    orientation = im.getexif().get(_ORIENTATION)
+    return orientation if isinstance(orientation, int) else None
+
+
 def probe_image(source: Source) -> Probe:
     """Read only the header of ``source``: its upright size and whether it is grey. Cheap; decodes nothing."""
     with _opened(source) as im:
         width, height = im.size
         try:
-            orientation = im.getexif().get(_ORIENTATION)
+            orientation = _header_orientation(im)
         except Exception:  # a damaged EXIF block is ignored here and, if it matters, reported by decode_image
             orientation = None
         if orientation in (5, 6, 7, 8):
             width, height = height, width
-        grey = im.mode in _GREY_MODES or (im.mode in ("P", "PA") and _grey_palette(im))
+        grey = im.mode in GREY_MODES or (im.mode in ("P", "PA") and _grey_palette(im))
     return Probe(height=height, width=width, grey=grey)
 
 
-def composite_on_white(pixels: np.ndarray) -> np.ndarray:
-    """``uint8`` pixels whose last axis ends in alpha (LA or RGBA) flattened onto white, alpha axis dropped.
+def _reduce_factor(size: tuple[int, int], image_size: int | None) -> int:
+    """The box-averaging factor that keeps the shorter side at least twice ``image_size`` (1: none).
 
-    ``round(c * a / 255 + 255 * (1 - a / 255))`` in integers, so fully opaque pixels keep their exact value.
+    A band holds a whole number of boxes, so the factor is also capped to keep one row of boxes within
+    ``_BAND_PIXELS``; the bicubic fit that follows does the rest of the reduction.
     """
-    wide = pixels.astype(np.uint16)
-    colour, alpha = wide[..., :-1], wide[..., -1:]
-    return ((colour * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+    if image_size is None:
+        return 1
+    return max(1, min(min(size) // (2 * image_size), _BAND_PIXELS // size[0]))
 
 
-def luma(rgb: np.ndarray) -> np.ndarray:
-    """Grey from ``uint8`` RGB on the last axis: ITU-R 601-2, the same fixed-point arithmetic as Pillow's ``L``."""
-    wide = rgb.astype(np.uint32)
-    grey = wide[..., 0] * 19595 + wide[..., 1] * 38470 + wide[..., 2] * 7471 + 0x8000
-    return (grey >> 16).astype(np.uint8)
+def _band_rows(width: int, factor: int) -> int:
+    """Rows per band: about ``_BAND_PIXELS`` pixels, a multiple of ``factor`` so reduced boxes stay aligned."""
+    return max(1, _BAND_PIXELS // (width * factor)) * factor
+
+
+def _crops(im: Image.Image, rows: int) -> Iterator[Image.Image]:
+    """A loaded image in horizontal bands of ``rows`` rows (the image itself when it is one band)."""
+    width, height = im.size
+    if rows >= height:
+        yield im
+        return
+    for top in range(0, height, rows):
+        yield im.crop((0, top, width, min(height, top + rows)))
+
+
+def _eight_bit(bands: Iterator[Image.Image], rule: Rule, grey: bool, factor: int, height: int) -> np.ndarray:
+    """Bands of an image as one ``uint8`` (H, W) or (H, W, 3) array, each converted and box-averaged by ``factor``.
+
+    Only one band's intermediate copies exist at a time, so the memory beyond the source pixels is the output
+    plus one band's worth of temporaries, whatever the image's size.
+    """
+    out: np.ndarray | None = None
+    row = 0
+    for band in bands:
+        picture = to_8bit(band, rule, grey)
+        if factor > 1:
+            picture = picture.reduce(factor)
+        part = np.asarray(picture, dtype=np.uint8)
+        if out is None:
+            out = np.empty((-(-height // factor), *part.shape[1:]), dtype=np.uint8)
+        out[row : row + len(part)] = part
+        row += len(part)
+    if out is None or row != len(out):
+        raise ImageProblem(f"truncated image (its pixel data gives {row * factor:,} of {height:,} rows)")
+    return out
+
+
+def _refuse_wide_colour_key(im: Image.Image) -> None:
+    """Refuse a 16-bit colour PNG with a transparent colour: Pillow reads its pixels at 8 bits, where the 16-bit
+    colour that marks transparency can no longer be told apart from its neighbours (grey is read at 16 bits)."""
+    if im.format == "PNG" and isinstance(im.info.get("transparency"), tuple) and \
+            any(str(tile[3]).endswith(";16B") for tile in im.tile):
+        raise ImageProblem("16-bit colour PNG with a transparent colour, which Pillow reads at 8 bits where that "
+                           "colour cannot be matched exactly; save it with an alpha channel or at 8 bits")
+
+
+def _decode_pixels(im: Image.Image, grey: bool, image_size: int | None) -> tuple[np.ndarray, object]:
+    """(8-bit pixels before orientation, the EXIF orientation) of an opened image, in bands.
+
+    A large 8-bit PNG is inflated band by band (:mod:`vaekit.data.pngbands`), so only the output is ever held
+    whole; any other image is loaded by Pillow (JPEGs at a reduced scale) and converted band by band.
+    """
+    _refuse_wide_colour_key(im)
+    width, height = im.size
+    factor = _reduce_factor(im.size, image_size)
+    layout = png_layout(im.fp) if im.format == "PNG" and im.fp is not None and width * height > _BAND_PIXELS else None
+    if layout is not None and (layout.width, layout.height) == im.size:
+        orientation = _header_orientation(im)
+        bands = png_bands(im.fp, layout, _band_rows(width, factor))
+        return _eight_bit(bands, pixel_rule(im), grey, factor, height), orientation
+    if image_size is not None:
+        im.draft(None, (image_size, image_size))
+    im.load()
+    # After loading, so a TIFF whose Orientation Pillow has applied no longer reports one.
+    orientation = im.getexif().get(_ORIENTATION)
+    width, height = im.size
+    factor = _reduce_factor(im.size, image_size)
+    pixels = _eight_bit(_crops(im, _band_rows(width, factor)), pixel_rule(im), grey, factor, height)
+    return pixels, orientation
+
+
+def _upright(pixels: np.ndarray, orientation: object) -> np.ndarray:
+    """``pixels`` turned as the EXIF orientation says (the same table as ``ImageOps.exif_transpose``)."""
+    method = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    if method is None:
+        return pixels
+    return np.asarray(Image.fromarray(pixels).transpose(method), dtype=np.uint8)
 
 
 def fit(picture: Image.Image | np.ndarray, size: int) -> np.ndarray:
@@ -198,38 +319,6 @@ def fit(picture: Image.Image | np.ndarray, size: int) -> np.ndarray:
     if picture.size != (size, size):
         picture = ImageOps.fit(picture, (size, size), Image.Resampling.BICUBIC)
     return np.asarray(picture, dtype=np.uint8)
-
-
-def _composite_on_white(im: Image.Image, grey: bool) -> Image.Image:
-    """Flatten an image with transparency onto white, as mode ``L`` (``grey``) or ``RGB``."""
-    flat = composite_on_white(np.asarray(im.convert("LA" if grey else "RGBA")))
-    return Image.fromarray(np.ascontiguousarray(flat[..., 0]) if grey else flat)
-
-
-def _to_8bit(im: Image.Image, grey: bool) -> Image.Image:
-    """The image as mode ``L`` (grey) or ``RGB`` with the module's rules for alpha, 16-bit and float data."""
-    mode = im.mode
-    if mode in _SIXTEEN_BIT:
-        values = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
-        return _grey_to(Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8)), grey)
-    if mode == "F":
-        values = np.asarray(im, dtype=np.float64)
-        if not np.isfinite(values).all():
-            raise ImageProblem("float image holds NaN or infinite values")
-        return _grey_to(Image.fromarray(np.rint(np.clip(values, 0, 1) * 255).astype(np.uint8)), grey)
-    if "A" in mode or "a" in mode or "transparency" in im.info:
-        if mode == "1":
-            im = im.convert("L")
-        source_grey = mode in _GREY_MODES
-        flat = _composite_on_white(im, source_grey)
-        return flat.convert("L") if grey and not source_grey else _grey_to(flat, grey)
-    if mode in ("1", "L"):
-        return _grey_to(im.convert("L"), grey)
-    return im.convert("L") if grey else im.convert("RGB")
-
-
-def _grey_to(im: Image.Image, grey: bool) -> Image.Image:
-    return im if grey else im.convert("RGB")
 
 
 def decode_image(source: Source, *, channels: int, image_size: int | None = None) -> np.ndarray:
@@ -242,12 +331,7 @@ def decode_image(source: Source, *, channels: int, image_size: int | None = None
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     with _opened(source) as im:
         try:
-            if image_size is not None:
-                im.draft(None, (image_size, image_size))
-            im.load()
-            upright = ImageOps.exif_transpose(im)
-            picture = _to_8bit(upright, grey=channels == 1)
-            array = fit(picture, image_size) if image_size is not None else np.asarray(picture, dtype=np.uint8)
+            pixels, orientation = _decode_pixels(im, channels == 1, image_size)
         except ImageProblem:
             raise
         except Image.DecompressionBombError as exc:
@@ -256,4 +340,5 @@ def decode_image(source: Source, *, channels: int, image_size: int | None = None
             raise ImageProblem("image too large to decode in the memory available") from exc
         except Exception as exc:  # truncated data, bad chunks, broken EXIF: each plugin raises its own type
             raise ImageProblem(f"truncated or corrupt image ({_reason(exc)})") from exc
-    return array
+    pixels = _upright(pixels, orientation)
+    return fit(pixels, image_size) if image_size is not None else pixels
