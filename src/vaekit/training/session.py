@@ -29,6 +29,7 @@ from vaekit.training.callbacks import Callback, default_callbacks, log
 from vaekit.training.checkpoint import TrainState, load_checkpoint
 from vaekit.training.inputs import data_description, read_data, report_skipped
 from vaekit.training.loop import fit
+from vaekit.training.memory import check_step_fits
 from vaekit.training.messages import warn
 from vaekit.training.modelchoice import default_model, model_config_for
 from vaekit.training.optim import is_fused, make_adam
@@ -68,6 +69,7 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
         config = replace(config, model=config.model or default_model(splits, ctx.is_main),
                          val_fraction=val.fraction if val is not None else 0.0)
         mcfg = model_config_for(config, tuple(splits.train_images.shape[1:]))
+        check_step_fits(mcfg, config.batch_size, device)
         with folder_held(run_dir, config, resume, ctx):
             t = build_trainer(config, mcfg, splits, run_dir, device, ctx,
                               val_images=None if val is None else val.images)
