@@ -30,7 +30,7 @@ def step_bytes(mcfg: ModelConfig, batch_size: int) -> int:
 
     Counted by building the model and running one batch on PyTorch's ``meta`` device, which computes shapes
     and allocates nothing, so a model far too large for the machine is measured without being built. For the
-    conv presets it came within 10% of the peak a real step added to the process (64x64 and 128x128 colour).
+    conv presets it came within 5-30% of the peak a real step added to the process (48x48 to 128x128 colour).
     """
     from vaekit.model import VAE
 
