@@ -400,7 +400,8 @@ def default_recipe(given: dict[str, Any]) -> str | None:
 def recipe_config(name: str | None, given: dict[str, Any] | None = None) -> TrainConfig:
     """The TrainConfig of recipe ``name`` (None: the defaults), with the fields in ``given`` set on top.
 
-    An explicit ``epochs`` replaces a recipe's step budget (``steps``), so the run trains exactly that many.
+    An explicit ``epochs`` replaces a recipe's step budget (``steps``), so the run trains exactly that many, and
+    turning the validation split off (``val_fraction`` 0) turns off the recipe's early stopping, which needs it.
     """
     given = dict(given or {})
     if name is None:
@@ -408,8 +409,10 @@ def recipe_config(name: str | None, given: dict[str, Any] | None = None) -> Trai
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     settings = {**RECIPES[name], **given, "recipe": name}
-    if "epochs" in given and "steps" not in given:
+    if "epochs" in given:
         settings["steps"] = None
+    if given.get("val_fraction") == 0 and "patience" not in given:  # early stopping goes with its validation split
+        settings["patience"] = 0
     return TrainConfig(**settings)
 
 
