@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import sys
 import time
@@ -327,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results, args)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")  # every timing, NLL and count
     print(text)
     print(f"codec_table: {math.ceil(time.perf_counter() - t0)} s in all; table in {out / 'table.md'}", file=sys.stderr)
     return 0

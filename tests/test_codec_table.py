@@ -57,6 +57,7 @@ def test_the_table_runs_end_to_end_tiny(codec_table, tmp_path: Path, capsys: pyt
     pytest.importorskip("skimage")
     assert codec_table.main(["--tiny", "--quiet", "--data", "fashion,crops", "--out", str(tmp_path)]) == 0
     table = (tmp_path / "table.md").read_text()
+    assert (tmp_path / "results.json").exists()
     assert table in capsys.readouterr().out
     for what in ("PNG per image", "WebP lossless strips of 8", "vaekit mlp:discretized-logistic:zdim=32",
                  "vaekit conv:discretized-logistic", "photo crops", "VDVAE"):
