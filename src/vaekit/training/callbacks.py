@@ -9,6 +9,7 @@ the only process that should write files.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -171,8 +172,8 @@ class EpochLog(Callback):
 
 
 def best_epoch(history: list[dict[str, float]]) -> int:
-    """The epoch of the lowest ``val_loss`` so far (the first of equals), 0 for none."""
-    rows = [r for r in history if r.get("val_loss") == r.get("val_loss") and "val_loss" in r]
+    """The epoch of the lowest finite ``val_loss`` so far (the first of equals), 0 for none."""
+    rows = [r for r in history if math.isfinite(r.get("val_loss", math.nan))]
     return int(min(rows, key=lambda r: r["val_loss"])["epoch"]) if rows else 0
 
 
@@ -217,7 +218,7 @@ class EarlyStopping(Callback):
         if trainer.config.progress:
             why = trainer.stop_reason or f"trained {int(history[-1]['epoch'])} epochs"
             log(f"{why}; keeping the weights of epoch {best}, the best val_loss "
-                f"({min(r['val_loss'] for r in history):.3f})")
+                f"({history[best - 1]['val_loss']:.3f})")
 
 
 class TensorBoard(Callback):
