@@ -356,8 +356,8 @@ def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
 #   papers (the post's bernoulli of grey levels is not a probability of the image);
 # * Adam at lr 1e-3 (the rate the conv rows of benchmarks/paper_table.py train at) with half an epoch of warm-up
 #   and a cosine decay to 0, batch 64: twice the post's steps per epoch, which small folders need;
-# * a budget in steps, not epochs: 3,000 optimizer steps whatever the folder's size (a folder of 2,000 images
-#   gets 96 epochs, Fashion-MNIST's 54,000 training images 4), ``--epochs`` overriding;
+# * a budget in steps, not epochs: 3,000 optimizer steps whatever the folder's size (2,000 training images
+#   get 94 epochs, Fashion-MNIST's 54,000 get 4), ``--epochs`` overriding;
 # * 10% of the training images for validation, early stopping after 10 epochs without a better val_loss,
 #   and the best epoch's weights kept.
 # A weight average (EMA) belongs here too once vaekit has one: IMAGES_EMA is its place.

@@ -1,9 +1,9 @@
 """How long a run trains: a budget in optimizer steps turned into epochs, and the checks early stopping needs.
 
 A recipe's budget is in steps (``TrainConfig.steps``) because what a model needs is updates, not passes over
-the data: 3,000 steps are 96 epochs of a 2,000-image folder and 4 of Fashion-MNIST. The epochs are decided once,
-when a run starts and its training split is known, and stored in config.json like any other setting, so a
-resumed run keeps them (and ``--epochs`` still extends it).
+the data: 3,000 steps of 64 images are 94 epochs of 2,000 training images and 4 of Fashion-MNIST. The epochs
+are decided once, when a run starts and its training split is known, and stored in config.json like any other
+setting, so a resumed run keeps them (and ``--epochs`` still extends it).
 """
 
 from __future__ import annotations
