@@ -74,7 +74,8 @@ def test_fashion_mnist_png_folder_trains_as_its_idx_files(tmp_path: Path, capsys
                                       read_idx(idx / f"{prefix}-labels-idx1-ubyte.gz"))
 
     # The same validation fraction for both: a folder's validation default, asked of the named dataset.
-    common = ["--epochs", "2", "--seed", "3", "--device", "cpu", "--no-artifacts", "--quiet", "--val-fraction", "0.1"]
+    common = ["--recipe", "post", "--epochs", "2", "--seed", "3", "--device", "cpu", "--no-artifacts", "--quiet",
+              "--val-fraction", "0.1"]
     assert train_cli("--data", png, "--out", tmp_path / "from-png", *common) == 0
     assert train_cli("--dataset", "fashion-mnist", "--data-dir", idx, "--out", tmp_path / "from-idx", *common) == 0
     capsys.readouterr()
@@ -125,8 +126,9 @@ def test_colour_photos_of_several_sizes(tmp_path: Path, capsys: pytest.CaptureFi
 
     assert train_cli("--data", photos, "--image-size", "16", "--out", run, *QUICK) == 0
     err = capsys.readouterr().err
-    preset = json.loads((run / "config.json").read_text())["model"]["preset"]
-    assert preset != "seed" and f"vaekit train: 16x16 colour images: using the {preset} preset" in err
+    stored = json.loads((run / "config.json").read_text())
+    assert (stored["model"]["preset"], stored["train"]["recipe"]) == ("conv", "images"), "the images recipe's model"
+    assert "using the" not in err, "the recipe names the model: no default to announce"
     record = own_record(run)
     assert record["kind"] == "folder" and record["path"] == str(photos.resolve())
     assert record["class_names"] == ["astronaut", "chelsea", "coffee", "rocket"]

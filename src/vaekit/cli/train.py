@@ -21,6 +21,7 @@ from vaekit.config import (
     RECIPES,
     ConfigError,
     TrainConfig,
+    default_recipe,
     recipe_config,
 )
 
@@ -132,9 +133,18 @@ def _model_flags(g: argparse._ArgumentGroup) -> None:
 
 def _optimization_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--recipe", choices=tuple(RECIPES),
-                   help="post (the blog post's settings, default) or fast (batch 256, lr 5e-3 with a 1-epoch "
-                        "warm-up and cosine decay, 16 epochs, bf16 where native); flags given as well override it")
-    g.add_argument("--epochs", type=positive_int, help="number of epochs in total (default 50)")
+                   help="post (the blog post's settings; default for MNIST, Fashion-MNIST and KMNIST), fast (batch "
+                        "256, lr 5e-3 with a 1-epoch warm-up and cosine decay, 16 epochs, bf16 where native) or "
+                        "images (8-bit images: conv, discretized logistic, batch 64, lr 1e-3 with warm-up and cosine "
+                        "decay, 3,000 steps, validation and early stopping; default for --data and cifar10); flags "
+                        "given as well override it")
+    g.add_argument("--epochs", type=positive_int, help="number of epochs in total (default 50; overrides a "
+                                                       "recipe's --steps)")
+    g.add_argument("--steps", type=positive_int, help="a training budget in optimizer steps: epochs = steps / steps "
+                                                      "per epoch, rounded up (the images recipe: 3,000)")
+    g.add_argument("--patience", type=nonnegative_int, metavar="EPOCHS",
+                   help="stop once val_loss has not improved for this many epochs and keep the best epoch's "
+                        "weights (default 0: never; the images recipe: 10); needs a validation split")
     g.add_argument("--batch-size", type=positive_int, help="images per optimizer step (default 128)")
     g.add_argument("--lr", type=positive_float, help="Adam learning rate (default 3e-4)")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES,
@@ -175,7 +185,7 @@ _FIELDS = (
     "lr", "zdim", "model", "width", "hidden", "activation", "likelihood", "sigma", "learn_sigma", "device", "seed",
     "checkpoint_every", "grid_size", "grid_spacing", "detect_anomaly", "objective", "k", "beta", "kl_warmup",
     "binarize", "precision", "compile", "fused_step", "cuda_graph", "lr_schedule", "lr_warmup", "recipe", "artifacts",
-    "tensorboard", "val_fraction",
+    "tensorboard", "val_fraction", "steps", "patience",
 )
 
 
@@ -185,7 +195,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, A
     if given.get("sigma") == "learned":  # --sigma learned: a learned sigma starting at 1
         del given["sigma"]
         given["learn_sigma"] = True
-    config = recipe_config(given.get("recipe"), given)  # a recipe's settings, under the flags given
+    # a recipe's settings, under the flags given; none named: images for your own images and CIFAR-10
+    config = recipe_config(given.get("recipe") or default_recipe(given), given)
     config.progress = not args.quiet
     return config, given
 

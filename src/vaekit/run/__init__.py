@@ -4,6 +4,7 @@ and the lock that keeps a second writer out (:mod:`.lock`)."""
 from __future__ import annotations
 
 from .folder import (
+    BEST_WEIGHTS,
     CHECKPOINT,
     CONFIG,
     FORMAT_VERSION,
@@ -44,7 +45,7 @@ from .lock import LOCK, RunLock
 
 __all__ = [
     "CHECKPOINT", "CONFIG", "FORMAT_VERSION", "LOCK", "METRICS", "METRIC_COLUMNS", "REQUIRED_METRIC_COLUMNS",
-    "SUMMARY", "VAL_METRIC_COLUMNS", "WEIGHTS", "Run",
+    "BEST_WEIGHTS", "SUMMARY", "VAL_METRIC_COLUMNS", "WEIGHTS", "Run",
     "RunLock", "atomic_write", "check_path_length", "check_state", "is_complete", "is_temporary", "is_unstarted",
     "load_model", "metric_columns", "row_required_columns",
     "load_run", "load_state_into", "read_config", "read_json", "read_metrics", "read_summary", "read_tensors",

@@ -39,6 +39,7 @@ from .lock import LOCK
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
+BEST_WEIGHTS = "best.safetensors"  # early stopping's best epoch so far (training/callbacks.py, EarlyStopping)
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
 METRIC_COLUMNS = ("epoch", "train_loss", "test_loss", "test_recon", "test_kl", "seconds", "lr")
@@ -89,8 +90,8 @@ def write_config(run_dir: Path, model: ModelConfig, train: TrainConfig, data: di
     })
 
 
-def save_weights(run_dir: Path, model: VAE) -> None:
-    write_tensors(run_dir / WEIGHTS, dict(model.state_dict()), {"format": str(FORMAT_VERSION)})
+def save_weights(run_dir: Path, model: VAE, name: str = WEIGHTS) -> None:
+    write_tensors(run_dir / name, dict(model.state_dict()), {"format": str(FORMAT_VERSION)})
 
 
 def _has_type(value: Any, hint: Any) -> bool:
@@ -318,7 +319,7 @@ def remove_run_files(run_dir: Path, names: tuple[str, ...] = ()) -> None:
     Otherwise a new run killed before its first checkpoint would leave the old run's checkpoint next to
     its own config, and ``--resume`` would continue the wrong run.
     """
-    for name in (CHECKPOINT, WEIGHTS, METRICS, SUMMARY, *names, CONFIG):
+    for name in (CHECKPOINT, WEIGHTS, BEST_WEIGHTS, METRICS, SUMMARY, *names, CONFIG):
         try:
             (Path(run_dir) / name).unlink(missing_ok=True)
         except OSError as e:

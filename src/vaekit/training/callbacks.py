@@ -9,6 +9,7 @@ the only process that should write files.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -170,6 +171,56 @@ class EpochLog(Callback):
             f"{row['seconds']:.1f}s")
 
 
+def best_epoch(history: list[dict[str, float]]) -> int:
+    """The epoch of the lowest finite ``val_loss`` so far (the first of equals), 0 for none."""
+    rows = [r for r in history if math.isfinite(r.get("val_loss", math.nan))]
+    return int(min(rows, key=lambda r: r["val_loss"])["epoch"]) if rows else 0
+
+
+class EarlyStopping(Callback):
+    """Stop once ``val_loss`` has not improved for ``patience`` epochs, and end with the best epoch's weights.
+
+    Those weights are written to ``RUN/best.safetensors`` whenever ``val_loss`` improves (before the epoch's
+    checkpoint, so a kill in between redoes the epoch and writes them again), and at the end of training they
+    become the model the run evaluates on its test set and saves as ``model.safetensors``. Its state is the
+    metrics history, which the checkpoint holds, so a resumed run stops at the epoch an uninterrupted one would.
+    """
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._check(trainer)  # a run resumed after it had stopped trains no further epoch
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+        if "val_loss" not in row:
+            raise ConfigError("early stopping needs a validation split (--val-fraction above 0)")
+        if best_epoch(trainer.state.history) == int(row["epoch"]) and trainer.ctx.is_main:
+            runs.save_weights(trainer.run_dir, trainer.model, runs.BEST_WEIGHTS)
+        self._check(trainer)
+
+    def _check(self, trainer: Trainer) -> None:
+        history = trainer.state.history
+        best = best_epoch(history)
+        if best and history and int(history[-1]["epoch"]) - best >= self.patience:
+            trainer.stop_reason = (f"early stopping: val_loss has not improved for {self.patience} epochs since "
+                                   f"epoch {best}")
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """Load the best epoch's weights into the model, for the test evaluation and model.safetensors."""
+        history = trainer.state.history
+        best = best_epoch(history)
+        path = trainer.run_dir / runs.BEST_WEIGHTS
+        if not best or not trainer.ctx.is_main or not path.exists():
+            return
+        tensors, _ = runs.read_tensors(path)
+        trainer.model.load_state_dict({k: v.to(trainer.device) for k, v in tensors.items()})
+        if trainer.config.progress:
+            why = trainer.stop_reason or f"trained {int(history[-1]['epoch'])} epochs"
+            log(f"{why}; keeping the weights of epoch {best}, the best val_loss "
+                f"({history[best - 1]['val_loss']:.3f})")
+
+
 class TensorBoard(Callback):
     """Per-epoch scalars for TensorBoard in ``RUN/tensorboard/``: train/loss, test/loss, test/recon, test/kl, lr,
     or with a validation split val/loss, val/recon and val/kl in place of the test ones.
@@ -208,9 +259,11 @@ class TensorBoard(Callback):
             self.writer = None
 
 
-def default_callbacks(progress: bool, tensorboard: bool, run_dir: Path) -> list[Callback]:
-    """The callbacks of ``vaekit train``, in the order they run at an epoch's end."""
+def default_callbacks(progress: bool, tensorboard: bool, run_dir: Path, patience: int = 0) -> list[Callback]:
+    """The callbacks of ``vaekit train``, in the order they run at an epoch's end (early stopping before the
+    checkpoint: see :class:`EarlyStopping`)."""
     callbacks: list[Callback] = [ProgressBar()] if progress else []
+    callbacks += [EarlyStopping(patience)] if patience else []
     callbacks += [Checkpointer(), MetricsCSV()]
     if progress:
         callbacks.append(EpochLog())

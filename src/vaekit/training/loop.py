@@ -68,9 +68,11 @@ def fit(t: Trainer, callbacks: Sequence[Callback] = ()) -> TrainState:
         cbs.on_fit_start(t)
         with StopFlag() as stop, torch.autograd.set_detect_anomaly(t.config.detect_anomaly):
             for epoch in range(t.state.epoch + 1, t.config.epochs + 1):
+                if t.stop_reason is not None:  # a callback ended training (early stopping, a time budget)
+                    break
                 stopped = train_epoch(t, epoch, stop, cbs)
                 cbs.on_epoch_end(t, t.state.history[-1])
-                if stopped and epoch < t.config.epochs:
+                if stopped and epoch < t.config.epochs and t.stop_reason is None:
                     raise Interrupted(f"interrupted after epoch {epoch}; checkpoint saved; "
                                       f"continue with: vaekit train --resume --out {t.run_dir}", stop.signal or 2)
         cbs.on_fit_end(t)

@@ -25,6 +25,7 @@ from vaekit.devices import resolve_device
 from vaekit.errors import RunFolderError
 from vaekit.model import VAE
 from vaekit.training import distributed, precision
+from vaekit.training.budget import settle_budget
 from vaekit.training.callbacks import Callback, default_callbacks, log
 from vaekit.training.checkpoint import TrainState, load_checkpoint
 from vaekit.training.inputs import data_description, read_data, report_skipped
@@ -64,10 +65,12 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
             config = replace(config, progress=False)  # one progress bar and one log: rank 0's
         device = ctx.device or resolve_device(config.device)
         precision.resolve(config.precision, device)  # fp16 away from CUDA fails here, before the data is read
-        extra = default_callbacks(config.progress, config.tensorboard, run_dir) + list(callbacks)
+        extra = default_callbacks(config.progress, config.tensorboard, run_dir, config.patience) + list(callbacks)
         splits, own, val = read_data(config, run_dir, ctx, data, stored)
         config = replace(config, model=config.model or default_model(splits, ctx.is_main),
                          val_fraction=val.fraction if val is not None else 0.0)
+        config = settle_budget(config, len(splits.train_images), val is not None, stored is None,
+                               ctx.is_main and config.progress)
         mcfg = model_config_for(config, tuple(splits.train_images.shape[1:]))
         check_step_fits(mcfg, config.batch_size, device)
         with folder_held(run_dir, config, resume, ctx):

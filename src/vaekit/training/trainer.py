@@ -57,3 +57,6 @@ class Trainer:
     ctx: DistContext
     device: torch.device
     epoch_shuffle: Tensor  # the shuffle generator's state at the start of the current epoch
+    # Set by a callback (early stopping, a time budget) to end training after the current epoch: the run then
+    # finishes as usual (weights, summary, artifacts) with fewer epochs than configured. Say why, in words.
+    stop_reason: str | None = None

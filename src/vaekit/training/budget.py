@@ -1,0 +1,29 @@
+"""How long a run trains: a budget in optimizer steps turned into epochs, and the checks early stopping needs.
+
+A recipe's budget is in steps (``TrainConfig.steps``) because what a model needs is updates, not passes over
+the data: 3,000 steps of 64 images are 94 epochs of 2,000 training images and 4 of Fashion-MNIST. The epochs
+are decided once, when a run starts and its training split is known, and stored in config.json like any other
+setting, so a resumed run keeps them (and ``--epochs`` still extends it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from vaekit.config import ConfigError, TrainConfig, epochs_for_steps
+from vaekit.training.callbacks import log
+
+
+def settle_budget(config: TrainConfig, n_train: int, has_val: bool, fresh: bool, announce: bool) -> TrainConfig:
+    """``config`` with its epochs decided by its step budget (a fresh run only; said in one line when
+    ``announce``), after checking that early stopping has a validation split to stop on."""
+    if config.patience and not has_val:
+        raise ConfigError(f"--patience {config.patience} stops on the validation loss, and this run has no "
+                          "validation split: give --val-fraction F (above 0), or --patience 0")
+    if not fresh or config.steps is None:
+        return config
+    epochs = epochs_for_steps(config.steps, n_train, config.batch_size)
+    if announce:
+        log(f"vaekit train: {n_train:,} training images, batch {config.batch_size}: {epochs} epochs for about "
+            f"{config.steps:,} steps (--epochs overrides)")
+    return replace(config, epochs=epochs)
