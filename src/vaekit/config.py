@@ -56,7 +56,8 @@ PRESETS: dict[str, dict] = {
         skip_first_decoder_activation=False,
     ),
     # A convolutional VAE for any image size: strided 3x3 convolutions doubling the channels (32-64-128-256,
-    # times --width) down to about 4x4, mirrored by transposed convolutions; zdim 32.
+    # times --width) down to about 4x4, mirrored by nearest-neighbour upsampling and 3x3 convolutions (no
+    # transposed convolutions, hence no checkerboard); zdim 32.
     "conv": dict(
         architecture="conv",
         zdim=32,
@@ -64,6 +65,7 @@ PRESETS: dict[str, dict] = {
         decoder_hidden=[256, 128, 64, 32],
         activation="leaky_relu",
         skip_first_decoder_activation=False,
+        upsample="nearest",
     ),
     # After PyTorch-VAE's VanillaVAE (made for 64x64 colour CelebA): five strided 3x3 convolutions of
     # 32-64-128-256-512 channels with LeakyReLU, zdim 128, the decoder mirrored, without its batch norm.
@@ -74,9 +76,13 @@ PRESETS: dict[str, dict] = {
         decoder_hidden=[512, 256, 128, 64, 32],
         activation="leaky_relu",
         skip_first_decoder_activation=False,
+        upsample="transposed",
     ),
 }
 ARCHITECTURES = ("mlp", "conv")
+# How a conv decoder doubles its size: 3x3 transposed convolutions with stride 2 (PyTorch-VAE's, and the conv
+# preset's before it changed), or nearest-neighbour upsampling followed by a 3x3 convolution.
+UPSAMPLING = ("transposed", "nearest")
 
 
 @dataclass
@@ -100,6 +106,9 @@ class ModelConfig:
     # starting at log(sigma_init); stored here so config.json alone rebuilds the parameter.
     learn_sigma: bool = False
     sigma_init: float = 1.0
+    # How a conv decoder goes up a level (see UPSAMPLING). A config.json without it was written when every conv
+    # decoder used transposed convolutions, so that is what it rebuilds.
+    upsample: str = "transposed"
 
     @property
     def input_dim(self) -> int:
@@ -113,6 +122,8 @@ class ModelConfig:
             raise ConfigError(f"unknown model preset {self.preset!r:.40}; choose one of {', '.join(PRESETS)}")
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        if self.upsample not in UPSAMPLING:
+            raise ConfigError(f"unknown upsample {self.upsample!r:.40}; choose one of {', '.join(UPSAMPLING)}")
         for name in ("encoder_hidden", "decoder_hidden"):
             sizes = getattr(self, name)
             if not sizes or not all(_int_between(h, 1, MAX_WIDTH) for h in sizes):
