@@ -14,9 +14,9 @@ import vaekit
 from vaekit.config import ConfigError, TrainConfig
 from vaekit.model import VAE, model_config, n_params
 from vaekit.model.conv import conv_decoder
+from vaekit.objectives import LOG_SCALE_MIN, discretized_logistic_log_likelihood, log_likelihood
 from vaekit.run import save_weights
 from vaekit.run.folder import FORMAT_VERSION
-from vaekit.objectives import LOG_SCALE_MIN, discretized_logistic_log_likelihood, log_likelihood
 
 
 @pytest.mark.parametrize("shape", [(28, 28), (32, 32, 3), (64, 64, 3), (20, 24, 3), (17, 9)])

@@ -459,7 +459,8 @@ def _odd_decoder() -> VAE:
 
 
 CONV_CASES = {"grey-28": ((28, 28), 1.0, "nearest"), "colour-20x28-narrow": ((20, 28, 3), 0.25, "nearest"),
-              "colour-33x17-narrow": ((33, 17, 3), 0.25, "nearest"), "transposed-grey-28": ((28, 28), 1.0, "transposed"),
+              "colour-33x17-narrow": ((33, 17, 3), 0.25, "nearest"),
+              "transposed-grey-28": ((28, 28), 1.0, "transposed"),
               "transposed-colour-33x17": ((33, 17, 3), 0.25, "transposed")}
 
 
