@@ -1,10 +1,11 @@
 """Which conv decoder trains better per second: transposed convolutions or nearest upsampling + 3x3 conv.
 
-Every variant is vaekit's ``conv`` preset for the data's size with only ``upsample`` changed, the same seed,
-the same batches (batch 128, Adam lr 1e-3, Bernoulli ELBO) and the same equal share of wall time. The
-variants train in interleaved slices of ``--slice`` seconds, so machine noise hits all of them alike; each
-stops when its own training time reaches ``--seconds``. Then each is evaluated (the negative ELBO per image,
-one draw, seed fixed) on the same test images, and its step rate is printed.
+Every variant is vaekit's ``conv`` preset for the data's size with only ``upsample`` changed, the same seed, the
+same batches (batch 128, Adam lr 1e-3, Bernoulli ELBO) and the same equal share of wall time. The variants
+(``--variants``; ``k4s2`` and ``conv-nearest`` are alternatives built here, see :func:`alternative_decoder`) train
+in interleaved slices of ``--slice`` seconds, so machine noise hits all of them alike; each stops when its own
+training time reaches ``--seconds``. Then each is evaluated (the negative ELBO per image, one draw, seed fixed) on
+the same test images, and its step rate is printed.
 
     python benchmarks/conv_upsampling.py --images 5000 --seconds 120          # Fashion-MNIST, 28x28 grey
     python benchmarks/conv_upsampling.py --crops 5000 --seconds 120           # 32x32 colour photo crops
@@ -19,12 +20,44 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from vaekit.data import load_splits
 from vaekit.model import VAE, model_config
+from vaekit.model.conv import level_sizes
 from vaekit.objectives import bernoulli_cross_entropy, gaussian_kl
 
-VARIANTS = ("transposed", "nearest")
+VARIANTS = ("transposed", "nearest", "k4s2", "conv-nearest")
+
+
+class Crop(nn.Module):
+    """Keep the first (H, W) rows and columns: a k4s2 transposed convolution makes 2x, odd sizes need one less."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., : self.size[0], : self.size[1]]
+
+
+def alternative_decoder(model: VAE, kind: str, shape: tuple[int, ...]) -> None:
+    """Replace the (transposed) decoder's levels by ``k4s2`` (4x4 transposed conv, stride 2, padding 1, then a
+    crop to the encoder's size: even overlap, so no checkerboard) or ``conv-nearest`` (a 3x3 conv at the lower
+    resolution, then nearest upsampling: the transposed convolution's products, no uneven overlap)."""
+    sizes = level_sizes(shape[0], shape[1], len(model.config.encoder_hidden))
+    layers = list(model.decoder)
+    ch = model.config.encoder_hidden
+    for i, m in enumerate(layers):
+        if isinstance(m, nn.ConvTranspose2d):
+            level = len(ch) - (i - 2) // 2
+            out = sizes[level - 1]
+            if kind == "k4s2":
+                layers[i] = nn.Sequential(nn.ConvTranspose2d(m.in_channels, m.out_channels, 4, 2, 1), Crop(out))
+            else:
+                layers[i] = nn.Sequential(nn.Conv2d(m.in_channels, m.out_channels, 3, padding=1),
+                                          nn.Upsample(size=out, mode="nearest"))
+    model.decoder = nn.Sequential(*layers)
 
 
 def images(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, str]:
@@ -52,8 +85,10 @@ class Run:
     def __init__(self, upsample: str, shape: tuple[int, ...], n: int, lr: float) -> None:
         torch.manual_seed(0)
         cfg = model_config("conv", image_shape=shape)
-        cfg.upsample = upsample
+        cfg.upsample = upsample if upsample in ("transposed", "nearest") else "transposed"
         self.name, self.model = upsample, VAE(cfg)
+        if upsample not in ("transposed", "nearest"):
+            alternative_decoder(self.model, upsample, shape)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.order, self.gen, self.n = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2), n
         self.perm, self.pos, self.steps, self.seconds = torch.randperm(n, generator=self.order), 0, 0, 0.0
@@ -85,12 +120,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=120.0, help="training time per variant")
     ap.add_argument("--slice", type=float, default=5.0, help="seconds per turn while alternating")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="the first is the baseline of the ratios")
     args = ap.parse_args()
     train, test, label = images(args)
     shape = train.shape[1:]
     x = torch.from_numpy(train.reshape(len(train), -1)).float().div(255)
     xt = torch.from_numpy(test.reshape(len(test), -1)).float().div(255)
-    runs = [Run(v, shape, len(x), args.lr) for v in VARIANTS]
+    runs = [Run(v, shape, len(x), args.lr) for v in args.variants.split(",")]
     print(f"{label}; {shape}; {args.seconds:.0f} s each, alternating {args.slice:.0f} s slices; "
           f"threads {torch.get_num_threads()}")
     while any(r.seconds < args.seconds for r in runs):

@@ -163,7 +163,9 @@ BINARIZE = ("none", "dynamic", "static")
 # Seed of the one binarized copy of the test set that every binarized evaluation uses (and, plus one, of
 # the static training copy): fixed so that numbers of different runs are on the same test images.
 BINARIZE_SEED = 20230802
-PRECISIONS = ("fp32", "bf16", "fp16")
+# "auto": the fastest precision that keeps the numbers for the model and device (bf16 for conv models on CUDA
+# with bf16 and on CPUs with native bf16, fp32 otherwise; see vaekit.training.precision.default_precision).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
 GRID_SPACINGS = ("linear", "normal")
 # The validation fraction of a run on your own images unless set: a named dataset has none unless asked for, so
@@ -210,7 +212,9 @@ class TrainConfig:
     grid_spacing: str = "linear"
     detect_anomaly: bool = False
     # How the step is computed (see docs/speed.md); the defaults are the post's fp32 eager step.
-    precision: str = "fp32"  # fp32, bf16 (autocast; CPUs with AVX-512 BF16 or AMX, and CUDA) or fp16 (CUDA)
+    # auto (below), fp32, bf16 (autocast; CPUs with AVX-512 BF16 or AMX, and CUDA) or fp16 (CUDA). auto is fp32
+    # for the MLPs and bf16 for conv models where bf16 is native (see PRECISIONS).
+    precision: str = "auto"
     compile: bool = False  # torch.compile the loss, falling back to eager where it cannot compile
     fused_step: bool = True  # the post's objective by the hand-written step (training/fused.py), same numbers
     cuda_graph: bool = True  # on CUDA in fp32, record the step once as a CUDA graph and replay it (training/graphs.py)

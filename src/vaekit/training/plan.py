@@ -77,7 +77,8 @@ def choose_plan(config: TrainConfig, model: VAE, device: torch.device, world_siz
     inspected, so the choice for a CUDA run can be checked on a machine without one. ``torch.compile`` can
     still turn out not to work when the step first runs; it then falls back to autograd with a warning.
     """
-    prec, warning = precisions.resolve(config.precision, device)
+    conv = model.config.architecture == "conv"
+    prec, warning = precisions.resolve(config.precision, device, conv)
     blocker = hand_written_blocker(config, model, prec, world_size)
     if blocker is None:
         gradients, why = HAND_WRITTEN, ["MLP, single-draw ELBO, Bernoulli, fp32, one process"]
@@ -91,6 +92,9 @@ def choose_plan(config: TrainConfig, model: VAE, device: torch.device, world_siz
     elif device.type == "cuda":
         why.append(f"no CUDA graph: {graph_blocker}")
     graph = graph_blocker is None
+    default_why = precisions.default_precision(device, conv)[1] if config.precision == "auto" else None
+    if default_why is not None:
+        why.append(default_why)
     return StepPlan(gradients, graph, prec, world_size, fused_adam, sync_every(device, fused_adam, graph),
                     tuple(why), warning)
 
