@@ -15,7 +15,7 @@ from vaekit.config import ConfigError
 from vaekit.training import precision
 from vaekit.training.distributed import DistContext
 from vaekit.training.gradients import Autograd, Compiled, HandWritten
-from vaekit.training.optim import make_adam
+from vaekit.training.optim import is_fused, make_adam
 from vaekit.training.plan import choose_plan
 from vaekit.training.step import TrainStep
 
@@ -145,6 +145,22 @@ def test_the_default_precision_on_cuda_is_bf16_for_conv_models_that_have_it(monk
     assert choose_plan(TrainConfig(), SEED, CUDA).precision == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert choose_plan(TrainConfig(), CONV, CUDA).precision == "fp32"
+
+
+def test_conv_models_train_channels_last_on_a_cpu_and_the_mlps_do_not(monkeypatch) -> None:
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    model = VAE(model_config("conv", image_shape=(12, 12, 3)))
+    plan = choose_plan(TrainConfig(precision="fp32"), model, CPU)
+    assert plan.channels_last and "channels-last convolutions" in plan.line()
+    assert not choose_plan(TrainConfig(), SEED, CPU).channels_last
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert not choose_plan(TrainConfig(), model, CUDA).channels_last
+    opt = make_adam(model.parameters(), 1e-3)
+    TrainStep(model, opt, TrainConfig(precision="fp32"), choose_plan(TrainConfig(precision="fp32"), model, CPU,
+                                                                     fused_adam=is_fused(opt)),
+              DistContext(), CPU, print)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
 
 
 @pytest.mark.parametrize(("change", "kind"), [(dict(), HandWritten), (dict(fused_step=False), Autograd),
