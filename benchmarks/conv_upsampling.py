@@ -121,7 +121,11 @@ def main() -> None:
     ap.add_argument("--slice", type=float, default=5.0, help="seconds per turn while alternating")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="the first is the baseline of the ratios")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: one per core); 1 resists other jobs on a shared machine")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train, test, label = images(args)
     shape = train.shape[1:]
     x = torch.from_numpy(train.reshape(len(train), -1)).float().div(255)
