@@ -53,6 +53,7 @@ from tqdm import tqdm
 import vaekit
 from vaekit.data import load_splits
 from vaekit.run import read_metrics
+from vaekit.training.precision import cpu_has_native_bf16
 
 
 class PostDataset(torch.utils.data.Dataset):
@@ -361,8 +362,16 @@ def parse() -> argparse.Namespace:
                     help="instead of the rounds: where one step's time goes, for the autograd step and vaekit's own")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for both (default: torch's, one per core); 1 resists noisy neighbours")
+    ap.add_argument("--variants", default=None,
+                    help="with --model conv, instead of the rounds: training-step img/s of each of these, e.g. "
+                    "fp32,bf16,fp32-cl,bf16-cl,fp32-compile (cl: channels last), ratios against fp32 in each round")
+    ap.add_argument("--steps", type=int, default=10, help="with --variants: timed steps per variant and round")
+    ap.add_argument("--check-steps", type=int, default=0,
+                    help="with --variants: also train each N steps from the same start and compare test losses")
     ap.add_argument("--child", choices=["post", "vaekit"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.variants and args.model != "conv":
+        ap.error("--variants measures the conv preset's step: use --model conv")
     if args.model == "conv" and args.memory:
         ap.error("--memory measures the post's whole script; it has no conv counterpart")
     if args.crops and args.model != "conv":
@@ -409,7 +418,9 @@ def main() -> None:
         base = "post: batch 128, fp32" if args.model == "seed" else "plain DataLoader loop: batch 128, fp32"
         print(f"model: {args.model}; vaekit settings: batch {args.batch_size}, {args.precision}"
               f"{', compiled' if args.compile else ''}; {base}", flush=True)
-        if args.profile:
+        if args.variants:
+            measure_variants(args, images)
+        elif args.profile:
             measure_profile(args, images, device)
         elif args.rounds > 0:
             measure_speed(args, images, data, device)
@@ -435,6 +446,35 @@ def measure_speed(args: argparse.Namespace, images: np.ndarray, data: str | None
     print(f"vaekit loop (in-memory, index slices): {o:,.0f} images/s (median of {len(ours)} epochs)")
     print(f"ratio: {o / p:.2f}x (ratio of medians); median of per-round ratios {statistics.median(ratios):.2f}x")
     (print_conv_floor if conv else print_floor)(args, images.shape[1:], device, o, p)
+
+
+def measure_variants(args: argparse.Namespace, images: np.ndarray) -> None:
+    """Step img/s of the conv preset under each of ``--variants`` (CPU), and with ``--check-steps`` their test
+    losses after equal steps (see ``benchmarks/step_variants.py``)."""
+    from step_variants import VARIANTS, check, measure
+
+    names = ["fp32", *[n for n in args.variants.split(",") if n != "fp32"]]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    x = torch.from_numpy(images).float().div(255)
+    n_test = max(100, len(x) // 10)
+    train, test = x[n_test:], x[:n_test]
+    print(f"bf16 native on this CPU: {cpu_has_native_bf16()}; batch {args.batch_size}, {args.steps} steps per "
+          f"variant and round, {args.rounds} rounds", flush=True)
+    result = measure(train, names, args.rounds, args.steps, args.batch_size)
+    for n, (rate, ratio) in result.items():
+        print(f"{n:>13}: {rate:8,.0f} img/s (median of {args.rounds} rounds), x{ratio:.2f} fp32 (median of "
+              f"per-round ratios)")
+    if args.check_steps:
+        losses = check(train, test, names, args.check_steps, args.batch_size)
+        print(f"test -ELBO after {args.check_steps} equal steps (first {n_test} images held out): "
+              + ", ".join(f"{n} {v:.3f}" for n, v in losses.items()))
+        spread = abs(losses["fp32-noise"] - losses["fp32"])
+        for n in names[1:]:
+            rel = losses[n] / losses["fp32"] - 1
+            print(f"{n:>13}: {losses[n] - losses['fp32']:+.3f} nats/image against fp32 ({rel:+.2%}); "
+                  f"fp32 with other noise {spread:+.3f}")
 
 
 def print_floor(args: argparse.Namespace, shape: tuple[int, ...], device: torch.device, o: float, p: float) -> None:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
 import torch
+from torch import nn
 
+import vaekit
+from vaekit.config import ConfigError, TrainConfig
 from vaekit.model import VAE, model_config, n_params
+from vaekit.model.conv import conv_decoder
 from vaekit.objectives import LOG_SCALE_MIN, discretized_logistic_log_likelihood, log_likelihood
+from vaekit.run import save_weights
+from vaekit.run.folder import FORMAT_VERSION
 
 
 @pytest.mark.parametrize("shape", [(28, 28), (32, 32, 3), (64, 64, 3), (20, 24, 3), (17, 9)])
@@ -20,6 +28,94 @@ def test_conv_models_fit_any_size_and_round_trip_shapes(shape: tuple[int, ...], 
     logits, mu, logvar = model(x, torch.randn(3, model.zdim))
     assert logits.shape == (3, d) and mu.shape == logvar.shape == (3, model.zdim)
     assert model.decode(torch.randn(4, 3, model.zdim)).shape == (4, 3, d)  # k draws of a batch
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (32, 32), (33, 33), (64, 48), (28, 28, 3), (32, 32, 3), (33, 33, 3),
+                                   (64, 48, 3), (1, 1), (5, 3, 3)])
+@pytest.mark.parametrize("upsample", ["nearest", "transposed"])
+def test_every_decoder_level_lands_on_the_encoder_size(shape: tuple[int, ...], upsample: str) -> None:
+    """Going up, each level's image has exactly the size the encoder's level had going down (28: 4, 7, 14, 28)."""
+    cfg = model_config("conv", image_shape=shape)
+    cfg.upsample = upsample
+    model = VAE(cfg)
+    down, x = [], model.encoder[0](torch.rand(2, math.prod(shape)))
+    for m in model.encoder[1:]:
+        if isinstance(m, nn.Conv2d):
+            down.append(tuple(x.shape[-2:]))
+        x = m(x)
+    up, y = [], model.decoder[:2](torch.randn(2, model.zdim))
+    for m in model.decoder[2:-1]:
+        y = m(y)
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            up.append(tuple(y.shape[-2:]))
+    assert up[:-1] == down[::-1] and up[-1] == tuple(shape[:2])
+    assert y.shape[1] == (shape[2] if len(shape) == 3 else 1)
+
+
+def test_conv_preset_has_no_transposed_convolutions_and_vanilla_keeps_them() -> None:
+    """Nearest upsampling + 3x3 conv in ``conv`` (no checkerboard); PyTorch-VAE's transposed convs in vanilla."""
+    conv = VAE(model_config("conv", image_shape=(32, 32, 3)))
+    assert conv.config.upsample == "nearest"
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in conv.decoder.modules())
+    assert sum(isinstance(m, nn.Upsample) for m in conv.decoder) == 3
+    vanilla = VAE(model_config("pytorch-vae-vanilla", image_shape=(64, 64, 3)))
+    assert vanilla.config.upsample == "transposed"
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in vanilla.decoder) == 5
+    assert not any(isinstance(m, nn.Upsample) for m in vanilla.decoder)
+    assert n_params(conv) == 394_339  # 3x3 convs as before: the parameter count docs/models.md gives
+
+
+def test_a_constant_image_decodes_without_a_checkerboard() -> None:
+    """A constant last-level image with all-ones kernels: the nearest decoder's output is flat inside (the
+    border sees zero padding); the transposed one alternates from pixel to pixel, the checkerboard."""
+    flat = {}
+    for upsample in ("nearest", "transposed"):
+        cfg = model_config("conv", zdim=2, image_shape=(32, 32))
+        cfg.upsample = upsample
+        model = VAE(cfg)
+        with torch.no_grad():
+            for m in model.decoder:
+                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                    m.weight.fill_(0.0 if isinstance(m, nn.Linear) else 1e-2)
+                    m.bias.fill_(1.0 if isinstance(m, nn.Linear) else 0.0)
+            inner = model.decode(torch.zeros(1, 2)).reshape(32, 32)[8:24, 8:24]
+        flat[upsample] = float(inner.std() / inner.mean())
+    assert flat["nearest"] < 1e-6 and flat["transposed"] > 0.1
+
+
+def test_the_output_channels_are_a_parameter_of_the_decoder() -> None:
+    dec = conv_decoder((28, 28, 1), [32, 64, 128], 8, nn.LeakyReLU, "nearest", out_channels=3)
+    assert dec(torch.randn(2, 8)).shape == (2, 28 * 28 * 3)
+
+
+def test_a_run_stored_with_the_transposed_layout_reloads_with_identical_outputs(tmp_path) -> None:
+    """A config.json written before ``upsample`` existed (no such key) rebuilds transposed convolutions, and
+    the stored weights give exactly the outputs of the model that was saved."""
+    torch.manual_seed(3)
+    shape = (28, 28)
+    old = model_config("conv", image_shape=shape)
+    old.upsample = "transposed"
+    saved = VAE(old).eval()
+    model_section = {k: v for k, v in dataclasses.asdict(old).items() if k != "upsample"}
+    model_section["image_shape"] = list(shape)
+    train = dataclasses.asdict(TrainConfig(model="conv"))
+    (tmp_path / "config.json").write_text(json.dumps({"format": FORMAT_VERSION, "model": model_section,
+                                                      "train": train, "data": {}}))
+    save_weights(tmp_path, saved)
+    loaded = vaekit.load_model(tmp_path)
+    assert loaded.config.upsample == "transposed"
+    assert [type(m) for m in loaded.decoder] == [type(m) for m in saved.decoder]
+    x, z = torch.rand(5, 784), torch.randn(5, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(z), saved.decode(z))
+        assert all(torch.equal(a, b) for a, b in zip(loaded.encode(x), saved.encode(x), strict=True))
+
+
+def test_an_unknown_upsampling_is_refused() -> None:
+    cfg = model_config("conv", image_shape=(28, 28))
+    cfg.upsample = "bilinear"
+    with pytest.raises(ConfigError, match="upsample"):
+        cfg.validate()
 
 
 def test_conv_layout_is_channels_last_like_the_data() -> None:

@@ -458,14 +458,24 @@ def _odd_decoder() -> VAE:
     return model
 
 
-@pytest.mark.parametrize("case", ["grey-28", "colour-20x28-narrow", "odd-kernels"])
+CONV_CASES = {"grey-28": ((28, 28), 1.0, "nearest"), "colour-20x28-narrow": ((20, 28, 3), 0.25, "nearest"),
+              "colour-33x17-narrow": ((33, 17, 3), 0.25, "nearest"),
+              "transposed-grey-28": ((28, 28), 1.0, "transposed"),
+              "transposed-colour-33x17": ((33, 17, 3), 0.25, "transposed")}
+
+
+@pytest.mark.parametrize("case", [*CONV_CASES, "odd-kernels"])
 def test_other_conv_decoders_match_pytorch(open_page: Any, tmp_path: Path, case: str) -> None:
+    """The conv preset's decoders (nearest upsampling, and the transposed layout of runs stored before it) at
+    even and odd sizes, and a decoder of kernels, strides and paddings no preset has."""
     if case == "odd-kernels":
         model = _odd_decoder()
     else:
-        shape, width = ((28, 28), 1.0) if case == "grey-28" else ((20, 28, 3), 0.25)
+        shape, width, upsample = CONV_CASES[case]
         torch.manual_seed(5)
-        model = VAE(model_config("conv", zdim=8, image_shape=shape, width=width)).eval()
+        cfg = model_config("conv", zdim=8, image_shape=shape, width=width)
+        cfg.upsample = upsample
+        model = VAE(cfg).eval()
         with torch.no_grad():
             for p in model.decoder.parameters():
                 p.mul_(3.0)

@@ -42,19 +42,28 @@ def _page_data(path: Path) -> dict:
 # ---------------------------------------------------------------------------------------------- the layers
 
 
-def test_conv_preset_layers_sizes_and_weight_layout() -> None:
+@pytest.mark.parametrize("upsample", ["nearest", "transposed"])
+def test_conv_preset_layers_sizes_and_weight_layout(upsample: str) -> None:
     """The page gets every layer with the sizes PyTorch computes, and the weights as (out, ky, kx, in)."""
     torch.manual_seed(0)
-    model = VAE(model_config("conv", image_shape=(28, 28))).eval()  # 28 -> 14 -> 7 -> 4 and back
+    cfg = model_config("conv", image_shape=(28, 28))  # 28 -> 14 -> 7 -> 4 and back
+    cfg.upsample = upsample
+    model = VAE(cfg).eval()
     layers, raw = decoder_layers(model)
     buf = np.frombuffer(raw, dtype="<f4")
-    assert [la["type"] for la in layers] == ["linear", "unflatten", *["conv_transpose2d", "leaky_relu"] * 3,
-                                             "conv2d", "to_rows"]
+    level = ["upsample_nearest", "conv2d"] if upsample == "nearest" else ["conv_transpose2d"]
+    assert [la["type"] for la in layers] == ["linear", "unflatten", *[*level, "leaky_relu"] * 3, "conv2d", "to_rows"]
     assert layers[1]["shape"] == [128, 4, 4]
     x = torch.zeros(1, 128, 4, 4)
-    convs = [m for m in model.decoder if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
-    described = [la for la in layers if la["type"].startswith("conv")]
-    for module, la in zip(convs, described, strict=True):
+    for module, la in zip(model.decoder, layers, strict=True):
+        if isinstance(module, nn.Upsample):
+            assert la["inSize"] == list(x.shape[2:]) and la["channels"] == x.shape[1]
+            x = module(x)
+            assert la["outSize"] == list(x.shape[2:])
+            if la["outSize"] == [7, 7]:
+                assert la["rows"] == la["cols"] == [0, 0, 1, 1, 2, 2, 3]  # PyTorch's floor(o * 4 / 7)
+        if not isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            continue
         assert la["inSize"] == list(x.shape[2:])
         x = module(x)
         assert la["outSize"] == list(x.shape[2:]) and la["out"] == x.shape[1]  # 7, 14, 28: output_padding 0, 1, 1
@@ -63,8 +72,16 @@ def test_conv_preset_layers_sizes_and_weight_layout() -> None:
         want = w.permute(1, 2, 3, 0) if la["type"] == "conv_transpose2d" else w.permute(0, 2, 3, 1)
         np.testing.assert_array_equal(buf[la["w"] : la["w"] + w.numel()], want.contiguous().numpy().ravel())
         np.testing.assert_array_equal(buf[la["b"] : la["b"] + la["out"]], module.bias.detach().numpy())
+    described = [la for la in layers if la["type"].startswith("conv")]
     assert [la["outSize"] for la in described] == [[7, 7], [14, 14], [28, 28], [28, 28]]
     assert buf.size == sum(p.numel() for p in model.decoder.parameters())
+
+
+def test_an_upsampling_the_page_cannot_run_is_refused() -> None:
+    model = _decoder(nn.Linear(4, 48), nn.Unflatten(-1, (3, 4, 4)), nn.Upsample(size=(8, 8), mode="bilinear"),
+                     ToRows())
+    with pytest.raises(ExplorerError, match="nearest"):
+        decoder_layers(model)
 
 
 def _decoder(*modules: nn.Module, shape: tuple[int, ...] = (8, 8, 3), zdim: int = 4) -> VAE:

@@ -214,7 +214,7 @@ def test_recipe_fast_sets_its_settings_and_explicit_flags_win() -> None:
     assert config.batch_size > 128 and config.lr > 3e-4 and config.lr_warmup > 0
     default, _ = config_from_args(build_parser().parse_args(["train"]))
     assert (default.batch_size, default.lr, default.epochs, default.precision, default.lr_schedule) == \
-        (128, 3e-4, 50, "fp32", "constant") and not default.compile
+        (128, 3e-4, 50, "auto", "constant") and not default.compile
 
 
 @pytest.mark.parametrize("flags", [["--precision", "fp8"], ["--lr-schedule", "linear"], ["--recipe", "slow"],

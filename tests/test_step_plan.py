@@ -15,7 +15,7 @@ from vaekit.config import ConfigError
 from vaekit.training import precision
 from vaekit.training.distributed import DistContext
 from vaekit.training.gradients import Autograd, Compiled, HandWritten
-from vaekit.training.optim import make_adam
+from vaekit.training.optim import is_fused, make_adam
 from vaekit.training.plan import choose_plan
 from vaekit.training.step import TrainStep
 
@@ -47,7 +47,7 @@ def test_a_cpu_plan_is_chosen_as_documented(change: dict, gradients: str, why: s
 
 
 def test_models_the_hand_written_step_does_not_know_go_through_autograd() -> None:
-    conv = choose_plan(TrainConfig(), VAE(model_config("conv", image_shape=(16, 16))), CPU)
+    conv = choose_plan(TrainConfig(precision="fp32"), VAE(model_config("conv", image_shape=(16, 16))), CPU)
     assert conv.gradients == "autograd" and "the conv model has no hand-written step" in conv.line()
     learned = VAE(model_config("seed", learn_sigma=True))
     plan = choose_plan(TrainConfig(likelihood="gaussian", learn_sigma=True), learned, CPU)
@@ -115,6 +115,52 @@ def test_the_precision_trained_in_decides_on_a_cpu(monkeypatch) -> None:
     assert "bf16 autocast has no hand-written step" in native.line()
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         choose_plan(TrainConfig(precision="fp16"), SEED, CPU)
+
+
+CONV = VAE(model_config("conv", image_shape=(28, 28)))
+
+
+def test_the_default_precision_is_bf16_for_conv_models_on_a_cpu_with_native_bf16(monkeypatch) -> None:
+    """``--precision auto`` (the default): bf16 for a conv model where the CPU has it, fp32 elsewhere and for
+    every MLP (whose plan and line are what they were, bit for bit the hand-written step)."""
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    conv = choose_plan(TrainConfig(), CONV, CPU)
+    assert (conv.gradients, conv.precision, conv.precision_warning) == ("autograd", "bf16", None)
+    assert "bf16 by default for a conv model on a CPU with native bf16" in conv.line()
+    post = choose_plan(TrainConfig(), SEED, CPU)
+    assert (post.gradients, post.precision) == ("hand-written", "fp32")
+    assert "by default" not in post.line()
+    asked = choose_plan(TrainConfig(precision="fp32"), CONV, CPU)  # an explicit choice is kept, without comment
+    assert asked.precision == "fp32" and "by default" not in asked.line()
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    plain = choose_plan(TrainConfig(), CONV, CPU)
+    assert (plain.precision, plain.precision_warning) == ("fp32", None)
+    assert "fp32 by default: no native bf16 on this cpu" in plain.line()
+
+
+def test_the_default_precision_on_cuda_is_bf16_for_conv_models_that_have_it(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    conv = choose_plan(TrainConfig(), CONV, CUDA)
+    assert (conv.precision, conv.graph) == ("bf16", False)
+    assert choose_plan(TrainConfig(), SEED, CUDA).precision == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert choose_plan(TrainConfig(), CONV, CUDA).precision == "fp32"
+
+
+def test_conv_models_train_channels_last_on_a_cpu_and_the_mlps_do_not(monkeypatch) -> None:
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    model = VAE(model_config("conv", image_shape=(12, 12, 3)))
+    plan = choose_plan(TrainConfig(precision="fp32"), model, CPU)
+    assert plan.channels_last and "channels-last convolutions" in plan.line()
+    assert not choose_plan(TrainConfig(), SEED, CPU).channels_last
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert not choose_plan(TrainConfig(), model, CUDA).channels_last
+    opt = make_adam(model.parameters(), 1e-3)
+    TrainStep(model, opt, TrainConfig(precision="fp32"), choose_plan(TrainConfig(precision="fp32"), model, CPU,
+                                                                     fused_adam=is_fused(opt)),
+              DistContext(), CPU, print)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
 
 
 @pytest.mark.parametrize(("change", "kind"), [(dict(), HandWritten), (dict(fused_step=False), Autograd),

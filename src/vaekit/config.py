@@ -56,7 +56,8 @@ PRESETS: dict[str, dict] = {
         skip_first_decoder_activation=False,
     ),
     # A convolutional VAE for any image size: strided 3x3 convolutions doubling the channels (32-64-128-256,
-    # times --width) down to about 4x4, mirrored by transposed convolutions; zdim 32.
+    # times --width) down to about 4x4, mirrored by nearest-neighbour upsampling and 3x3 convolutions (no
+    # transposed convolutions, hence no checkerboard); zdim 32.
     "conv": dict(
         architecture="conv",
         zdim=32,
@@ -64,6 +65,7 @@ PRESETS: dict[str, dict] = {
         decoder_hidden=[256, 128, 64, 32],
         activation="leaky_relu",
         skip_first_decoder_activation=False,
+        upsample="nearest",
     ),
     # After PyTorch-VAE's VanillaVAE (made for 64x64 colour CelebA): five strided 3x3 convolutions of
     # 32-64-128-256-512 channels with LeakyReLU, zdim 128, the decoder mirrored, without its batch norm.
@@ -74,9 +76,13 @@ PRESETS: dict[str, dict] = {
         decoder_hidden=[512, 256, 128, 64, 32],
         activation="leaky_relu",
         skip_first_decoder_activation=False,
+        upsample="transposed",
     ),
 }
 ARCHITECTURES = ("mlp", "conv")
+# How a conv decoder doubles its size: 3x3 transposed convolutions with stride 2 (PyTorch-VAE's, and the conv
+# preset's before it changed), or nearest-neighbour upsampling followed by a 3x3 convolution.
+UPSAMPLING = ("transposed", "nearest")
 
 
 @dataclass
@@ -100,6 +106,9 @@ class ModelConfig:
     # starting at log(sigma_init); stored here so config.json alone rebuilds the parameter.
     learn_sigma: bool = False
     sigma_init: float = 1.0
+    # How a conv decoder goes up a level (see UPSAMPLING). A config.json without it was written when every conv
+    # decoder used transposed convolutions, so that is what it rebuilds.
+    upsample: str = "transposed"
 
     @property
     def input_dim(self) -> int:
@@ -113,6 +122,8 @@ class ModelConfig:
             raise ConfigError(f"unknown model preset {self.preset!r:.40}; choose one of {', '.join(PRESETS)}")
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        if self.upsample not in UPSAMPLING:
+            raise ConfigError(f"unknown upsample {self.upsample!r:.40}; choose one of {', '.join(UPSAMPLING)}")
         for name in ("encoder_hidden", "decoder_hidden"):
             sizes = getattr(self, name)
             if not sizes or not all(_int_between(h, 1, MAX_WIDTH) for h in sizes):
@@ -152,7 +163,9 @@ BINARIZE = ("none", "dynamic", "static")
 # Seed of the one binarized copy of the test set that every binarized evaluation uses (and, plus one, of
 # the static training copy): fixed so that numbers of different runs are on the same test images.
 BINARIZE_SEED = 20230802
-PRECISIONS = ("fp32", "bf16", "fp16")
+# "auto": the fastest precision that keeps the numbers for the model and device (bf16 for conv models on CUDA
+# with bf16 and on CPUs with native bf16, fp32 otherwise; see vaekit.training.precision.default_precision).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
 GRID_SPACINGS = ("linear", "normal")
 # The validation fraction of a run on your own images unless set: a named dataset has none unless asked for, so
@@ -199,7 +212,9 @@ class TrainConfig:
     grid_spacing: str = "linear"
     detect_anomaly: bool = False
     # How the step is computed (see docs/speed.md); the defaults are the post's fp32 eager step.
-    precision: str = "fp32"  # fp32, bf16 (autocast; CPUs with AVX-512 BF16 or AMX, and CUDA) or fp16 (CUDA)
+    # auto (below), fp32, bf16 (autocast; CPUs with AVX-512 BF16 or AMX, and CUDA) or fp16 (CUDA). auto is fp32
+    # for the MLPs and bf16 for conv models where bf16 is native (see PRECISIONS).
+    precision: str = "auto"
     compile: bool = False  # torch.compile the loss, falling back to eager where it cannot compile
     fused_step: bool = True  # the post's objective by the hand-written step (training/fused.py), same numbers
     cuda_graph: bool = True  # on CUDA in fp32, record the step once as a CUDA graph and replay it (training/graphs.py)

@@ -6,7 +6,7 @@ base64 little-endian float32, the test set's posterior means and labels as JSON)
 with no server and no network. The decoder is described layer by layer from the model's ``decoder``
 ``nn.Sequential`` rather than from assumed sizes, so every preset (MLP or convolutional), image size,
 latent size and activation runs in the page exactly as in PyTorch (including the seed preset's missing
-activation between its first two layers, and the conv presets' transposed convolutions).
+activation between its first two layers, the conv presets' transposed convolutions and nearest upsampling).
 :func:`make_server` serves a page from memory on localhost (``vaekit explore --serve``).
 """
 
@@ -44,8 +44,8 @@ class ExplorerError(VaekitError):
 
 _ACTIVATION_NAMES: dict[type, str] = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
                                       nn.Identity: "identity"}
-SUPPORTED = ("Linear, Unflatten, Conv2d, ConvTranspose2d (zero padding, no groups or dilation), ToRows, ELU, ReLU, "
-             "LeakyReLU, Tanh, GELU, SiLU, Sigmoid")
+SUPPORTED = ("Linear, Unflatten, Conv2d, ConvTranspose2d (zero padding, no groups or dilation), Upsample (nearest), "
+             "ToRows, ELU, ReLU, LeakyReLU, Tanh, GELU, SiLU, Sigmoid")
 
 
 class _Weights:
@@ -111,6 +111,24 @@ def _conv(module: nn.Conv2d | nn.ConvTranspose2d, shape: tuple[int, ...], weight
             "inSize": [h, w], "outSize": size, "w": weights.add(wt), "b": weights.add(bias)}
 
 
+def _upsample(module: nn.Upsample, shape: tuple[int, ...]) -> dict[str, Any]:
+    """Nearest-neighbour upsampling of a (C, H, W) image, as the source row and column of every output pixel.
+
+    The indices are computed by PyTorch's own kernel on an image of row (column) numbers, so the page copies
+    exactly the pixels PyTorch copies, whatever rounding its scale factors use for odd sizes.
+    """
+    if module.mode != "nearest" or len(shape) != 3:
+        raise ExplorerError(f"the decoder has an Upsample ({module.mode}) of values of shape {shape}; the explorer "
+                            "runs only nearest-neighbour upsampling of an image")
+    c, h, w = shape
+    grid = torch.stack(torch.meshgrid(torch.arange(h, dtype=torch.float64),
+                                      torch.arange(w, dtype=torch.float64), indexing="ij"))
+    src = module(grid.unsqueeze(0))[0]
+    rows, cols = src[0, :, 0].long().tolist(), src[1, 0, :].long().tolist()
+    return {"type": "upsample_nearest", "channels": c, "inSize": [h, w], "outSize": [len(rows), len(cols)],
+            "rows": rows, "cols": cols}
+
+
 def _layer(module: nn.Module, shape: tuple[int, ...], weights: _Weights) -> tuple[dict[str, Any], tuple[int, ...]]:
     """One decoder module's description and the shape of what it outputs: (n,) values or a (C, H, W) image."""
     act = _activation(module)
@@ -131,6 +149,9 @@ def _layer(module: nn.Module, shape: tuple[int, ...], weights: _Weights) -> tupl
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         desc = _conv(module, shape, weights)
         return desc, (desc["out"], *desc["outSize"])
+    if isinstance(module, nn.Upsample):
+        desc = _upsample(module, shape)
+        return desc, (desc["channels"], *desc["outSize"])
     if isinstance(module, ToRows):
         if len(shape) != 3:
             raise ExplorerError(f"the decoder flattens {shape}, which is not an image")

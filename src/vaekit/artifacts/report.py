@@ -226,13 +226,18 @@ def likelihood_text(t: TrainConfig, m: ModelConfig) -> str:
                                                                                                    t.likelihood)
 
 
+_UPSAMPLING = {"transposed": "transposed convolutions",
+               "nearest": "nearest-neighbour upsampling and 3x3 convolutions"}
+
+
 def model_text(m: ModelConfig) -> str:
     """The architecture in one sentence: layer widths of an MLP, channels of a convolutional model."""
     shape = "x".join(map(str, m.image_shape))
     if getattr(m, "architecture", "mlp") == "conv":
         return (f"Model: {m.preset} preset for {shape} images, convolutional: encoder channels "
                 f"{'-'.join(map(str, m.encoder_hidden))} (3x3, stride 2) to 2x{m.zdim}, decoder mirrored with "
-                f"transposed convolutions, {m.activation} activations.")
+                f"{_UPSAMPLING.get(getattr(m, 'upsample', 'transposed'), 'transposed convolutions')}, "
+                f"{m.activation} activations.")
     return (f"Model: {m.preset} preset for {shape} images, encoder {m.input_dim}-{'-'.join(map(str, m.encoder_hidden))}"
             f"-2x{m.zdim}, decoder {m.zdim}-{'-'.join(map(str, m.decoder_hidden))}-{m.input_dim}, {m.activation} "
             "activations" + (", none between the decoder's first two layers" if m.skip_first_decoder_activation

@@ -154,7 +154,8 @@ def _optimization_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--seed", type=seed_int, help="random seed; same seed, same weights on CPU (default 0)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     g.add_argument("--precision", choices=PRECISIONS,
-                   help="fp32 (default), bf16 (autocast; CUDA, or CPUs with AVX-512 BF16/AMX) or fp16 (CUDA)")
+                   help="auto (default: bf16 for conv models where bf16 is native, else fp32), fp32, bf16 (autocast; "
+                   "CUDA, or CPUs with AVX-512 BF16/AMX) or fp16 (CUDA)")
     g.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the training step (falls back to eager with a message where it cannot)")
     g.add_argument("--no-fused-step", dest="fused_step", action="store_false", default=None,

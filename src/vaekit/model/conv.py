@@ -5,9 +5,11 @@ so the conv bodies begin by laying a row out as a (C, H, W) image and end by fla
 around them (the posterior split, the reparametrization, every likelihood) is the MLP VAE's.
 
 Each encoder level is a 3x3 convolution with stride 2 and padding 1, halving the size (rounding up), so
-any size works, 28 included: 28 -> 14 -> 7 -> 4. The decoder mirrors it with 3x3 transposed convolutions
-whose ``output_padding`` (0 or 1) is chosen per level to land exactly on the encoder's sizes, then one 3x3
-convolution to the image's channels. No batch norm: evaluation never depends on the batch.
+any size works, 28 included: 28 -> 14 -> 7 -> 4. The decoder mirrors it, each level either nearest-neighbour
+upsampling to exactly the encoder's size followed by a 3x3 convolution (the ``conv`` preset: no checkerboard
+artefacts) or a 3x3 transposed convolution whose ``output_padding`` (0 or 1) lands on that size
+(``pytorch-vae-vanilla``, and ``conv`` runs stored before it changed), then one 3x3 convolution to the image's
+channels. No batch norm: evaluation never depends on the batch.
 """
 
 from __future__ import annotations
@@ -60,11 +62,14 @@ def conv_encoder(shape: tuple[int, int, int], channels: list[int], zdim: int,
 
 
 def conv_decoder(shape: tuple[int, int, int], channels: list[int], zdim: int,
-                 act: Callable[[], nn.Module]) -> nn.Sequential:
-    """The encoder mirrored: a linear map to the last level, transposed convolutions up, a 3x3 conv out.
+                 act: Callable[[], nn.Module], upsample: str = "transposed",
+                 out_channels: int | None = None) -> nn.Sequential:
+    """The encoder mirrored: a linear map to the last level, one level up at a time, a 3x3 conv out.
 
     ``channels`` are in encoder order; level l (from the last) goes from ``channels[l]`` to
     ``channels[l - 1]`` (the first level to ``channels[0]`` again), as in PyTorch-VAE's VanillaVAE.
+    ``upsample`` says how a level goes up (:func:`up_level`); ``out_channels`` is the final convolution's
+    output channels (default: the image's), so a likelihood with several parameters per pixel can widen it.
     """
     h, w, c = shape
     sizes = level_sizes(h, w, len(channels))
@@ -72,12 +77,29 @@ def conv_decoder(shape: tuple[int, int, int], channels: list[int], zdim: int,
     layers: list[nn.Module] = [nn.Linear(zdim, channels[-1] * h_last * w_last),
                                nn.Unflatten(-1, (channels[-1], h_last, w_last))]
     for level in range(len(channels), 0, -1):
-        (h_in, w_in), (h_out, w_out) = sizes[level], sizes[level - 1]
         c_in, c_out = channels[level - 1], channels[max(level - 2, 0)]
-        pad = (h_out - (2 * h_in - 1), w_out - (2 * w_in - 1))
-        layers += [nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad), act()]
-    layers += [nn.Conv2d(channels[0], c, 3, padding=1), ToRows()]
+        layers += [*up_level(c_in, c_out, sizes[level], sizes[level - 1], upsample), act()]
+    layers += [nn.Conv2d(channels[0], c if out_channels is None else out_channels, 3, padding=1), ToRows()]
     return nn.Sequential(*layers)
+
+
+def up_level(c_in: int, c_out: int, size_in: tuple[int, int], size_out: tuple[int, int],
+             upsample: str) -> list[nn.Module]:
+    """The layers that take a (c_in, *size_in) image to (c_out, *size_out), about twice its size.
+
+    ``"transposed"``: a 3x3 transposed convolution with stride 2 whose ``output_padding`` (0 or 1 per axis)
+    lands on ``size_out``. Its kernel overlaps unevenly (output pixels alternately receive 4, 2 or 1 taps),
+    which draws the checkerboard pattern of Odena et al. (2016). ``"nearest"``: nearest-neighbour upsampling
+    to exactly ``size_out`` (so odd sizes need no padding rule), then a 3x3 convolution, in which every output
+    pixel sees the same number of taps: no checkerboard, for 4x the transposed convolution's products.
+    """
+    if upsample == "nearest":
+        return [nn.Upsample(size=size_out, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1)]
+    if upsample != "transposed":
+        raise ValueError(f"unknown upsample {upsample!r}")
+    (h_in, w_in), (h_out, w_out) = size_in, size_out
+    pad = (h_out - (2 * h_in - 1), w_out - (2 * w_in - 1))
+    return [nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad)]
 
 
 def conv_levels(height: int, width: int, most: int) -> int:

@@ -50,7 +50,7 @@ class VAE(nn.Module):
             h, w, *c = config.image_shape
             shape, act = (h, w, c[0] if c else 1), _ACTIVATIONS[config.activation]
             self.encoder = conv_encoder(shape, config.encoder_hidden, config.zdim, act)
-            self.decoder = conv_decoder(shape, config.encoder_hidden, config.zdim, act)
+            self.decoder = conv_decoder(shape, config.encoder_hidden, config.zdim, act, config.upsample)
         else:
             self.encoder = _mlp([d, *config.encoder_hidden, 2 * config.zdim], config.activation)
             self.decoder = _mlp(

@@ -82,6 +82,7 @@ def load_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
             per_param.setdefault(int(idx), {})[name] = v
         check_optimizer_state(opt, per_param, optim_meta["param_groups"], path)
         opt.load_state_dict({"state": per_param, "param_groups": optim_meta["param_groups"]})
+        _match_layouts(opt)
         for name, g in gens.items():
             g.set_state(tensors[f"rng.{name}"])
         epoch_shuffle = tensors["rng.epoch_shuffle"]
@@ -90,6 +91,19 @@ def load_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
         raise RunFolderError(f"{path} is not a valid vaekit checkpoint ({e}); "
                              "start again with --force or restore the file") from e
     return state, epoch_shuffle
+
+
+def _match_layouts(opt: torch.optim.Optimizer) -> None:
+    """Lay each moment out in memory as its parameter is (channels last for a conv model trained so).
+
+    A checkpoint stores tensors contiguous; Adam, starting afresh, makes its moments like their parameters.
+    The values are the same either way, but with the moments contiguous and the parameters channels last a
+    resumed run drifted from the uninterrupted one in the fifth digit within an epoch.
+    """
+    for param, state in opt.state.items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape and value.dim() > 1:
+                state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _nonnegative_int(value: Any) -> bool:

@@ -38,7 +38,8 @@ class StepPlan:
     the one trained in, after any fallback (``precision_warning`` says why it differs from the one asked
     for); ``world_size``: processes, more than one meaning DistributedDataParallel; ``fused_adam``: whether
     Adam runs as its fused kernel, which can skip an update on the guard's device flag; ``sync_every``: steps
-    between host reads of that flag. ``why``: one phrase per choice.
+    between host reads of that flag; ``channels_last``: whether a conv model's weights and images are laid out
+    channels last (see :func:`channels_last_reason`). ``why``: one phrase per choice.
     """
 
     gradients: str
@@ -49,6 +50,7 @@ class StepPlan:
     sync_every: int
     why: tuple[str, ...] = ()
     precision_warning: str | None = None
+    channels_last: bool = False
 
     @property
     def strategy(self) -> str:
@@ -77,7 +79,8 @@ def choose_plan(config: TrainConfig, model: VAE, device: torch.device, world_siz
     inspected, so the choice for a CUDA run can be checked on a machine without one. ``torch.compile`` can
     still turn out not to work when the step first runs; it then falls back to autograd with a warning.
     """
-    prec, warning = precisions.resolve(config.precision, device)
+    conv = model.config.architecture == "conv"
+    prec, warning = precisions.resolve(config.precision, device, conv)
     blocker = hand_written_blocker(config, model, prec, world_size)
     if blocker is None:
         gradients, why = HAND_WRITTEN, ["MLP, single-draw ELBO, Bernoulli, fp32, one process"]
@@ -91,8 +94,26 @@ def choose_plan(config: TrainConfig, model: VAE, device: torch.device, world_siz
     elif device.type == "cuda":
         why.append(f"no CUDA graph: {graph_blocker}")
     graph = graph_blocker is None
+    default_why = precisions.default_precision(device, conv)[1] if config.precision == "auto" else None
+    if default_why is not None:
+        why.append(default_why)
+    layout_why = channels_last_reason(conv, device)
+    if layout_why is not None:
+        why.append(layout_why)
     return StepPlan(gradients, graph, prec, world_size, fused_adam, sync_every(device, fused_adam, graph),
-                    tuple(why), warning)
+                    tuple(why), warning, channels_last=layout_why is not None)
+
+
+def channels_last_reason(conv: bool, device: torch.device) -> str | None:
+    """Why a conv model trains with channels-last weights and images on this device (None: it does not).
+
+    On a CPU, oneDNN's convolutions run faster on channels-last tensors (the data already arrive channels
+    last), in fp32 and even more in bf16, and compute the same sums in another order: the loss changes by
+    rounding only (``benchmarks/throughput.py --model conv --variants``). Not on CUDA, where it is unmeasured.
+    """
+    if conv and device.type == "cpu":
+        return "channels-last convolutions"
+    return None
 
 
 def hand_written_blocker(config: TrainConfig, model: VAE, prec: str, world_size: int) -> str | None:

@@ -44,11 +44,31 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def resolve(precision: str, device: torch.device) -> tuple[str, str | None]:
+def default_precision(device: torch.device, conv: bool) -> tuple[str, str | None]:
+    """What ``--precision auto`` (the default) trains in, and why (None: nothing to say, the MLPs' fp32).
+
+    A conv model's step is dominated by its convolutions, which bf16 speeds up where the hardware computes in
+    bf16 (CUDA with bf16, CPUs with AVX-512 BF16 or AMX) while its test loss stays within run-to-run noise of
+    fp32's (``benchmarks/throughput.py --model conv --variants``, benchmarks/RESULTS.md). The MLPs keep fp32:
+    their step is the hand-written one, bit for bit repeatable, and their products are too small to gain much.
+    """
+    if not conv:
+        return "fp32", None
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16", "bf16 by default for a conv model on a GPU with bf16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16", "bf16 by default for a conv model on a CPU with native bf16"
+    return "fp32", f"fp32 by default: no native bf16 on this {device.type}"
+
+
+def resolve(precision: str, device: torch.device, conv: bool = False) -> tuple[str, str | None]:
     """The precision to train in on ``device``, and a warning when it differs from the one asked for.
 
-    fp16 away from CUDA is an error (one line): there is no loss scaling or fast fp16 there.
+    ``auto`` is :func:`default_precision` for a conv model (``conv``) or an MLP, and never warns. fp16 away
+    from CUDA is an error (one line): there is no loss scaling or fast fp16 there.
     """
+    if precision == "auto":
+        return default_precision(device, conv)[0], None
     if precision == "fp32":
         return "fp32", None
     if precision == "fp16":
@@ -67,7 +87,7 @@ def resolve(precision: str, device: torch.device) -> tuple[str, str | None]:
             return "fp32", ("this CPU has neither AVX-512 BF16 nor AMX, so bf16 would be emulated and slower "
                             "than fp32; training in fp32")
         return "fp32", f"bf16 autocast is not supported on {device.type} here; training in fp32"
-    raise ConfigError(f"unknown precision {precision!r}; choose one of fp32, bf16, fp16")
+    raise ConfigError(f"unknown precision {precision!r}; choose one of auto, fp32, bf16, fp16")
 
 
 def _to_float32(module: nn.Module, inputs: Any, output: Any) -> Any:

@@ -196,6 +196,8 @@ class TrainStep:
             raise ValueError("the step plan was chosen for another optimizer: choose_plan's fused_adam must be "
                              "is_fused(opt)")
         self.plan, self.opt = plan, opt
+        if plan.channels_last:  # the same Parameters, their storage reordered; weights files stay contiguous
+            model.to(memory_format=torch.channels_last)
         self.prec = Precision.create(plan.precision, device)
         self.params = list(model.parameters())
         self.every = plan.sync_every
