@@ -308,7 +308,8 @@ def test_training_inside_the_data_folder_twice(tmp_path: Path, monkeypatch: pyte
     assert "skipped 1 vaekit run folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("names", [("Train", "Test"), ("TRAIN", "test"), ("train", "Validation")])
+@pytest.mark.parametrize("names", [("Train", "Test"), ("TRAIN", "test"), ("train", "Validation"),
+                                   ("Training", "Testing"), ("training_set", "test_set"), ("Train-Set", "TEST SET")])
 def test_split_folders_in_any_case_give_the_split(tmp_path: Path, names: tuple[str, str],
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     class_folder(tmp_path / "d" / names[0], {"a": 4, "b": 3})

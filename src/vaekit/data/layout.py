@@ -3,7 +3,8 @@
 Layout (as torchvision's ``ImageFolder``, so folders prepared for it work unchanged):
 
 * split folders at the top: ``train/`` beside ``test/`` (or, without a test folder, beside ``val/``, ``valid/``
-  or ``validation/``, which is then the test split), in any case (``Train/``, ``TEST/``). The split is used as
+  or ``validation/``, which is then the test split), in any case and also as ``training``/``testing`` and
+  with ``_set`` (``Train/``, ``TEST/``, ``Training/``, ``training_set/``, ``test-set/``). The split is used as
   given; each part may have class subfolders. Anything else beside them (a ``val/`` folder when ``test/`` is
   there, a README) is not used, and a one-line note says which split folder was left out or stood in.
   A split folder without its partner (``train/`` alone, ``test/`` beside class folders) is refused with one
@@ -27,8 +28,16 @@ from .walk import Entry, list_images
 
 __all__ = ["SPLIT_NAMES", "FolderPlan", "plan_folder"]
 
-# Folder names (compared case-insensitively) that name a split rather than a class, and the split each gives.
-SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}
+# Folder names that name a split rather than a class, and the split each gives: compared in lower case with
+# "-" and " " read as "_", so Train, TEST, Training, training_set and test-set are all split folders.
+_SPLIT_STEMS = {"train": "train", "training": "train", "test": "test", "testing": "test", "val": "val",
+                "valid": "val", "validation": "val"}
+SPLIT_NAMES = {**_SPLIT_STEMS, **{f"{stem}_set": split for stem, split in _SPLIT_STEMS.items()}}
+
+
+def split_of(name: str) -> str | None:
+    """The split a folder named ``name`` gives (``"train"``, ``"test"``, ``"val"``), or ``None``: a class."""
+    return SPLIT_NAMES.get(name.lower().replace("-", "_").replace(" ", "_"))
 
 
 @dataclass
@@ -74,8 +83,9 @@ def _split_folders(root: Path) -> dict[str, list[str]]:
         return {}  # listing the folder reports the problem
     found: dict[str, list[str]] = {}
     for name in names:
-        if name.lower() in SPLIT_NAMES:
-            found.setdefault(SPLIT_NAMES[name.lower()], []).append(name)
+        split = split_of(name)
+        if split is not None:
+            found.setdefault(split, []).append(name)
     return found
 
 
