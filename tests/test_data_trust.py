@@ -405,3 +405,39 @@ def test_a_memory_mapped_npy_is_split_holding_one_copy(tmp_path: Path) -> None:
     chunk = 1 << 24  # vaekit.data.chunked.CHUNK_BYTES
     assert grown("release-pages") < size + 3 * chunk, "one copy of the data, plus a chunk or two"
     assert grown("keep-pages") > 1.6 * size, "the measure sees the file's pages when they are kept"
+
+
+def test_empty_class_folders_and_test_only_classes_are_said_in_one_line_each(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    class_folder(tmp_path / "d" / "train", {"a": 4, "b": 3})
+    class_folder(tmp_path / "d" / "test", {"a": 2, "b": 1, "c": 2}, first_seed=500)
+    (tmp_path / "d" / "train" / "empty").mkdir()
+    load_own_data(tmp_path / "d", progress=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any("1 class folder holds no images (train/empty/) and is left out" in line for line in err), err
+    assert any("class c has test images but no training images" in line for line in err), err
+    assert len(err) == 2
+
+
+def test_a_folder_of_only_run_folders_or_bad_files_is_not_called_empty(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    class_folder(tmp_path / "d", {"a": 4, "b": 3})
+    (tmp_path / "d" / "broken").mkdir()
+    (tmp_path / "d" / "broken" / "x.png").write_bytes(b"not an image")
+    load_own_data(tmp_path / "d", progress=False, skip_bad=True)
+    assert "no images" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a newline in a file name")
+def test_a_data_path_with_a_newline_keeps_every_message_on_one_line(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "sp ace\nnl"
+    class_folder(data, {"a": 6, "b": 6})
+    (data / "a" / "bad.png").write_bytes(b"not an image")
+    run = tmp_path / "run\nx"
+    assert main(["train", "--data", str(data), "--out", str(run), "--skip-bad", "--epochs", "1", "--device", "cpu",
+                 "--no-artifacts"]) == 0
+    err = capsys.readouterr().err
+    assert "sp ace\\nnl" in err and "run\\nx" in err
+    assert all("sp ace" not in line or "sp ace\\nnl" in line for line in err.splitlines())
+    assert not any(line.startswith("nl") or line.startswith("x/") for line in err.splitlines())

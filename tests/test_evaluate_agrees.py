@@ -68,6 +68,16 @@ def test_settings_the_discretized_logistic_would_mislabel_or_ignore_are_refused(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous-bernoulli"])
+@pytest.mark.parametrize("flags", [["--sigma", "2"], ["--learn-sigma"]])
+def test_a_sigma_a_likelihood_has_no_use_for_is_refused(likelihood: str, flags: list[str], tmp_path: Path,
+                                                        capsys) -> None:
+    code = main(["train", "--likelihood", likelihood, *flags, "--out", str(tmp_path / "run"), *QUICK])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and f"--likelihood {likelihood} has no sigma" in line and f"drop {flags[0]}" in line
+    assert not (tmp_path / "run").exists()
+
+
 def test_evaluating_a_discretized_logistic_run_on_binarized_images_is_refused(tiny_data: Path, tmp_path: Path,
                                                                                capsys) -> None:
     run = make_run(tmp_path / "run", tiny_data, preset="mlp", hidden=[16], likelihood="discretized-logistic",

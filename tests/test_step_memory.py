@@ -62,7 +62,7 @@ def _folder(root: Path, n: int = 4) -> Path:
     return root
 
 
-def test_a_huge_image_size_is_refused_as_the_data_in_one_line(tmp_path: Path,
+def test_a_huge_image_size_is_refused_as_the_data_in_one_line(tmp_path: Path, hermetic_data: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     data = _folder(tmp_path / "d")
     out = tmp_path / "run"
@@ -71,7 +71,21 @@ def test_a_huge_image_size_is_refused_as_the_data_in_one_line(tmp_path: Path,
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
     assert code == 2, line
     assert "4096x4096" in line and "--image-size" in line and "out of memory" not in line
-    assert not (out / "model.safetensors").exists()
+    assert not out.exists(), "a refused run leaves no folder behind"
+    assert not list(hermetic_data.rglob("*.npy")), "refused before decoding: nothing was cached"
+
+
+def test_a_step_too_large_for_images_of_their_own_size_leaves_no_run_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --image-size the size is known once the folder is read; the refusal still leaves nothing."""
+    import vaekit.data.memory as memory
+
+    data = _folder(tmp_path / "d")
+    monkeypatch.setattr(memory, "available_bytes", lambda: 5_000_000)
+    out = tmp_path / "new" / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), "--quiet", "--device", "cpu"]) == 2
+    assert "16x16 images" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_the_check_uses_the_memory_available(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -280,18 +280,17 @@ class TrainConfig:
             raise ConfigError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
         if not (self.sigma > 0 and self.sigma < float("inf")):
             raise ConfigError(f"sigma must be a positive finite number (got {self.sigma!r})")
-        if self.likelihood == "discretized-logistic":
-            # It models the 256 levels of 8-bit pixels with scales of its own: binarized pixels would get an
-            # "8-bit" bits/dim that is not one, and a sigma would be silently unused.
-            if self.binarize != "none":
-                raise ConfigError(f"--likelihood discretized-logistic models 8-bit pixels, not the binary ones of "
-                                  f"--binarize {self.binarize}: drop --binarize, or use --likelihood bernoulli")
-            if self.learn_sigma or self.sigma != 1.0:
-                flag = "--learn-sigma" if self.learn_sigma else "--sigma"
-                raise ConfigError(f"{flag} sets the gaussian likelihood's sigma; the discretized logistic always "
-                                  f"learns its own per-pixel scales: drop {flag}")
-        elif self.learn_sigma and self.likelihood != "gaussian":
-            raise ConfigError(f"a learned sigma needs --likelihood gaussian (got {self.likelihood!r})")
+        # The discretized logistic models the 256 levels of 8-bit pixels: binarized pixels would get an "8-bit"
+        # bits/dim that is not one.
+        if self.likelihood == "discretized-logistic" and self.binarize != "none":
+            raise ConfigError(f"--likelihood discretized-logistic models 8-bit pixels, not the binary ones of "
+                              f"--binarize {self.binarize}: drop --binarize, or use --likelihood bernoulli")
+        if self.likelihood != "gaussian" and (self.learn_sigma or self.sigma != 1.0):
+            flag = "--learn-sigma" if self.learn_sigma else "--sigma"
+            has = ("learns its own per-pixel scales" if self.likelihood == "discretized-logistic"
+                   else "has no sigma")
+            raise ConfigError(f"{flag} sets the gaussian likelihood's sigma; --likelihood {self.likelihood} {has}: "
+                              f"drop {flag}, or use --likelihood gaussian")
 
     def _validate_data(self) -> None:
         if self.data is not None and (self.dataset is not None or self.data_dir is not None):
@@ -313,10 +312,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """A stored run's settings. Runs trained before the discretized logistic refused ``sigma`` and
-        ``learn_sigma`` may record them; it never used them (it learns its own scales), so they load as unset."""
+        """A stored run's settings. Runs trained before a likelihood other than the gaussian refused ``sigma``
+        and ``learn_sigma`` may record them; it never used them, so they load as unset."""
         cfg = cls(**_known(cls, d))
-        if cfg.likelihood == "discretized-logistic":
+        if cfg.likelihood != "gaussian":
             cfg.sigma, cfg.learn_sigma = TrainConfig.sigma, TrainConfig.learn_sigma
         return cfg
 

@@ -130,7 +130,8 @@ def split_report(raw: RawData, test: Any, test_fraction: float) -> dict[str, Any
 
 def _print_split(report: dict[str, Any]) -> None:
     how = (f"held out by a hash of each image's pixels, test fraction {report['test_fraction']}"
-           if report["split"] == "random" else "as given by its split folders")
+           if report["split"] == "random"
+           else "as given by its split folders" if report["kind"] == "folder" else "as given by its x_train/x_test")
     print(printable(f"{report['path']}: {report['n_train']:,} train, {report['n_test']:,} test ({how})"))
     if report["classes"] is not None:
         width = max(len("class"), *(len(name) for name in report["classes"]))

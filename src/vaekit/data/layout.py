@@ -141,4 +141,33 @@ def plan_folder(root: Path) -> FolderPlan:
                           f"the data (e.g. {runs[0]}/): a run's figures are not training data")
     if given:
         plan.n_given_train = len(parts[0][0].entries)
+    plan.notes += _class_notes(root, prefixes or [""], parts, names)
     return plan
+
+
+def _class_notes(root: Path, prefixes: list[str], parts: list[tuple[Any, list[str | None]]],
+                 names: list[str] | None) -> list[str]:
+    """One line for class folders that hold no image, and one for classes found only in the test split:
+    neither stops the data from being read, but either is usually a mistake the user wants to hear of."""
+    if names is None:
+        return []
+    notes = []
+    for prefix, (_, classes) in zip(prefixes, parts, strict=True):
+        try:
+            with os.scandir(root / prefix if prefix else root) as it:
+                folders = {e.name for e in it if not e.name.startswith(".") and e.is_dir() and split_of(e.name) is None}
+        except OSError:
+            continue
+        listing = parts[prefixes.index(prefix)][0]
+        elsewhere = {rel[len(prefix):].split("/", 1)[0] for rel in [*listing.runs, *(r for r, _ in listing.bad)]}
+        empty = sorted(folders - set(classes) - elsewhere)
+        if empty and not (prefix == "" and len(prefixes) > 1):
+            shown = ", ".join(f"{prefix}{name}/" for name in empty[:3])
+            notes.append(f"{root}: {len(empty):,} class folder{'s hold' if len(empty) > 1 else ' holds'} no "
+                         f"images ({shown}) and {'are' if len(empty) > 1 else 'is'} left out")
+    if len(parts) == 2:
+        test_only = sorted(set(parts[1][1]) - set(parts[0][1]) - {None})
+        if test_only:
+            notes.append(f"{root}: class{'es' if len(test_only) > 1 else ''} {', '.join(test_only[:3])} "
+                         f"{'have' if len(test_only) > 1 else 'has'} test images but no training images")
+    return notes

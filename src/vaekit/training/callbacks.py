@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from vaekit import run as runs
 from vaekit.config import ConfigError
+from vaekit.text import printable
 from vaekit.training.checkpoint import TrainState, save_checkpoint
 from vaekit.training.trainer import Trainer
 
@@ -273,5 +274,5 @@ def default_callbacks(progress: bool, tensorboard: bool, run_dir: Path, patience
 
 
 def log(msg: str) -> None:
-    """A progress line on stderr that does not break the tqdm bar."""
-    tqdm.write(msg, file=sys.stderr)
+    """A progress line on stderr that does not break the tqdm bar (paths in it shown on one line: see printable)."""
+    tqdm.write(printable(msg), file=sys.stderr)

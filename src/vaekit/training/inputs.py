@@ -8,8 +8,11 @@ commands rebuild exactly the same images and split; it is stored in config.json'
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from vaekit import run as runs
 from vaekit.config import OWN_VAL_FRACTION, TrainConfig
@@ -26,19 +29,23 @@ from vaekit.data.validation import (
 from vaekit.errors import RunFolderError
 from vaekit.model import model_config
 from vaekit.training import distributed
+from vaekit.training.memory import check_step_fits
 from vaekit.training.messages import warn
+from vaekit.training.modelchoice import model_config_for, preset_for
 from vaekit.training.setup import Stored, remove_created
 
 SKIPPED = "skipped_files.txt"  # with --skip-bad: the images left out, one "path<TAB>problem" per line
 
 
 def read_data(config: TrainConfig, run_dir: Path, ctx: distributed.DistContext, data: Any,
-              stored: Stored | None) -> tuple[Splits, dict[str, Any] | None, Validation | None]:
+              stored: Stored | None, device: torch.device) -> tuple[Splits, dict[str, Any] | None, Validation | None]:
     """Create the run folder (so an unwritable --out fails first), then read the data.
 
     Returns the splits (their training images without the validation images), for your own images the
     record that rebuilds them (``None`` for a named dataset), and the validation split (``None``: none).
-    A failure removes the folders this created: a run that never started leaves nothing behind.
+    A failure removes the folders this created: a run that never started leaves nothing behind. A training
+    step too large for the memory fails here too: before decoding when ``--image-size`` already tells, else
+    once the images' size is known.
     """
     if config.model is not None:  # bad model settings fail before the data is read
         model_config(config.model, config.zdim, config.hidden, config.activation)
@@ -46,7 +53,11 @@ def read_data(config: TrainConfig, run_dir: Path, ctx: distributed.DistContext, 
     try:
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
+        if config.image_size is not None and stored is None:
+            side, grey = config.image_size, config.channels in (None, 1)  # grey: the smallest it can be
+            _check_fits(config, (side, side) if grey else (side, side, 3), device)
         splits, own = _load(config, data, stored)
+        _check_fits(config, tuple(splits.train_images.shape[1:]), device)
         splits, val = _carve(splits, val_fraction(config, own is not None, stored), stored)
         splits = binarize_splits(splits, config.binarize, config.binarize_seed)
         val = binarize_validation(val, config.binarize, config.binarize_seed)
@@ -57,6 +68,12 @@ def read_data(config: TrainConfig, run_dir: Path, ctx: distributed.DistContext, 
         remove_created(missing)
         raise
     return splits, own, val
+
+
+def _check_fits(config: TrainConfig, shape: tuple[int, ...], device: torch.device) -> None:
+    """Refuse a training step on images of ``shape`` that cannot fit the device's memory (one line, exit 2)."""
+    model = config.model or preset_for(shape)
+    check_step_fits(model_config_for(replace(config, model=model), shape), config.batch_size, device)
 
 
 def val_fraction(config: TrainConfig, own_data: bool, stored: Stored | None) -> float:

@@ -9,10 +9,15 @@ from vaekit.data import Splits
 from vaekit.model import model_config
 
 
+def preset_for(shape: tuple[int, ...]) -> str:
+    """The preset for images of ``shape`` when none is named: the post's ``seed`` for 28x28 grey, else ``conv``."""
+    return "seed" if tuple(shape) == (28, 28) else "conv"
+
+
 def default_model(splits: Splits, announce: bool) -> str:
     """The post's ``seed`` model for 28x28 grey images; otherwise ``conv``, which fits any size, said once."""
     shape = tuple(splits.train_images.shape[1:])
-    if shape == (28, 28):
+    if preset_for(shape) == "seed":
         return "seed"
     if announce:
         size = "x".join(map(str, shape[:2])) + (" colour" if len(shape) == 3 else " grey")

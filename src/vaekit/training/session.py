@@ -30,7 +30,6 @@ from vaekit.training.callbacks import Callback, default_callbacks, log
 from vaekit.training.checkpoint import TrainState, load_checkpoint
 from vaekit.training.inputs import data_description, read_data, report_skipped
 from vaekit.training.loop import fit
-from vaekit.training.memory import check_step_fits
 from vaekit.training.messages import warn
 from vaekit.training.modelchoice import default_model, model_config_for
 from vaekit.training.optim import is_fused, make_adam
@@ -66,13 +65,12 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
         device = ctx.device or resolve_device(config.device)
         precision.resolve(config.precision, device)  # fp16 away from CUDA fails here, before the data is read
         extra = default_callbacks(config.progress, config.tensorboard, run_dir, config.patience) + list(callbacks)
-        splits, own, val = read_data(config, run_dir, ctx, data, stored)
+        splits, own, val = read_data(config, run_dir, ctx, data, stored, device)
         config = replace(config, model=config.model or default_model(splits, ctx.is_main),
                          val_fraction=val.fraction if val is not None else 0.0)
         config = settle_budget(config, len(splits.train_images), val is not None, stored is None,
                                ctx.is_main and config.progress)
         mcfg = model_config_for(config, tuple(splits.train_images.shape[1:]))
-        check_step_fits(mcfg, config.batch_size, device)
         with folder_held(run_dir, config, resume, ctx):
             t = build_trainer(config, mcfg, splits, run_dir, device, ctx,
                               val_images=None if val is None else val.images)
@@ -141,6 +139,7 @@ def _restore(t: Trainer, stored_epochs: int) -> None:
     t.schedule = replace(t.schedule, **heading).extended(t.config.epochs * spe, t.state.global_step)
     if t.config.progress:
         log(f"resuming {t.run_dir} at epoch {t.state.epoch + 1}, step {t.state.step_in_epoch}"
-            if t.state.epoch < t.config.epochs else f"finishing {t.run_dir}: writing its weights, summary and figures")
+            if t.state.epoch < t.config.epochs
+            else f"finishing {t.run_dir}: writing its weights and summary{' and figures' * t.config.artifacts}")
 
 
