@@ -189,11 +189,14 @@ def test_data_too_large_for_memory_is_refused_before_decoding(tmp_path: Path, mo
 
     monkeypatch.setattr(vaekit.data.folder, "_decode_all", never)
     monkeypatch.setattr(memory_module, "available_bytes", lambda: 10 << 20)
+    with pytest.raises(BadInputError) as refused:
+        load_own_data(tmp_path, image_size=8192, progress=False)
+    assert "the 3 decoded 8192x8192 images would take 604.0 MB, more than the 10.5 MB of memory available; pass a " \
+           "smaller --image-size" in one_line(refused)
+    # Training refuses it even sooner, from the size of a training step on such images.
     code, err = run_cli(["train", "--data", str(tmp_path), "--image-size", "8192", "--out", str(tmp_path / "run"),
                          "--quiet"], capsys)
-    assert code == 2
-    assert "the 3 decoded 8192x8192 images would take 604.0 MB, more than the 10.5 MB of memory available; pass a " \
-           "smaller --image-size" in last_line(err)
+    assert code == 2 and "--image-size" in last_line(err)
     assert not (tmp_path / "run").exists()
 
 
