@@ -209,6 +209,10 @@ class TrainConfig:
     progress: bool = True
     artifacts: bool = True  # draw the figures and write the explorer and report at the end
     tensorboard: bool = False  # also log per-epoch scalars to RUN/tensorboard/ (needs the tensorboard package)
+    # Stabilisers of deep hierarchies (VDVAE's): all off by default, so a run without them is unchanged.
+    grad_clip: float = 0.0  # clip the global gradient norm to this (0: no clipping)
+    skip_threshold: float = 0.0  # skip an update whose gradient norm exceeds this (0: never skip)
+    ema: float = 0.0  # rate of an exponential moving average of the weights used for evaluation (0: none)
 
     def validate(self) -> None:
         _positive_int("epochs", self.epochs, MAX_EPOCHS)
@@ -248,6 +252,21 @@ class TrainConfig:
             raise ConfigError(f"lr_warmup must be a finite number of epochs >= 0 (got {self.lr_warmup!r})")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        self._validate_stabilisers()
+
+    def _validate_stabilisers(self) -> None:
+        """Clipping, skipping and the weight average: numbers in range, and not with a loss scaler, whose scaled
+        gradients would be clipped and measured at the wrong scale."""
+        for name in ("grad_clip", "skip_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ConfigError(f"{name} must be a finite number >= 0, 0 for off (got {_short(value)})")
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
+            raise ConfigError(f"ema must be a rate from 0 (off) up to, not including, 1 (got {_short(self.ema)})")
+        if self.precision == "fp16" and (self.grad_clip or self.skip_threshold):
+            flag = "--grad-clip" if self.grad_clip else "--skip-threshold"
+            raise ConfigError(f"{flag} measures unscaled gradients; fp16's loss scaling scales them: use "
+                              f"--precision bf16 or fp32")
 
     def _validate_likelihood(self) -> None:
         """The likelihood and the settings that belong to it; a setting it would ignore is refused, not dropped."""

@@ -153,6 +153,15 @@ def _optimization_flags(g: argparse._ArgumentGroup) -> None:
                    help="on CUDA, dispatch every step from the host instead of replaying a recorded CUDA graph")
     g.add_argument("--detect-anomaly", action="store_true", default=None,
                    help="find the operation that produced a NaN (slow; for debugging)")
+    g.add_argument("--grad-clip", type=_number(float, 0.0, what="a number >= 0"), metavar="NORM",
+                   help="clip the global gradient norm to NORM before each update (default 0: off)")
+    g.add_argument("--skip-threshold", type=_number(float, 0.0, what="a number >= 0"), metavar="NORM",
+                   help="skip any update whose gradient norm exceeds NORM, counted as skipped_updates in "
+                        "summary.json (default 0: off)")
+    g.add_argument("--ema", type=_number(float, 0.0, what="a rate from 0 up to 1"), metavar="RATE",
+                   help="keep an exponential moving average of the weights at RATE (e.g. 0.999), evaluated, "
+                        "sampled and saved as model.safetensors; the trained weights stay in the checkpoint "
+                        "(default 0: off)")
 
 
 def _run_flags(g: argparse._ArgumentGroup) -> None:
@@ -175,7 +184,7 @@ _FIELDS = (
     "lr", "zdim", "model", "width", "hidden", "activation", "likelihood", "sigma", "learn_sigma", "device", "seed",
     "checkpoint_every", "grid_size", "grid_spacing", "detect_anomaly", "objective", "k", "beta", "kl_warmup",
     "binarize", "precision", "compile", "fused_step", "cuda_graph", "lr_schedule", "lr_warmup", "recipe", "artifacts",
-    "tensorboard", "val_fraction",
+    "tensorboard", "val_fraction", "grad_clip", "skip_threshold", "ema",
 )
 
 

@@ -135,12 +135,13 @@ class Checkpointer(Callback):
 
     def on_save_point(self, trainer: Trainer, state: TrainState) -> None:
         if trainer.ctx.is_main:
-            save_checkpoint(trainer.run_dir, trainer.model, trainer.opt, trainer.gens, trainer.epoch_shuffle, state)
+            save_checkpoint(trainer.run_dir, trainer.model, trainer.opt, trainer.gens, trainer.epoch_shuffle, state,
+                            trainer.average)
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
         if trainer.ctx.is_main:
             self.on_save_point(trainer, trainer.state)
-            runs.save_weights(trainer.run_dir, trainer.model)
+            runs.save_weights(trainer.run_dir, trainer.eval_model)
 
 
 class MetricsCSV(Callback):

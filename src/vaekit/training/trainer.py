@@ -17,6 +17,7 @@ from vaekit.model import VAE
 from vaekit.training.checkpoint import TrainState
 from vaekit.training.distributed import DistContext
 from vaekit.training.schedule import LRSchedule
+from vaekit.training.stabilise import WeightAverage
 from vaekit.training.step import TrainStep
 
 
@@ -57,3 +58,14 @@ class Trainer:
     ctx: DistContext
     device: torch.device
     epoch_shuffle: Tensor  # the shuffle generator's state at the start of the current epoch
+    ema: WeightAverage | None = None  # the weight average of --ema
+
+    @property
+    def eval_model(self) -> VAE:
+        """The weights evaluated, saved as model.safetensors and drawn from: the average with --ema."""
+        return self.model if self.ema is None else self.ema.model  # type: ignore[return-value]
+
+    @property
+    def average(self) -> VAE | None:
+        """The model holding the weight average, for the checkpoint (None without --ema)."""
+        return None if self.ema is None else self.ema.model  # type: ignore[return-value]
