@@ -75,8 +75,20 @@ PRESETS: dict[str, dict] = {
         activation="leaky_relu",
         skip_first_decoder_activation=False,
     ),
+    # A hierarchical VAE after VDVAE/NVAE (model/hierarchical.py): residual blocks bottom-up and top-down at
+    # four resolutions (28 -> 14 -> 7 -> 4; 32 -> 16 -> 8 -> 4), latent groups of zdim channels per position,
+    # latent_groups of them per level from the coarsest (1 at 4x4, 2 at 7x7, 2 at 14x14, none at full size).
+    "hvae": dict(
+        architecture="hierarchical",
+        zdim=4,
+        encoder_hidden=[32, 64, 64, 64],
+        decoder_hidden=[64, 64, 64, 32],
+        latent_groups=[1, 2, 2, 0],
+        activation="gelu",
+        skip_first_decoder_activation=False,
+    ),
 }
-ARCHITECTURES = ("mlp", "conv")
+ARCHITECTURES = ("mlp", "conv", "hierarchical")
 
 
 @dataclass
@@ -100,6 +112,8 @@ class ModelConfig:
     # starting at log(sigma_init); stored here so config.json alone rebuilds the parameter.
     learn_sigma: bool = False
     sigma_init: float = 1.0
+    # Hierarchical only: latent groups per level of encoder_hidden, from the coarsest level (the first >= 1).
+    latent_groups: list[int] = field(default_factory=list)
 
     @property
     def input_dim(self) -> int:
@@ -124,6 +138,16 @@ class ModelConfig:
             raise ConfigError(f"image_shape must be (H, W) or (H, W, 3) with positive sizes (got {self.image_shape!r})")
         if not (isinstance(self.sigma_init, (int, float)) and 0 < self.sigma_init < float("inf")):
             raise ConfigError(f"sigma_init must be a positive finite number (got {self.sigma_init!r})")
+        if self.architecture == "hierarchical":
+            self._validate_groups()
+
+    def _validate_groups(self) -> None:
+        """A hierarchy's latent groups: one count per level, the coarsest level holding the first group."""
+        g = self.latent_groups
+        if (not isinstance(g, list) or len(g) != len(self.encoder_hidden) or not g
+                or not all(_int_between(n, 0, 64) for n in g) or g[0] < 1):
+            raise ConfigError(f"latent_groups must give 0 to 64 groups for each of the {len(self.encoder_hidden)} "
+                              f"levels, at least one at the coarsest (got {_short(g)})")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -131,6 +155,7 @@ class ModelConfig:
         cfg.image_shape = tuple(int(v) for v in cfg.image_shape)
         cfg.encoder_hidden = list(cfg.encoder_hidden)
         cfg.decoder_hidden = list(cfg.decoder_hidden)
+        cfg.latent_groups = list(cfg.latent_groups)
         return cfg
 
 

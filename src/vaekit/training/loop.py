@@ -94,7 +94,7 @@ def train_epoch(t: Trainer, epoch: int, stop: StopFlag, cbs: Callback) -> bool:
         if t.schedule.scheduled:
             for group in t.opt.param_groups:
                 group["lr"] = t.schedule.at(t.state.global_step)
-        noise = draw_noise(t.gens, t.config, rows, t.model.zdim, x.shape[1], t.device, keep)
+        noise = draw_noise(t.gens, t.config, rows, t.model.latent_size, x.shape[1], t.device, keep)
         weight = kl_weight(t.config.beta, t.config.kl_warmup, epoch - 1 + step / spe)
         loss = t.step(x, noise, weight, step + 1)
         step += 1
