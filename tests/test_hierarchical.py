@@ -146,3 +146,48 @@ def test_iwae_objective_and_nll_on_a_run(tiny_data: Path, tmp_path: Path) -> Non
     run = vaekit.train(_cfg(tiny_data, epochs=1, objective="iwae", k=3, binarize="dynamic"), tmp_path / "r")
     out = vaekit.evaluate_run(run.path, nll=True, samples=4, save=False)
     assert math.isfinite(out["nll"]) and out["nll"] <= out["nll_neg_elbo"] + 1e-6
+
+
+def test_figures_report_and_explorer_of_a_hierarchy(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    import json as _json
+    import threading
+    import urllib.request
+
+    from vaekit.artifacts.explorer import build_explorer, make_server, runs_in_page, torch_decoder
+    from vaekit.cli import main
+
+    run = vaekit.train(_cfg(tiny_data, epochs=1, artifacts=True, grid_size=3), tmp_path / "r")
+    for name in ("latent_grid.png", "samples.png", "reconstructions.png", "explorer.html", "report.html"):
+        assert (run.path / name).stat().st_size > 0, name
+    assert "hierarchical" in (run.path / "report.html").read_text()
+    page = (run.path / "explorer.html").read_text()
+    assert '"decodeUrl":"/decode"' in page and "--serve" in page
+    assert main(["explore", str(run.path), "--data-dir", str(tiny_data)]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vaekit explore:")]
+    assert len(said) == 1 and "--serve" in said[0]  # one line says where the decoder runs
+    model = vaekit.load_model(run.path)
+    assert not runs_in_page(model)
+    server = make_server(build_explorer(run, _Splits(tiny_data)).encode(), 0, decoder=torch_decoder(model))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        z = [0.5] * model.zdim
+        req = urllib.request.Request(f"http://127.0.0.1:{server.server_address[1]}/decode",
+                                     data=_json.dumps(z).encode(), method="POST")
+        got = torch.tensor(_json.loads(urllib.request.urlopen(req, timeout=10).read()))
+    finally:
+        server.shutdown()
+        server.server_close()
+    with torch.no_grad():
+        want = torch.sigmoid(model.decode(torch.tensor([z])))[0]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+class _Splits:
+    """The test split of the tiny data, as the explorer reads it."""
+
+    def __init__(self, data: Path) -> None:
+        from vaekit.data import load_splits
+
+        s = load_splits("mnist", data)
+        self.test_images, self.test_labels, self.name = s.test_images[:50], s.test_labels[:50], "mnist"
