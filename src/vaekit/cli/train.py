@@ -105,9 +105,9 @@ def _data_flags(g: argparse._ArgumentGroup) -> None:
 def _model_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--model", choices=tuple(PRESETS), help="model preset: seed (the post's MLP, default for 28x28 "
                    "grey images), mlp, burda (the IWAE paper's 2x200 tanh, zdim 50), pytorch-example (400 ReLU, zdim "
-                   "20), conv (convolutional, any size, zdim 32; default for other images) or pytorch-vae-vanilla "
-                   "(after PyTorch-VAE's VanillaVAE for 64x64 colour, zdim 128) or hvae (hierarchical, VDVAE-style: latent groups "
-                   "at several resolutions, zdim channels per group)")
+                   "20), conv (convolutional, any size, zdim 32; default for other images), pytorch-vae-vanilla "
+                   "(after PyTorch-VAE's VanillaVAE for 64x64 colour, zdim 128) or hvae (hierarchical, VDVAE-style: "
+                   "latent groups at several resolutions, zdim channels per group)")
     g.add_argument("--zdim", type=positive_int, help="latent dimensions (default: the preset's, 2 for seed)")
     g.add_argument("--width", type=positive_float, help="channel multiplier of the conv presets (default 1)")
     g.add_argument("--hidden", type=_hidden, help="hidden sizes in encoder order, e.g. 512,256, mirrored by the "
