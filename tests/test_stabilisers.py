@@ -121,3 +121,24 @@ def test_settings_are_checked_and_the_plan_names_them() -> None:
     assert "clipped to 2" in line and "above 100 skipped" in line and "rate 0.999" in line
     assert "clipped" not in choose_plan(TrainConfig(), model, torch.device("cpu")).line()
     assert not choose_plan(cfg, model, torch.device("cuda")).graph
+
+
+def test_flags_set_the_stabilisers() -> None:
+    from vaekit.cli import build_parser
+    from vaekit.cli.train import config_from_args
+
+    args = build_parser().parse_args(["train", "--grad-clip", "200", "--skip-threshold", "3000", "--ema", "0.999"])
+    config, given = config_from_args(args)
+    assert (config.grad_clip, config.skip_threshold, config.ema) == (200.0, 3000.0, 0.999)
+    assert {"grad_clip", "skip_threshold", "ema"} <= set(given)
+    assert config_from_args(build_parser().parse_args(["train"]))[0].ema == 0.0
+
+
+def test_hand_written_step_clips_like_autograd(tiny_data: Path, tmp_path: Path) -> None:
+    """Clipping acts on the gradients whichever way they were computed: the same weights either way."""
+    kw = dict(epochs=1, grad_clip=50.0, ema=0.9)
+    fused = vaekit.train(_cfg(tiny_data, **kw), tmp_path / "a")
+    auto = vaekit.train(_cfg(tiny_data, fused_step=False, **kw), tmp_path / "b")
+    a, b = load_file(fused.path / runs.WEIGHTS), load_file(auto.path / runs.WEIGHTS)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
