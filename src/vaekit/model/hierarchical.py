@@ -75,6 +75,11 @@ def hierarchy_groups(image_shape: tuple[int, ...], channels: list[int], groups: 
     return [Group(level, zdim, *sizes[level]) for level, n in enumerate(groups) for _ in range(n)]
 
 
+def _wide(t: Tensor) -> Tensor:
+    """``t`` in float32 when autocast computed it in a narrower type (float32 and float64 stay as they are)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 class ResBlock(nn.Module):
     """x + conv3x3(act(conv3x3(act(x)))), the last convolution scaled down so a deep stack starts near identity."""
 
@@ -171,14 +176,15 @@ class TopDown(nn.Module):
         ``eps``, or the prior mean (temperature 0) where ``eps`` is None."""
         h = self.start.expand(n, -1, -1, -1)
         parts = self._split(eps) if eps is not None else [None] * len(self.groups)
-        kl = log_q = log_p = h.new_zeros(n)
+        kl = log_q = log_p = torch.zeros(n, device=h.device, dtype=torch.promote_types(h.dtype, torch.float32))
         i = 0
         for level in range(len(self.sizes)):
             while i < len(self.groups) and self.groups[i].level == level:
                 step, g = self.steps[i], self.groups[i]
                 p_mean, p_logvar = step.prior_params(h)
-                if acts is not None:
-                    q_mean, q_logvar = step.posterior_params(h, acts[level])
+                if acts is not None:  # the terms in float32 also under autocast (a no-op in float32)
+                    p_mean, p_logvar = _wide(p_mean), _wide(p_logvar)
+                    q_mean, q_logvar = (_wide(t) for t in step.posterior_params(h, acts[level]))
                     z = q_mean + torch.exp(0.5 * q_logvar) * parts[i]
                     kl = kl + gaussian_kl_between(q_mean, q_logvar, p_mean, p_logvar).flatten(1).sum(-1)
                     log_q = log_q + diagonal_normal_log_prob(z.flatten(1), q_mean.flatten(1), q_logvar.flatten(1))
@@ -193,7 +199,7 @@ class TopDown(nn.Module):
             h = self.level_blocks[level](h)
             if level + 1 < len(self.sizes):
                 h = self.up[level](F.interpolate(h, size=self.sizes[level + 1], mode="nearest"))
-        return LatentPass(self.out(h), kl, log_q, log_p)
+        return LatentPass(_wide(self.out(h)), kl, log_q, log_p)
 
     def first_posterior(self, acts: list[Tensor]) -> tuple[Tensor, Tensor]:
         """(mean, log-variance) of q(z_1|x), flattened per image: the first group sees only the constant start."""
