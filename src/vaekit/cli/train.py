@@ -155,7 +155,8 @@ def _optimization_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--detect-anomaly", action="store_true", default=None,
                    help="find the operation that produced a NaN (slow; for debugging)")
     g.add_argument("--grad-clip", type=_number(float, 0.0, what="a number >= 0"), metavar="NORM",
-                   help="clip the global gradient norm to NORM before each update (default 0: off)")
+                   help="clip the global gradient norm (of the loss summed over the batch) to NORM before each update "
+                        "(default 0: off)")
     g.add_argument("--skip-threshold", type=_number(float, 0.0, what="a number >= 0"), metavar="NORM",
                    help="skip any update whose gradient norm exceeds NORM, counted as skipped_updates in "
                         "summary.json (default 0: off)")
