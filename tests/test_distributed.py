@@ -133,8 +133,8 @@ def test_two_processes_validate_as_one(tmp_path: Path) -> None:
     np.save(array, make_digits(300, seed=3)[0])
     single = vaekit.train(TrainConfig(epochs=2, batch_size=64, device="cpu", progress=False, artifacts=False),
                           tmp_path / "single", data=array)
-    _torchrun(["--data", str(array), "--recipe", "post", "--batch-size", "64", "--epochs", "2", "--no-artifacts", "--out",
-               str(tmp_path / "ddp")], tmp_path)
+    _torchrun(["--data", str(array), "--recipe", "post", "--batch-size", "64", "--epochs", "2", "--no-artifacts",
+               "--out", str(tmp_path / "ddp")], tmp_path)
     ddp = vaekit.load_run(tmp_path / "ddp")
     assert ddp.data["n_val"] == single.data["n_val"] > 0 and ddp.summary["world_size"] == 2
     for a, b in zip(single.metrics, ddp.metrics, strict=True):

@@ -125,11 +125,14 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 @pytest.mark.usefixtures("scripted_val")
-def test_early_stopping_stops_and_keeps_the_best_epochs_weights(array_file: Path, tmp_path: Path) -> None:
-    run = vaekit.train(_config(), tmp_path / "stopped", data=array_file)
+@pytest.mark.parametrize("extra", [{}, {"ema": 0.5}], ids=["raw", "ema"])
+def test_early_stopping_stops_and_keeps_the_best_epochs_weights(array_file: Path, tmp_path: Path,
+                                                                extra: dict[str, float]) -> None:
+    """With --ema the weights validated, kept and saved are the average's."""
+    run = vaekit.train(_config(**extra), tmp_path / "stopped", data=array_file)
     assert len(run.metrics) == 4 and run.summary["epochs"] == 4 and run.summary["best_val_epoch"] == 2
     # The same run trained for 2 epochs ends with the weights of epoch 2 (the rate is constant).
-    vaekit.train(_config(epochs=2, patience=0), tmp_path / "two", data=array_file)
+    vaekit.train(_config(epochs=2, patience=0, **extra), tmp_path / "two", data=array_file)
     assert _equal(_weights(tmp_path / "stopped"), _weights(tmp_path / "two"))
     assert _equal(_weights(tmp_path / "stopped", "best.safetensors"), _weights(tmp_path / "two"))
     # Its test numbers are those of the kept weights.

@@ -47,8 +47,13 @@ def test_mlp_preset_is_configurable() -> None:
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_builds_with_its_own_latent_size(preset: str) -> None:
     model = VAE(model_config(preset))
-    assert model.zdim == PRESETS[preset]["zdim"]
-    logits, mu, _ = model(torch.rand(2, 784), torch.zeros(2, model.zdim))
+    assert model.config.zdim == PRESETS[preset]["zdim"]
+    if model.hierarchical:  # zdim: channels per group; model.zdim: the first group's size, encode's and decode's
+        logits, (mu, _) = model.latent_pass(torch.rand(2, 784), torch.zeros(2, model.latent_size)).logits, \
+            model.encode(torch.rand(2, 784))
+    else:
+        assert model.zdim == model.latent_size == PRESETS[preset]["zdim"]
+        logits, mu, _ = model(torch.rand(2, 784), torch.zeros(2, model.zdim))
     assert logits.shape == (2, 784) and mu.shape == (2, model.zdim)
 
 

@@ -78,8 +78,20 @@ PRESETS: dict[str, dict] = {
         skip_first_decoder_activation=False,
         upsample="transposed",
     ),
+    # A hierarchical VAE after VDVAE/NVAE (model/hierarchical.py): residual blocks bottom-up and top-down at
+    # four resolutions (28 -> 14 -> 7 -> 4; 32 -> 16 -> 8 -> 4), latent groups of zdim channels per position,
+    # latent_groups of them per level from the coarsest (1 at 4x4, 2 at 7x7, 2 at 14x14, none at full size).
+    "hvae": dict(
+        architecture="hierarchical",
+        zdim=4,
+        encoder_hidden=[32, 64, 64, 64],
+        decoder_hidden=[64, 64, 64, 32],
+        latent_groups=[1, 2, 2, 0],
+        activation="gelu",
+        skip_first_decoder_activation=False,
+    ),
 }
-ARCHITECTURES = ("mlp", "conv")
+ARCHITECTURES = ("mlp", "conv", "hierarchical")
 # How a conv decoder doubles its size: 3x3 transposed convolutions with stride 2 (PyTorch-VAE's, and the conv
 # preset's before it changed), or nearest-neighbour upsampling followed by a 3x3 convolution.
 UPSAMPLING = ("transposed", "nearest")
@@ -109,6 +121,8 @@ class ModelConfig:
     # How a conv decoder goes up a level (see UPSAMPLING). A config.json without it was written when every conv
     # decoder used transposed convolutions, so that is what it rebuilds.
     upsample: str = "transposed"
+    # Hierarchical only: latent groups per level of encoder_hidden, from the coarsest level (the first >= 1).
+    latent_groups: list[int] = field(default_factory=list)
 
     @property
     def input_dim(self) -> int:
@@ -135,6 +149,16 @@ class ModelConfig:
             raise ConfigError(f"image_shape must be (H, W) or (H, W, 3) with positive sizes (got {self.image_shape!r})")
         if not (isinstance(self.sigma_init, (int, float)) and 0 < self.sigma_init < float("inf")):
             raise ConfigError(f"sigma_init must be a positive finite number (got {self.sigma_init!r})")
+        if self.architecture == "hierarchical":
+            self._validate_groups()
+
+    def _validate_groups(self) -> None:
+        """A hierarchy's latent groups: one count per level, the coarsest level holding the first group."""
+        g = self.latent_groups
+        if (not isinstance(g, list) or len(g) != len(self.encoder_hidden) or not g
+                or not all(_int_between(n, 0, 64) for n in g) or g[0] < 1):
+            raise ConfigError(f"latent_groups must give 0 to 64 groups for each of the {len(self.encoder_hidden)} "
+                              f"levels, at least one at the coarsest (got {_short(g)})")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -142,6 +166,7 @@ class ModelConfig:
         cfg.image_shape = tuple(int(v) for v in cfg.image_shape)
         cfg.encoder_hidden = list(cfg.encoder_hidden)
         cfg.decoder_hidden = list(cfg.decoder_hidden)
+        cfg.latent_groups = list(cfg.latent_groups)
         return cfg
 
 
@@ -230,6 +255,10 @@ class TrainConfig:
     progress: bool = True
     artifacts: bool = True  # draw the figures and write the explorer and report at the end
     tensorboard: bool = False  # also log per-epoch scalars to RUN/tensorboard/ (needs the tensorboard package)
+    # Stabilisers of deep hierarchies (VDVAE's): all off by default, so a run without them is unchanged.
+    grad_clip: float = 0.0  # clip the global gradient norm to this (0: no clipping)
+    skip_threshold: float = 0.0  # skip an update whose gradient norm exceeds this (0: never skip)
+    ema: float = 0.0  # rate of an exponential moving average of the weights used for evaluation (0: none)
 
     def validate(self) -> None:
         _positive_int("epochs", self.epochs, MAX_EPOCHS)
@@ -273,6 +302,21 @@ class TrainConfig:
             raise ConfigError(f"patience must be an integer number of epochs >= 0 (got {_short(self.patience)})")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        self._validate_stabilisers()
+
+    def _validate_stabilisers(self) -> None:
+        """Clipping, skipping and the weight average: numbers in range, and not with a loss scaler, whose scaled
+        gradients would be clipped and measured at the wrong scale."""
+        for name in ("grad_clip", "skip_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ConfigError(f"{name} must be a finite number >= 0, 0 for off (got {_short(value)})")
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
+            raise ConfigError(f"ema must be a rate from 0 (off) up to, not including, 1 (got {_short(self.ema)})")
+        if self.precision == "fp16" and (self.grad_clip or self.skip_threshold):
+            flag = "--grad-clip" if self.grad_clip else "--skip-threshold"
+            raise ConfigError(f"{flag} measures unscaled gradients; fp16's loss scaling scales them: use "
+                              f"--precision bf16 or fp32")
 
     def _validate_likelihood(self) -> None:
         """The likelihood and the settings that belong to it; a setting it would ignore is refused, not dropped."""

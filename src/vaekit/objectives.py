@@ -35,6 +35,14 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * torch.sum(_kl_inner(mu, logvar), dim=-1)
 
 
+def gaussian_kl_between(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
+    """KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p))) elementwise: one latent group's KL given its parents.
+
+    KL = 1/2 * (logvar_p - logvar_q + (exp(logvar_q) + (mu_q - mu_p)^2) / exp(logvar_p) - 1)
+    """
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) * torch.exp(-logvar_p) - 1)
+
+
 def gaussian_kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
     """The closed-form KL of each latent dimension, elementwise (``gaussian_kl`` is their sum per row)."""
     return -0.5 * _kl_inner(mu, logvar)

@@ -36,6 +36,8 @@ from vaekit.model.conv import ToRows
 from vaekit.text import printable
 
 MAX_POINTS = 10_000  # test means embedded in the page (MNIST's whole test set)
+DECODE_PATH = "/decode"  # where `vaekit explore --serve` decodes latents in PyTorch for a page that cannot
+MAX_DECODE_BODY = 1 << 20  # bytes of one decode request: a latent as JSON, far below this
 
 
 class ExplorerError(VaekitError):
@@ -198,10 +200,27 @@ def class_names(dataset: str | None, known: list[str] | tuple[str, ...] | None =
     return list(known or (spec.class_names if spec is not None else None) or ())
 
 
+def runs_in_page(model: VAE) -> bool:
+    """Whether the page can run ``model``'s decoder itself: a sequential one (MLP, conv), not a hierarchy's,
+    whose residual top-down pass `vaekit explore --serve` runs in PyTorch instead."""
+    return not model.hierarchical
+
+
+def remote_note(run_dir: str | os.PathLike) -> str:
+    """The one line that says where a decoder the page cannot run is run."""
+    return (f"The hierarchical decoder of this run cannot run inside the page: `vaekit explore {run_dir} --serve` "
+            "serves it, decoding in PyTorch (the first group's latent, the others at their prior means).")
+
+
 def explorer_html(model: VAE, means: np.ndarray, labels: np.ndarray, *, title: str = "", meta: str = "",
-                  dataset: str | None = None, classes: list[str] | tuple[str, ...] | None = None) -> str:
-    """The page for ``model`` with ``means`` (N, zdim) and their ``labels`` (N,) drawn on the plane."""
-    layers, weights = decoder_layers(model)
+                  dataset: str | None = None, classes: list[str] | tuple[str, ...] | None = None,
+                  note: str = "") -> str:
+    """The page for ``model`` with ``means`` (N, zdim) and their ``labels`` (N,) drawn on the plane.
+
+    A decoder the page cannot run (:func:`runs_in_page`) is left out: the page posts each latent to
+    ``DECODE_PATH`` of the server that serves it, and from disk shows ``note`` instead.
+    """
+    layers, weights = decoder_layers(model) if runs_in_page(model) else ([], b"")
     means = np.asarray(means, dtype=np.float64)[:MAX_POINTS]
     labels = np.asarray(labels).astype(np.int64)[:MAX_POINTS]
     if means.ndim != 2 or means.shape[1] != model.zdim or len(means) != len(labels):
@@ -221,6 +240,8 @@ def explorer_html(model: VAE, means: np.ndarray, labels: np.ndarray, *, title: s
         # 4 decimals is far finer than a pixel of the plane and keeps the page small
         "points": {"means": [round(float(v), 4) for v in means.ravel()], "labels": index.tolist()},
     }
+    if not runs_in_page(model):
+        data.update(decodeUrl=DECODE_PATH, remoteNote=printable(note))
     # "<" only occurs inside JSON strings, where \u003c is the same character; the page's script block
     # then can never be closed early by a title such as "</script>".
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
@@ -253,7 +274,8 @@ def build_explorer(run: runs.Run, splits: Any) -> str:
     images, labels = splits.test_images[:MAX_POINTS], splits.test_labels[:MAX_POINTS]
     means = latent_means(model, images)
     return explorer_html(model, means, labels, title=run.path.resolve().name, meta=_meta_line(run, len(means)),
-                         dataset=splits.name, classes=getattr(splits, "class_names", None))
+                         dataset=splits.name, classes=getattr(splits, "class_names", None),
+                         note=remote_note(run.path))
 
 
 def write_explorer(run: runs.Run, splits: Any, out: str | os.PathLike | None = None) -> Path:
@@ -267,9 +289,27 @@ def write_explorer(run: runs.Run, splits: Any, out: str | os.PathLike | None = N
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Answers ``/`` (and ``/index.html``, ``/explorer.html``) with the page; everything else is 404."""
+    """Answers ``/`` (and ``/index.html``, ``/explorer.html``) with the page and, with a ``decoder``, POSTs
+    to ``DECODE_PATH`` with the decoded means of the posted latent; everything else is 404."""
 
     page = b""
+    decoder: Any = None  # latent (list of floats) -> decoder means (list of floats), or None
+
+    def do_POST(self) -> None:  # noqa: N802 (the name http.server calls)
+        length = int(self.headers.get("Content-Length") or 0)
+        if self.decoder is None or self.path != DECODE_PATH or not 0 < length <= MAX_DECODE_BODY:
+            self.send_error(404 if self.decoder is None or self.path != DECODE_PATH else 400)
+            return
+        try:
+            body = json.dumps(self.decoder(json.loads(self.rfile.read(length)))).encode()
+        except (ValueError, TypeError):
+            self.send_error(400)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _answer(self, body: bool) -> None:
         if self.path.split("?", 1)[0] not in ("/", "/index.html", "/" + EXPLORER):
@@ -307,13 +347,30 @@ class PageServer(ThreadingHTTPServer):
               flush=True)
 
 
-def make_server(page: bytes, port: int, host: str = "127.0.0.1") -> PageServer:
-    """A server on ``host:port`` answering with ``page``; port 0 picks a free one.
+def torch_decoder(model: VAE) -> Any:
+    """A function from one latent (a list of ``model.zdim`` finite numbers) to the decoder's means, in PyTorch."""
+    model = model.eval()
+
+    def decode(z: Any) -> list[float]:
+        if (not isinstance(z, list) or len(z) != model.zdim
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in z)):
+            raise ValueError(f"expected a list of {model.zdim} finite numbers")
+        param = next(model.parameters())
+        with torch.inference_mode():
+            out = torch.sigmoid(model.decode(torch.tensor([z], dtype=param.dtype, device=param.device)))
+        return [round(v, 5) for v in out[0].tolist()]
+
+    return decode
+
+
+def make_server(page: bytes, port: int, host: str = "127.0.0.1", decoder: Any = None) -> PageServer:
+    """A server on ``host:port`` answering with ``page``; port 0 picks a free one. ``decoder``
+    (:func:`torch_decoder`) answers the page's decode requests when its model does not run in the page.
 
     Run it with ``serve_forever()`` (in a thread of its own to keep a notebook responsive); it answers
     until ``shutdown()``.
     """
-    handler = type("PageHandler", (_Handler,), {"page": page})
+    handler = type("PageHandler", (_Handler,), {"page": page, "decoder": staticmethod(decoder) if decoder else None})
     try:
         return PageServer((host, port), handler)
     except OSError as e:

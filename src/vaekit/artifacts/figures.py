@@ -179,6 +179,9 @@ def latent_grid_figure(model: VAE, n: int = 20, spacing: str = "linear", means: 
         ax.set_title(f"Decoder output over the first two principal directions of the test posterior means,\n"
                      f"\u00b1{GRID_BOUND:g} standard deviations around their mean (zdim {model.zdim}), "
                      f"{n}x{n} cells {where}", fontsize=10)
+    if model.hierarchical:  # what the grid's latent is, and what the groups below it are
+        ax.set_title(ax.get_title() + "\nlatent: the hierarchy's first group; every later group at its prior mean "
+                     "(temperature 0)", fontsize=10)
     return fig
 
 

@@ -233,6 +233,11 @@ _UPSAMPLING = {"transposed": "transposed convolutions",
 def model_text(m: ModelConfig) -> str:
     """The architecture in one sentence: layer widths of an MLP, channels of a convolutional model."""
     shape = "x".join(map(str, m.image_shape))
+    if getattr(m, "architecture", "mlp") == "hierarchical":
+        return (f"Model: {m.preset} preset for {shape} images, hierarchical: residual blocks bottom-up and top-down "
+                f"over {len(m.encoder_hidden)} resolutions with channels {'-'.join(map(str, m.encoder_hidden))}, "
+                f"latent groups of {m.zdim} channels per position ({'-'.join(map(str, m.latent_groups))} per "
+                f"resolution, coarsest first), {m.activation} activations.")
     if getattr(m, "architecture", "mlp") == "conv":
         return (f"Model: {m.preset} preset for {shape} images, convolutional: encoder channels "
                 f"{'-'.join(map(str, m.encoder_hidden))} (3x3, stride 2) to 2x{m.zdim}, decoder mirrored with "

@@ -36,7 +36,7 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop(signum)
 
 
-def serve(page: bytes, port: int = DEFAULT_PORT, open_browser: bool = False) -> int:
+def serve(page: bytes, port: int = DEFAULT_PORT, open_browser: bool = False, decoder: Any = None) -> int:
     """Serve ``page`` on localhost until SIGINT or SIGTERM; returns the exit status (128 + the signal).
 
     The handlers are installed for the time of serving only (the main thread's previous ones come back
@@ -46,7 +46,7 @@ def serve(page: bytes, port: int = DEFAULT_PORT, open_browser: bool = False) -> 
 
     from vaekit.artifacts.explorer import make_server
 
-    server = make_server(page, port)
+    server = make_server(page, port, decoder=decoder)
     previous = {s: signal.signal(s, _raise_stop) for s in STOP_SIGNALS}
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
@@ -96,21 +96,28 @@ def cmd_explore(args: argparse.Namespace) -> int:
     import webbrowser
 
     from vaekit.artifacts import load_inputs, write_artifacts
-    from vaekit.artifacts.explorer import ExplorerError, build_explorer
+    from vaekit.artifacts.explorer import ExplorerError, build_explorer, remote_note, runs_in_page, torch_decoder
     from vaekit.run import write_bytes
 
     if args.port is not None and not args.serve:
         raise ExplorerError("--port needs --serve")
     if not args.serve and args.out is None:
         path = write_artifacts(args.run, which=("explorer",), data_dir=args.data_dir, device=args.device)[0]
+        in_page = runs_in_page(load_inputs(args.run, device=args.device, need_data=False)[0].model)
     else:
         run, splits = load_inputs(args.run, data_dir=args.data_dir, device=args.device)
         page = build_explorer(run, splits).encode("utf-8")
+        in_page = runs_in_page(run.model)
         if args.out is not None:
             write_bytes(args.out, page)
         if args.serve:
-            return serve(page, DEFAULT_PORT if args.port is None else args.port, open_browser=args.open)
+            decoder = None if in_page else torch_decoder(run.model)
+            if decoder is not None:
+                print("vaekit explore: the hierarchical decoder runs in PyTorch behind this server", file=sys.stderr)
+            return serve(page, DEFAULT_PORT if args.port is None else args.port, args.open, decoder)
         path = Path(args.out)
+    if not in_page:
+        print(printable(f"vaekit explore: {remote_note(args.run)}"), file=sys.stderr)
     print(printable(path))
     if args.open:
         webbrowser.open(path.resolve().as_uri())

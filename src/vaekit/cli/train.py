@@ -106,8 +106,9 @@ def _data_flags(g: argparse._ArgumentGroup) -> None:
 def _model_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--model", choices=tuple(PRESETS), help="model preset: seed (the post's MLP, default for 28x28 "
                    "grey images), mlp, burda (the IWAE paper's 2x200 tanh, zdim 50), pytorch-example (400 ReLU, zdim "
-                   "20), conv (convolutional, any size, zdim 32; default for other images) or pytorch-vae-vanilla "
-                   "(after PyTorch-VAE's VanillaVAE for 64x64 colour, zdim 128)")
+                   "20), conv (convolutional, any size, zdim 32; default for other images), pytorch-vae-vanilla "
+                   "(after PyTorch-VAE's VanillaVAE for 64x64 colour, zdim 128) or hvae (hierarchical, VDVAE-style: "
+                   "latent groups at several resolutions, zdim channels per group)")
     g.add_argument("--zdim", type=positive_int, help="latent dimensions (default: the preset's, 2 for seed)")
     g.add_argument("--width", type=positive_float, help="channel multiplier of the conv presets (default 1)")
     g.add_argument("--hidden", type=_hidden, help="hidden sizes in encoder order, e.g. 512,256, mirrored by the "
@@ -164,6 +165,16 @@ def _optimization_flags(g: argparse._ArgumentGroup) -> None:
                    help="on CUDA, dispatch every step from the host instead of replaying a recorded CUDA graph")
     g.add_argument("--detect-anomaly", action="store_true", default=None,
                    help="find the operation that produced a NaN (slow; for debugging)")
+    g.add_argument("--grad-clip", type=_number(float, 0.0, what="a number >= 0"), metavar="NORM",
+                   help="clip the global gradient norm (of the loss summed over the batch) to NORM before each update "
+                        "(default 0: off)")
+    g.add_argument("--skip-threshold", type=_number(float, 0.0, what="a number >= 0"), metavar="NORM",
+                   help="skip any update whose gradient norm exceeds NORM, counted as skipped_updates in "
+                        "summary.json (default 0: off)")
+    g.add_argument("--ema", type=_number(float, 0.0, what="a rate from 0 up to 1"), metavar="RATE",
+                   help="keep an exponential moving average of the weights at RATE (e.g. 0.999), evaluated, "
+                        "sampled and saved as model.safetensors; the trained weights stay in the checkpoint "
+                        "(default 0: off)")
 
 
 def _run_flags(g: argparse._ArgumentGroup) -> None:
@@ -186,7 +197,7 @@ _FIELDS = (
     "lr", "zdim", "model", "width", "hidden", "activation", "likelihood", "sigma", "learn_sigma", "device", "seed",
     "checkpoint_every", "grid_size", "grid_spacing", "detect_anomaly", "objective", "k", "beta", "kl_warmup",
     "binarize", "precision", "compile", "fused_step", "cuda_graph", "lr_schedule", "lr_warmup", "recipe", "artifacts",
-    "tensorboard", "val_fraction", "steps", "patience",
+    "tensorboard", "val_fraction", "steps", "patience", "grad_clip", "skip_threshold", "ema",
 )
 
 

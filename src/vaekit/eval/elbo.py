@@ -14,7 +14,7 @@ from torch import Tensor
 
 from vaekit.data.tensors import to_unit
 from vaekit.model import VAE
-from vaekit.objectives import elbo_terms
+from vaekit.objectives import ELBOTerms, elbo_terms, log_likelihood
 
 EVAL_SEED = 20230801
 
@@ -41,10 +41,19 @@ def evaluate_elbo(
     n = images.shape[0]
     for i in range(0, n, batch_size):
         x = to_unit(images[i : i + batch_size].to(device, non_blocking=True))
-        eps = torch.randn((x.shape[0], model.zdim), generator=gen, dtype=x.dtype).to(device, non_blocking=True)
-        logits, mu, logvar = model(x, eps)
-        t = elbo_terms(logits, x, mu, logvar, likelihood, sigma, model.log_sigma)
+        eps = torch.randn((x.shape[0], model.latent_size), generator=gen, dtype=x.dtype).to(device, non_blocking=True)
+        t = _terms(model, x, eps, likelihood, sigma)
         totals += torch.stack([t.loss.sum(), t.recon.sum(), t.kl.sum()]).double()
     model.train(was_training)
     loss, recon, kl = (totals / n).tolist()
     return {"test_loss": loss, "test_recon": recon, "test_kl": kl}
+
+
+def _terms(model: VAE, x: Tensor, eps: Tensor, likelihood: str, sigma: float) -> ELBOTerms:
+    """One draw's ELBO terms per image; a hierarchy's KL is the sum of its groups' given their sampled parents."""
+    if model.hierarchical:
+        p = model.latent_pass(x, eps)
+        recon = -log_likelihood(likelihood, x, p.logits, sigma, model.log_sigma)
+        return ELBOTerms(loss=recon + p.kl, recon=recon, kl=p.kl)
+    logits, mu, logvar = model(x, eps)
+    return elbo_terms(logits, x, mu, logvar, likelihood, sigma, model.log_sigma)

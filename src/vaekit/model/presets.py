@@ -40,6 +40,11 @@ def model_config(
             channels = channels[: conv_levels(image_shape[0], image_shape[1], len(channels))]
         channels = [max(1, round(ch * width)) for ch in channels]
         spec["encoder_hidden"], spec["decoder_hidden"] = channels, channels[::-1]
+    if spec.get("architecture") == "hierarchical":
+        levels = len(spec["encoder_hidden"])  # --hidden may change the levels: groups kept coarsest first
+        spec["latent_groups"] = (list(spec["latent_groups"]) + [0] * levels)[:levels]
+        spec["encoder_hidden"] = [max(1, round(ch * width)) for ch in spec["encoder_hidden"]]
+        spec["decoder_hidden"] = spec["encoder_hidden"][::-1]
     cfg = ModelConfig(preset=preset, image_shape=tuple(image_shape), learn_sigma=learn_sigma,
                       sigma_init=float(sigma_init) if learn_sigma else 1.0, **spec)
     cfg.validate()

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from vaekit.config import ModelConfig
 from vaekit.model.conv import conv_decoder, conv_encoder
+from vaekit.model.hierarchical import BottomUp, LatentPass, TopDown, hierarchy_groups, params_per_pixel
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "elu": nn.ELU,
@@ -45,8 +46,11 @@ class VAE(nn.Module):
         config.validate()
         self.config = config
         self.zdim = config.zdim
+        self.hierarchical = config.architecture == "hierarchical"
         d = config.input_dim
-        if config.architecture == "conv":
+        if self.hierarchical:
+            self._build_hierarchy(config)
+        elif config.architecture == "conv":
             h, w, *c = config.image_shape
             shape, act = (h, w, c[0] if c else 1), _ACTIVATIONS[config.activation]
             self.encoder = conv_encoder(shape, config.encoder_hidden, config.zdim, act)
@@ -64,13 +68,52 @@ class VAE(nn.Module):
         else:
             self.register_parameter("log_sigma", None)
 
+    @property
+    def latent_size(self) -> int:
+        """Standard normals one pass draws per image: ``zdim`` for a flat model, every group's for a hierarchy."""
+        return self._latent_size if self.hierarchical else self.zdim
+
+    def _build_hierarchy(self, config: ModelConfig) -> None:
+        """The bottom-up encoder and top-down decoder of :mod:`vaekit.model.hierarchical`; ``zdim`` becomes the
+        first (coarsest) group's size, the latent that ``encode`` and ``decode`` speak of."""
+        h, w, *c = config.image_shape
+        shape, act = (h, w, c[0] if c else 1), _ACTIVATIONS[config.activation]
+        groups = hierarchy_groups(config.image_shape, config.encoder_hidden, config.latent_groups, config.zdim)
+        self.encoder = BottomUp(shape, config.encoder_hidden, act)
+        self.decoder = TopDown(shape, config.encoder_hidden, groups, config.zdim, act,
+                               params_per_pixel("logits", shape[2]))
+        self.zdim, self._latent_size = groups[0].dim, sum(g.dim for g in groups)
+
+    def latent_pass(self, x: Tensor, eps: Tensor) -> LatentPass:
+        """A hierarchy's pass through every latent group with the standard normals ``eps`` (batch, latent_size)
+        or (k, batch, latent_size): logits, the groups' analytic KL given their sampled parents, log q(z|x) and
+        log p(z), with the leading dimensions of ``eps``. The bottom-up pass runs once for the k draws."""
+        rows = x.reshape(-1, x.shape[-1])
+        acts = self.encoder(rows)
+        lead = eps.shape[:-1]
+        k = eps[..., 0].numel() // rows.shape[0]
+        if k > 1:
+            acts = [a.unsqueeze(0).expand(k, *a.shape).reshape(-1, *a.shape[1:]) for a in acts]
+        p = self.decoder(acts[0].shape[0], acts, eps.reshape(-1, eps.shape[-1]))
+        return LatentPass(p.logits.reshape(*lead, -1), p.kl.reshape(lead), p.log_q.reshape(lead),
+                          p.log_p.reshape(lead))
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior parameters ``(mu, logvar)`` for flattened images ``x`` in [0, 1]."""
+        """Posterior parameters ``(mu, logvar)`` for flattened images ``x`` in [0, 1] (of a hierarchy: of its
+        first group, q(z_1|x))."""
+        if self.hierarchical:
+            rows = x.reshape(-1, x.shape[-1])
+            mu, logvar = self.decoder.first_posterior(self.encoder(rows))
+            return mu.reshape(*x.shape[:-1], -1), logvar.reshape(*x.shape[:-1], -1)
         mu, logvar = torch.split(self._batched(self.encoder, x), self.zdim, dim=-1)
         return mu, logvar
 
     def decode(self, z: Tensor) -> Tensor:
-        """Per-pixel logits of p(x|z); ``torch.sigmoid`` of them is the decoded image."""
+        """Per-pixel logits of p(x|z); ``torch.sigmoid`` of them is the decoded image. For a hierarchy ``z`` is
+        the first group's and every later group is at its prior mean (temperature 0)."""
+        if self.hierarchical:
+            top = z.reshape(-1, z.shape[-1])
+            return self.decoder(top.shape[0], None, None, top).logits.reshape(*z.shape[:-1], -1)
         return self._batched(self.decoder, z)
 
     def _batched(self, body: nn.Module, rows: Tensor) -> Tensor:
@@ -88,8 +131,11 @@ class VAE(nn.Module):
         """One reparametrized pass with the standard normal draws ``eps`` (shape of ``mu``): ``(logits, mu, logvar)``.
 
         The noise is an input, drawn by the caller from its own generator, so the pass is a pure function
-        that data parallelism and ``torch.compile`` can treat like any other.
+        that data parallelism and ``torch.compile`` can treat like any other. A hierarchy's pass is
+        :meth:`latent_pass`: its KL is not that of ``(mu, logvar)`` against N(0, I).
         """
+        if self.hierarchical:
+            raise TypeError("a hierarchical VAE's pass is latent_pass(x, eps), with the KL of every group")
         mu, logvar = self.encode(x)
         return self.decode(self.reparameterize(mu, logvar, eps)), mu, logvar
 

@@ -137,12 +137,13 @@ class Checkpointer(Callback):
 
     def on_save_point(self, trainer: Trainer, state: TrainState) -> None:
         if trainer.ctx.is_main:
-            save_checkpoint(trainer.run_dir, trainer.model, trainer.opt, trainer.gens, trainer.epoch_shuffle, state)
+            save_checkpoint(trainer.run_dir, trainer.model, trainer.opt, trainer.gens, trainer.epoch_shuffle, state,
+                            trainer.average)
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
         if trainer.ctx.is_main:
             self.on_save_point(trainer, trainer.state)
-            runs.save_weights(trainer.run_dir, trainer.model)
+            runs.save_weights(trainer.run_dir, trainer.eval_model)
 
 
 class MetricsCSV(Callback):
@@ -197,7 +198,7 @@ class EarlyStopping(Callback):
         if "val_loss" not in row:
             raise ConfigError("early stopping needs a validation split (--val-fraction above 0)")
         if best_epoch(trainer.state.history) == int(row["epoch"]) and trainer.ctx.is_main:
-            runs.save_weights(trainer.run_dir, trainer.model, runs.BEST_WEIGHTS)
+            runs.save_weights(trainer.run_dir, trainer.eval_model, runs.BEST_WEIGHTS)  # the weights validated
         self._check(trainer)
 
     def _check(self, trainer: Trainer) -> None:
@@ -208,14 +209,15 @@ class EarlyStopping(Callback):
                                    f"epoch {best}")
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        """Load the best epoch's weights into the model, for the test evaluation and model.safetensors."""
+        """Load the best epoch's weights into the model evaluated (the weight average with --ema), for the test
+        evaluation and model.safetensors."""
         history = trainer.state.history
         best = best_epoch(history)
         path = trainer.run_dir / runs.BEST_WEIGHTS
         if not best or not trainer.ctx.is_main or not path.exists():
             return
         tensors, _ = runs.read_tensors(path)
-        trainer.model.load_state_dict({k: v.to(trainer.device) for k, v in tensors.items()})
+        trainer.eval_model.load_state_dict({k: v.to(trainer.device) for k, v in tensors.items()})
         if trainer.config.progress:
             why = trainer.stop_reason or f"trained {int(history[-1]['epoch'])} epochs"
             log(f"{why}; keeping the weights of epoch {best}, the best val_loss "

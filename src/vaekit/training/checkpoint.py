@@ -33,11 +33,15 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     scaler: dict[str, Any] | None = None  # the fp16 loss scaler's state (scale, growth tracker)
     lr_schedule: dict[str, Any] | None = None  # LRSchedule.state(): where the schedule is heading
+    skipped_updates: int = 0  # updates skipped for a gradient norm above --skip-threshold, over the whole run
 
 
 def _checkpoint_tensors(model: VAE, opt: torch.optim.Optimizer, gens: dict[str, torch.Generator],
-                        epoch_shuffle_state: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                        epoch_shuffle_state: torch.Tensor,
+                        average: VAE | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if average is not None:  # the weight average (--ema), continued exactly on resume
+        tensors.update({f"ema.{k}": v for k, v in average.state_dict().items()})
     sd = opt.state_dict()
     scalars: dict[str, Any] = {}
     for idx, st in sd["state"].items():
@@ -53,8 +57,9 @@ def _checkpoint_tensors(model: VAE, opt: torch.optim.Optimizer, gens: dict[str, 
 
 
 def save_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer, gens: dict[str, torch.Generator],
-                    epoch_shuffle_state: torch.Tensor, state: TrainState) -> None:
-    tensors, optim_meta = _checkpoint_tensors(model, opt, gens, epoch_shuffle_state)
+                    epoch_shuffle_state: torch.Tensor, state: TrainState, average: VAE | None = None) -> None:
+    """``average``: the model holding the weight average (--ema), saved beside the trained weights."""
+    tensors, optim_meta = _checkpoint_tensors(model, opt, gens, epoch_shuffle_state, average)
     meta = {
         "format": str(runs.FORMAT_VERSION),
         "state": json.dumps({k: v for k, v in state.__dict__.items()}),
@@ -63,12 +68,15 @@ def save_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer, gens:
     runs.write_tensors(run_dir / runs.CHECKPOINT, tensors, meta)
 
 
-def load_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer,
-                    gens: dict[str, torch.Generator]) -> tuple[TrainState, torch.Tensor]:
-    """Restore weights, optimizer and generators; returns the state and the epoch's shuffle seed state."""
+def load_checkpoint(run_dir: Path, model: VAE, opt: torch.optim.Optimizer, gens: dict[str, torch.Generator],
+                    average: VAE | None = None) -> tuple[TrainState, torch.Tensor]:
+    """Restore weights, optimizer, generators and the weight average (``average``, with --ema); returns the
+    state and the epoch's shuffle seed state."""
     path = run_dir / runs.CHECKPOINT
     tensors, meta = runs.read_tensors(path)
     runs.load_state_into(model, tensors, path, prefix="model.")
+    if average is not None:
+        runs.load_state_into(average, tensors, path, prefix="ema.")
     try:
         state = TrainState(**check_train_state(json.loads(meta["state"]), path))
         optim_meta = json.loads(meta["optimizer"])
@@ -126,7 +134,7 @@ def check_train_state(state: Any, path: Path) -> dict[str, Any]:
 
     if not isinstance(state, dict):
         raise bad(f"its training state is a JSON {type(state).__name__}, not an object")
-    for key in ("epoch", "step_in_epoch", "global_step"):
+    for key in ("epoch", "step_in_epoch", "global_step", "skipped_updates"):
         if key in state and not _nonnegative_int(state[key]):
             raise bad(f"{key} is {state[key]!r:.40}, expected an integer >= 0")
     for key in ("epoch_loss_sum", "epoch_seconds"):

@@ -96,13 +96,14 @@ def train_epoch(t: Trainer, epoch: int, stop: StopFlag, cbs: Callback) -> bool:
         if t.schedule.scheduled:
             for group in t.opt.param_groups:
                 group["lr"] = t.schedule.at(t.state.global_step)
-        noise = draw_noise(t.gens, t.config, rows, t.model.zdim, x.shape[1], t.device, keep)
+        noise = draw_noise(t.gens, t.config, rows, t.model.latent_size, x.shape[1], t.device, keep)
         weight = kl_weight(t.config.beta, t.config.kl_warmup, epoch - 1 + step / spe)
         loss = t.step(x, noise, weight, step + 1)
         step += 1
         due = bool(t.config.checkpoint_every) and (t.state.global_step + 1) % t.config.checkpoint_every == 0
         stopping = _check_step(t, step, due, epoch, stop)
-        t.step.update()
+        if not t.step.update():
+            t.state.skipped_updates += 1
         t.state.global_step += 1
         loss_sum += loss.detach()
         cbs.on_step_end(t, StepResult(step, loss, x.shape[0]))
@@ -161,7 +162,7 @@ def _test_metrics(t: Trainer) -> dict[str, float]:
     if not t.ctx.is_main:  # only rank 0 evaluates and records; the others go on to the next epoch
         return {"test_loss": math.nan, "test_recon": math.nan, "test_kl": math.nan}
     c = t.config
-    return evaluate_elbo(t.model, t.data.x_test, c.likelihood, c.sigma, c.eval_batch_size)
+    return evaluate_elbo(t.eval_model, t.data.x_test, c.likelihood, c.sigma, c.eval_batch_size)
 
 
 def validation_metrics(t: Trainer) -> dict[str, float]:
@@ -173,7 +174,7 @@ def validation_metrics(t: Trainer) -> dict[str, float]:
     values = torch.zeros(3, dtype=torch.float64, device=t.device)
     if t.ctx.is_main:
         c = t.config
-        m = evaluate_elbo(t.model, t.data.x_val, c.likelihood, c.sigma, c.eval_batch_size)
+        m = evaluate_elbo(t.eval_model, t.data.x_val, c.likelihood, c.sigma, c.eval_batch_size)
         values = torch.tensor([m["test_loss"], m["test_recon"], m["test_kl"]], dtype=torch.float64, device=t.device)
     return dict(zip(runs.VAL_METRIC_COLUMNS, t.ctx.all_reduce_(values).tolist(), strict=True))
 

@@ -45,7 +45,8 @@ def step_bytes(mcfg: ModelConfig, batch_size: int) -> int:
 
         hooks = [m.register_forward_hook(count) for m in model.modules() if not any(m.children())]
         try:
-            model(torch.empty(batch_size, mcfg.input_dim), torch.empty(batch_size, mcfg.zdim))
+            x, eps = torch.empty(batch_size, mcfg.input_dim), torch.empty(batch_size, model.latent_size)
+            model.latent_pass(x, eps) if model.hierarchical else model(x, eps)
         finally:
             for hook in hooks:
                 hook.remove()

@@ -63,6 +63,8 @@ def batch_loss(model: VAE, x_u8: Tensor, noise: Noise, config: TrainConfig, kl_w
     x = to_unit(x_u8)
     if noise.uniforms is not None:
         x = binarize_with(x, noise.uniforms)
+    if model.hierarchical:
+        return hierarchical_loss(model, x, noise.eps, config, kl_weight)
     if single_draw(config):
         logits, mu, logvar = model(x, noise.eps)
         t = elbo_terms(logits, x, mu, logvar, config.likelihood, config.sigma, model.log_sigma)
@@ -73,6 +75,18 @@ def batch_loss(model: VAE, x_u8: Tensor, noise: Noise, config: TrainConfig, kl_w
     if config.objective == "elbo":
         return (kl_weight * gaussian_kl(mu, logvar) - log_px_z.mean(dim=0)).sum()
     return -iwae_bound(log_importance_weights(log_px_z, noise.eps, logvar, z, kl_weight)).sum()
+
+
+def hierarchical_loss(model: VAE, x: Tensor, eps: Tensor, config: TrainConfig, kl_weight: float = 1.0) -> Tensor:
+    """The objective of a hierarchy, summed over the batch: the negative ELBO with every group's KL given its
+    sampled parents (averaged over k draws), or minus the k-sample bound with log w = log p(x|z) +
+    ``kl_weight`` * (log p(z) - log q(z|x)) summed over the groups."""
+    p = model.latent_pass(x, eps)
+    log_px_z = log_likelihood(config.likelihood, x, p.logits, config.sigma, model.log_sigma)
+    if config.objective == "elbo":
+        per_draw = kl_weight * p.kl - log_px_z
+        return (per_draw if eps.dim() == 2 else per_draw.mean(dim=0)).sum()
+    return -iwae_bound(log_px_z + kl_weight * (p.log_p - p.log_q)).sum()
 
 
 class Objective(nn.Module):

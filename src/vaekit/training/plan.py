@@ -100,6 +100,7 @@ def choose_plan(config: TrainConfig, model: VAE, device: torch.device, world_siz
     layout_why = channels_last_reason(conv, device)
     if layout_why is not None:
         why.append(layout_why)
+    why.extend(stabiliser_phrases(config))
     return StepPlan(gradients, graph, prec, world_size, fused_adam, sync_every(device, fused_adam, graph),
                     tuple(why), warning, channels_last=layout_why is not None)
 
@@ -164,7 +165,19 @@ def cuda_graph_blocker(config: TrainConfig, device: torch.device, prec: str, wor
         return "--detect-anomaly"
     if world_size > 1:
         return "DDP is not recorded"
+    if config.grad_clip or config.skip_threshold or config.ema:
+        return "--grad-clip, --skip-threshold and --ema act between the recorded gradients and Adam"
     return None
+
+
+def stabiliser_phrases(config: TrainConfig) -> list[str]:
+    """The stabilisers on, as the plan's line names them (none by default)."""
+    phrases = [f"gradient norm clipped to {config.grad_clip:g}"] if config.grad_clip else []
+    if config.skip_threshold:
+        phrases.append(f"updates with a gradient norm above {config.skip_threshold:g} skipped")
+    if config.ema:
+        phrases.append(f"weights averaged at rate {config.ema:g} for evaluation")
+    return phrases
 
 
 def sync_every(device: torch.device, fused_adam: bool, graph: bool = False) -> int:

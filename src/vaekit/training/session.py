@@ -36,6 +36,7 @@ from vaekit.training.optim import is_fused, make_adam
 from vaekit.training.plan import choose_plan
 from vaekit.training.schedule import LRSchedule
 from vaekit.training.setup import RESUMABLE, folder_held, outputs, settle
+from vaekit.training.stabilise import WeightAverage
 from vaekit.training.step import TrainStep
 from vaekit.training.summary import finish
 from vaekit.training.trainer import TrainData, Trainer
@@ -104,7 +105,8 @@ def build_trainer(config: TrainConfig, mcfg: ModelConfig, splits: Splits, run_di
     plan = choose_plan(config, model, device, ctx.world_size, is_fused(opt))
     if plan.precision_warning and ctx.is_main:
         warn(f"--precision {config.precision}: {plan.precision_warning}")
-    step = TrainStep(model, opt, config, plan, ctx, device, warn if ctx.is_main else lambda _: None)
+    ema = WeightAverage(model, config.ema) if config.ema else None
+    step = TrainStep(model, opt, config, plan, ctx, device, warn if ctx.is_main else lambda _: None, ema)
     # The whole training split as one uint8 tensor (4x smaller than float); on the device for a single
     # process, on the host for data-parallel ranks, which gather their shard onto the device each epoch.
     x_all = as_rows(splits.train_images)
@@ -114,7 +116,7 @@ def build_trainer(config: TrainConfig, mcfg: ModelConfig, splits: Splits, run_di
     warmup = round(config.lr_warmup * data.steps_per_epoch)
     schedule = LRSchedule(config.lr_schedule, config.lr, warmup, config.epochs * data.steps_per_epoch)
     return Trainer(config, model, opt, step, gens, TrainState(), schedule, data, run_dir, ctx, device,
-                   gens["shuffle"].get_state())
+                   gens["shuffle"].get_state(), ema=ema)
 
 
 def _restore(t: Trainer, stored_epochs: int) -> None:
@@ -124,7 +126,7 @@ def _restore(t: Trainer, stored_epochs: int) -> None:
     if not path.exists():
         return
     opt_flags = {k: t.opt.param_groups[0][k] for k in ("fused", "foreach") if k in t.opt.param_groups[0]}
-    t.state, t.epoch_shuffle = load_checkpoint(t.run_dir, t.model, t.opt, t.gens)
+    t.state, t.epoch_shuffle = load_checkpoint(t.run_dir, t.model, t.opt, t.gens, t.average)
     for group in t.opt.param_groups:  # keep this run's Adam implementation, whichever wrote the checkpoint
         group.update(opt_flags)
     t.step.prec.load_state(t.state.scaler)

@@ -30,6 +30,7 @@ from vaekit.training.objective import Noise
 from vaekit.training.optim import adam_state, adam_step, is_fused
 from vaekit.training.plan import StepPlan
 from vaekit.training.precision import Precision
+from vaekit.training.stabilise import Stabiliser, WeightAverage
 
 
 class FiniteGuard:
@@ -191,7 +192,8 @@ class TrainStep:
     """
 
     def __init__(self, model: VAE, opt: torch.optim.Optimizer, config: TrainConfig, plan: StepPlan,
-                 ctx: DistContext, device: torch.device, warn: Callable[[str], None]) -> None:
+                 ctx: DistContext, device: torch.device, warn: Callable[[str], None],
+                 ema: WeightAverage | None = None) -> None:
         if plan.fused_adam != is_fused(opt):
             raise ValueError("the step plan was chosen for another optimizer: choose_plan's fused_adam must be "
                              "is_fused(opt)")
@@ -207,6 +209,8 @@ class TrainStep:
         eager = EagerStep(self.gradients, opt, self.prec, self.guard, plan.fused_adam)
         self.runner: EagerStep | RecordedStep = (
             RecordedStep(eager, self.params, device, config.batch_size, warn) if plan.graph else eager)
+        self.stabiliser = Stabiliser(self.params, config.grad_clip, config.skip_threshold)
+        self.ema = ema
 
     @property
     def graph(self) -> graphs.StepGraph | None:
@@ -222,9 +226,15 @@ class TrainStep:
         """Loss (summed over the batch) and gradients of one batch; the guard sees both."""
         return self.runner(x, noise, kl_weight, global_step)
 
-    def update(self) -> None:
-        """The optimizer step (nothing when a replayed graph has done it)."""
+    def update(self) -> bool:
+        """The optimizer step (nothing when a replayed graph has done it), after the clipping and skipping the
+        settings ask for, then the weight average; False when the update was skipped."""
+        if self.stabiliser.active and not self.stabiliser.admit():
+            return False
         self.runner.update()
+        if self.ema is not None:
+            self.ema.update()
+        return True
 
     def close(self) -> None:
         self.prec.detach()

@@ -37,11 +37,14 @@ def finish(t: Trainer, data_info: dict[str, Any], test_labels: np.ndarray) -> No
     release_free_memory()
     if not t.ctx.is_main:
         return
-    summary = summary_of(t.config, t.model, t.state, data_info, t.device)
+    summary = summary_of(t.config, t.eval_model, t.state, data_info, t.device)
     summary.update(precision=prec_name, compiled=compiled, world_size=t.ctx.world_size)
+    if t.config.grad_clip or t.config.skip_threshold or t.config.ema:
+        summary.update(grad_clip=t.config.grad_clip, skip_threshold=t.config.skip_threshold, ema=t.config.ema,
+                       skipped_updates=t.state.skipped_updates)
     if n_val is not None:
         summary.update(validation_summary(t.state.history, n_val))
-    runs.save_weights(t.run_dir, t.model)
+    runs.save_weights(t.run_dir, t.eval_model)
     runs.write_metrics(t.run_dir / runs.METRICS, t.state.history)
     runs.write_json(t.run_dir / runs.SUMMARY, summary)
     if t.config.artifacts:
@@ -56,7 +59,7 @@ def finish(t: Trainer, data_info: dict[str, Any], test_labels: np.ndarray) -> No
 def final_test(t: Trainer) -> None:
     """Evaluate the test set once, on the final weights, into the last row of ``t.state.history``."""
     c = t.config
-    test = evaluate_elbo(t.model, t.data.x_test, c.likelihood, c.sigma, c.eval_batch_size)
+    test = evaluate_elbo(t.eval_model, t.data.x_test, c.likelihood, c.sigma, c.eval_batch_size)
     t.state = replace(t.state, history=[*t.state.history[:-1], {**t.state.history[-1], **test}])
 
 

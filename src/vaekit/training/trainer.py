@@ -17,6 +17,7 @@ from vaekit.model import VAE
 from vaekit.training.checkpoint import TrainState
 from vaekit.training.distributed import DistContext
 from vaekit.training.schedule import LRSchedule
+from vaekit.training.stabilise import WeightAverage
 from vaekit.training.step import TrainStep
 
 
@@ -60,3 +61,14 @@ class Trainer:
     # Set by a callback (early stopping, a time budget) to end training after the current epoch: the run then
     # finishes as usual (weights, summary, artifacts) with fewer epochs than configured. Say why, in words.
     stop_reason: str | None = None
+    ema: WeightAverage | None = None  # the weight average of --ema
+
+    @property
+    def eval_model(self) -> VAE:
+        """The weights evaluated, saved as model.safetensors and drawn from: the average with --ema."""
+        return self.model if self.ema is None else self.ema.model  # type: ignore[return-value]
+
+    @property
+    def average(self) -> VAE | None:
+        """The model holding the weight average, for the checkpoint (None without --ema)."""
+        return None if self.ema is None else self.ema.model  # type: ignore[return-value]
