@@ -100,6 +100,10 @@ class ModelConfig:
     # starting at log(sigma_init); stored here so config.json alone rebuilds the parameter.
     learn_sigma: bool = False
     sigma_init: float = 1.0
+    # What the decoder outputs per sub-pixel (one of HEADS): "logits" for every likelihood but the 8-bit heads,
+    # whose parameters it outputs instead; configs stored before heads existed load as "logits".
+    head: str = "logits"
+    mixtures: int = 0  # components of the logistic-mixture head (0 for every other head)
 
     @property
     def input_dim(self) -> int:
@@ -124,6 +128,13 @@ class ModelConfig:
             raise ConfigError(f"image_shape must be (H, W) or (H, W, 3) with positive sizes (got {self.image_shape!r})")
         if not (isinstance(self.sigma_init, (int, float)) and 0 < self.sigma_init < float("inf")):
             raise ConfigError(f"sigma_init must be a positive finite number (got {self.sigma_init!r})")
+        if self.head not in HEADS:
+            raise ConfigError(f"unknown head {self.head!r:.40}; choose one of {', '.join(HEADS)}")
+        if self.head == "logistic-mixture":
+            _positive_int("mixtures", self.mixtures, MAX_MIXTURES)
+        elif self.mixtures != 0:
+            raise ConfigError(f"mixtures is for the logistic-mixture head only (got {_short(self.mixtures)} "
+                              f"with head {self.head!r}): set it to 0")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -142,9 +153,18 @@ MAX_GRID = 200  # cells per side of the latent grid: 40,000 decoded images
 MAX_SEED = 2**63 - 3  # the generators take 64-bit seeds, and a run seeds seed, seed + 1 and seed + 2
 MAX_ZDIM = 65_536
 MAX_WIDTH = 2**20  # hidden units or channels of one layer
-LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli", "discretized-logistic")
-# The discretized logistic's per-pixel scales start at 1/16 of the pixel range (16 grey levels): wide enough
-# that no pixel starts at a vanishing probability, and then learned.
+# The likelihoods of 8-bit pixels whose decoder outputs each pixel's distribution (vaekit.heads): a discretized
+# logistic with location and scale from z, and a mixture of them with coupled colour channels.
+EIGHT_BIT_LIKELIHOODS = ("discretized-logistic", "logistic-mixture")
+LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli", *EIGHT_BIT_LIKELIHOODS)
+# What a decoder outputs per sub-pixel: one logit ("logits", every other likelihood, and discretized-logistic runs
+# stored before its scale depended on z), or the parameters of an 8-bit head.
+HEADS = ("logits", *EIGHT_BIT_LIKELIHOODS)
+# Components of the logistic mixture unless set (PixelCNN++ and VDVAE use 10), and the most accepted.
+DEFAULT_MIXTURES = 10
+MAX_MIXTURES = 256
+# The scale of stored discretized-logistic runs of the "logits" head (one learned scale per pixel for every
+# image) started at 1/16 of the pixel range; kept so such runs still rebuild and evaluate.
 DISCRETIZED_LOGISTIC_SCALE = 1 / 16
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OBJECTIVES = ("elbo", "iwae")
@@ -185,6 +205,7 @@ class TrainConfig:
     likelihood: str = "bernoulli"
     sigma: float = 1.0  # fixed decoder standard deviation of the gaussian likelihood (the start when learned)
     learn_sigma: bool = False  # gaussian only: learn a per-pixel standard deviation
+    mixtures: int | None = None  # logistic-mixture only: components per pixel (None: DEFAULT_MIXTURES)
     objective: str = "elbo"  # elbo or iwae (the importance-weighted bound)
     k: int = 1  # samples per image of the objective (elbo: averaged; iwae: the bound's k)
     beta: float = 1.0  # weight on the KL term (on log p(z) - log q(z|x) for iwae)
@@ -255,16 +276,21 @@ class TrainConfig:
             raise ConfigError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
         if not (self.sigma > 0 and self.sigma < float("inf")):
             raise ConfigError(f"sigma must be a positive finite number (got {self.sigma!r})")
-        if self.likelihood == "discretized-logistic":
-            # It models the 256 levels of 8-bit pixels with scales of its own: binarized pixels would get an
+        if self.mixtures is not None:
+            if self.likelihood != "logistic-mixture":
+                raise ConfigError(f"--mixtures sets the components of --likelihood logistic-mixture (got --likelihood "
+                                  f"{self.likelihood}): drop --mixtures, or use --likelihood logistic-mixture")
+            _positive_int("mixtures", self.mixtures, MAX_MIXTURES)
+        if self.likelihood in EIGHT_BIT_LIKELIHOODS:
+            # They model the 256 levels of 8-bit pixels with scales of their own: binarized pixels would get an
             # "8-bit" bits/dim that is not one, and a sigma would be silently unused.
             if self.binarize != "none":
-                raise ConfigError(f"--likelihood discretized-logistic models 8-bit pixels, not the binary ones of "
+                raise ConfigError(f"--likelihood {self.likelihood} models 8-bit pixels, not the binary ones of "
                                   f"--binarize {self.binarize}: drop --binarize, or use --likelihood bernoulli")
             if self.learn_sigma or self.sigma != 1.0:
                 flag = "--learn-sigma" if self.learn_sigma else "--sigma"
-                raise ConfigError(f"{flag} sets the gaussian likelihood's sigma; the discretized logistic always "
-                                  f"learns its own per-pixel scales: drop {flag}")
+                raise ConfigError(f"{flag} sets the gaussian likelihood's sigma; --likelihood {self.likelihood} "
+                                  f"takes its scales from the decoder: drop {flag}")
         elif self.learn_sigma and self.likelihood != "gaussian":
             raise ConfigError(f"a learned sigma needs --likelihood gaussian (got {self.likelihood!r})")
 
@@ -291,7 +317,7 @@ class TrainConfig:
         """A stored run's settings. Runs trained before the discretized logistic refused ``sigma`` and
         ``learn_sigma`` may record them; it never used them (it learns its own scales), so they load as unset."""
         cfg = cls(**_known(cls, d))
-        if cfg.likelihood == "discretized-logistic":
+        if cfg.likelihood in EIGHT_BIT_LIKELIHOODS:
             cfg.sigma, cfg.learn_sigma = TrainConfig.sigma, TrainConfig.learn_sigma
         return cfg
 

@@ -43,7 +43,7 @@ def evaluate_elbo(
         x = to_unit(images[i : i + batch_size].to(device, non_blocking=True))
         eps = torch.randn((x.shape[0], model.zdim), generator=gen, dtype=x.dtype).to(device, non_blocking=True)
         logits, mu, logvar = model(x, eps)
-        t = elbo_terms(logits, x, mu, logvar, likelihood, sigma, model.log_sigma)
+        t = elbo_terms(logits, x, mu, logvar, likelihood, sigma, model.log_sigma, model.channels, model.config.mixtures)
         totals += torch.stack([t.loss.sum(), t.recon.sum(), t.kl.sum()]).double()
     model.train(was_training)
     loss, recon, kl = (totals / n).tolist()

@@ -395,7 +395,7 @@ def model_log_px(model: VAE, images: Tensor, samples: int = 5000, likelihood: st
             return bernoulli_log_px_z(x, logits)
         if likelihood == "continuous-bernoulli":
             return bernoulli_log_px_z(x, logits) + continuous_bernoulli_log_norm(logits).sum(dim=-1)
-        return log_likelihood(likelihood, x, logits, sigma, model.log_sigma)
+        return log_likelihood(likelihood, x, logits, sigma, model.log_sigma, model.channels, model.config.mixtures)
 
     try:
         return estimate_log_px(model.encode, log_px_z, images, samples, device=param.device, dtype=param.dtype,

@@ -60,11 +60,13 @@ def conv_encoder(shape: tuple[int, int, int], channels: list[int], zdim: int,
 
 
 def conv_decoder(shape: tuple[int, int, int], channels: list[int], zdim: int,
-                 act: Callable[[], nn.Module]) -> nn.Sequential:
+                 act: Callable[[], nn.Module], out_channels: int | None = None) -> nn.Sequential:
     """The encoder mirrored: a linear map to the last level, transposed convolutions up, a 3x3 conv out.
 
     ``channels`` are in encoder order; level l (from the last) goes from ``channels[l]`` to
-    ``channels[l - 1]`` (the first level to ``channels[0]`` again), as in PyTorch-VAE's VanillaVAE.
+    ``channels[l - 1]`` (the first level to ``channels[0]`` again), as in PyTorch-VAE's VanillaVAE. The last
+    convolution outputs ``out_channels`` values per pixel (default: the image's channels, one logit each; an
+    8-bit likelihood head needs more, see :func:`vaekit.heads.params_per_pixel`).
     """
     h, w, c = shape
     sizes = level_sizes(h, w, len(channels))
@@ -76,7 +78,7 @@ def conv_decoder(shape: tuple[int, int, int], channels: list[int], zdim: int,
         c_in, c_out = channels[level - 1], channels[max(level - 2, 0)]
         pad = (h_out - (2 * h_in - 1), w_out - (2 * w_in - 1))
         layers += [nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad), act()]
-    layers += [nn.Conv2d(channels[0], c, 3, padding=1), ToRows()]
+    layers += [nn.Conv2d(channels[0], out_channels or c, 3, padding=1), ToRows()]
     return nn.Sequential(*layers)
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from vaekit.config import ModelConfig
+from vaekit.heads import head_mean, head_sample, init_head_bias, params_per_pixel
 from vaekit.model.conv import conv_decoder, conv_encoder
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -25,6 +26,10 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU,
     "leaky_relu": nn.LeakyReLU,
 }
+
+# The 8-bit heads' output layer starts with a tenth of its default weights (see VAE._init_head).
+HEAD_INIT_WEIGHT = 0.1
+
 
 def _mlp(sizes: list[int], activation: str, skip_first: bool = False) -> nn.Sequential:
     """Linear layers through ``sizes`` with ``activation`` between them (none after the last)."""
@@ -46,16 +51,21 @@ class VAE(nn.Module):
         self.config = config
         self.zdim = config.zdim
         d = config.input_dim
+        self.channels = config.image_shape[2] if len(config.image_shape) == 3 else 1
+        # Decoder outputs per pixel: one logit per channel, or an 8-bit head's parameters (vaekit.heads).
+        self.params_per_pixel = params_per_pixel(config.head, self.channels, config.mixtures)
+        out = d // self.channels * self.params_per_pixel
         if config.architecture == "conv":
             h, w, *c = config.image_shape
             shape, act = (h, w, c[0] if c else 1), _ACTIVATIONS[config.activation]
             self.encoder = conv_encoder(shape, config.encoder_hidden, config.zdim, act)
-            self.decoder = conv_decoder(shape, config.encoder_hidden, config.zdim, act)
+            self.decoder = conv_decoder(shape, config.encoder_hidden, config.zdim, act, self.params_per_pixel)
         else:
             self.encoder = _mlp([d, *config.encoder_hidden, 2 * config.zdim], config.activation)
             self.decoder = _mlp(
-                [config.zdim, *config.decoder_hidden, d], config.activation, config.skip_first_decoder_activation
+                [config.zdim, *config.decoder_hidden, out], config.activation, config.skip_first_decoder_activation
             )
+        self._init_head()
         # The learned per-pixel log standard deviation of a gaussian p(x|z); None (and absent from the
         # state dict) otherwise, so models without it keep their exact weights file.
         self.log_sigma: nn.Parameter | None
@@ -64,14 +74,35 @@ class VAE(nn.Module):
         else:
             self.register_parameter("log_sigma", None)
 
+    def _init_head(self) -> None:
+        """Start an 8-bit head near the uniform code: its outputs' biases from :func:`init_head_bias`, and the
+        last layer's weights a tenth of their default so that z moves the start only a little."""
+        bias = init_head_bias(self.config.head, self.channels, self.config.mixtures)
+        if bias is None:
+            return
+        last = [m for m in self.decoder if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+        with torch.no_grad():
+            last.weight.mul_(HEAD_INIT_WEIGHT)
+            last.bias.copy_(bias.repeat(last.bias.numel() // bias.numel()))
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior parameters ``(mu, logvar)`` for flattened images ``x`` in [0, 1]."""
         mu, logvar = torch.split(self._batched(self.encoder, x), self.zdim, dim=-1)
         return mu, logvar
 
     def decode(self, z: Tensor) -> Tensor:
-        """Per-pixel logits of p(x|z); ``torch.sigmoid`` of them is the decoded image."""
+        """The parameters of p(x|z) as rows of ``params_per_pixel`` values per pixel: one logit per channel,
+        or an 8-bit head's parameters (:mod:`vaekit.heads`); :meth:`mean_image` turns them into pixels."""
         return self._batched(self.decoder, z)
+
+    def mean_image(self, params: Tensor) -> Tensor:
+        """The image of decoder outputs ``params`` (rows of H*W*C values in [0, 1]): sigmoid of logits, or the
+        head's mean (:func:`vaekit.heads.head_mean`), so no caller interprets the outputs itself."""
+        return head_mean(self.config.head, params, self.channels, self.config.mixtures)
+
+    def sample_images(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """8-bit images drawn from the head's p(x|z) for decoder outputs ``params`` (8-bit heads only)."""
+        return head_sample(self.config.head, params, self.channels, self.config.mixtures, generator)
 
     def _batched(self, body: nn.Module, rows: Tensor) -> Tensor:
         """``body(rows)`` for rows with any leading dimensions (k draws of a batch): convolutions take one."""

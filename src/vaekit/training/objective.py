@@ -65,11 +65,13 @@ def batch_loss(model: VAE, x_u8: Tensor, noise: Noise, config: TrainConfig, kl_w
         x = binarize_with(x, noise.uniforms)
     if single_draw(config):
         logits, mu, logvar = model(x, noise.eps)
-        t = elbo_terms(logits, x, mu, logvar, config.likelihood, config.sigma, model.log_sigma)
+        t = elbo_terms(logits, x, mu, logvar, config.likelihood, config.sigma, model.log_sigma, model.channels,
+                        model.config.mixtures)
         return (t.recon + kl_weight * t.kl).sum()  # weight 1.0: bit for bit the plain negative ELBO
     mu, logvar = model.encode(x)
     z = model.reparameterize(mu, logvar, noise.eps)
-    log_px_z = log_likelihood(config.likelihood, x, model.decode(z), config.sigma, model.log_sigma)
+    log_px_z = log_likelihood(config.likelihood, x, model.decode(z), config.sigma, model.log_sigma, model.channels,
+                              model.config.mixtures)
     if config.objective == "elbo":
         return (kl_weight * gaussian_kl(mu, logvar) - log_px_z.mean(dim=0)).sum()
     return -iwae_bound(log_importance_weights(log_px_z, noise.eps, logvar, z, kl_weight)).sum()
