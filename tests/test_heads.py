@@ -61,7 +61,8 @@ def test_grey_mixture_sums_to_one_over_the_256_levels() -> None:
 
 
 def _component_masses(params: torch.Tensor, k: int, r: int, g: int | None = None) -> float:
-    """P(r) (or P(r, g) given ``g``) of the mixture from the reference's per-channel masses: sum_k pi_k P_k(r) P_k(g | r)."""
+    """P(r) (or P(r, g) given ``g``) of the mixture from the reference's per-channel masses:
+    sum_k pi_k P_k(r) P_k(g | r)."""
     comps = _unpack(params[0].tolist(), k, 3)
     norm = sum(math.exp(cm[0]) for cm in comps)
     total = 0.0
@@ -210,9 +211,13 @@ def test_the_log_scale_floor_keeps_the_likelihood_finite_and_its_gradient_zero_b
     """Per pixel [mean, log-scale] (discretized logistic) or [logit, mean, log-scale] (one component): a log-scale
     of -100 counts as ``LOG_SCALE_MIN``, and gets no gradient."""
     x = torch.tensor([[0.0, 0.5, 1.0]])
+
+    def pixels(per: int, log_scale: float) -> torch.Tensor:
+        mean = torch.full((3, 1), 0.5 if per == 3 else 0.0)  # the location 0.5 either way
+        return torch.cat([torch.zeros(3, per - 2), mean, torch.full((3, 1), log_scale)], dim=1).reshape(1, -1)
+
     for name, per in (("discretized-logistic", 2), ("logistic-mixture", 3)):
-        at = lambda log_scale: torch.cat([torch.zeros(3, per - 2), torch.full((3, 1), 0.5 if per == 3 else 0.0),  # noqa: E731
-                                          torch.full((3, 1), log_scale)], dim=1).reshape(1, -1)
+        at = lambda log_scale, per=per: pixels(per, log_scale)  # noqa: E731
         floor = log_likelihood(name, x, at(heads.LOG_SCALE_MIN), channels=1, mixtures=1)
         params = at(-100.0).requires_grad_()
         lp = log_likelihood(name, x, params, channels=1, mixtures=1)
@@ -316,7 +321,8 @@ def test_a_stored_run_of_the_per_pixel_global_scale_still_loads_and_evaluates(ti
         assert torch.equal(model.mean_image(model.decode(z)), torch.sigmoid(model.decode(z)))
     assert main(["evaluate", str(run), "--nll", "--samples", "10", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["nll_protocol"]["bits_per_dim"].startswith("8-bit") and "learned per-pixel scales" in out["protocol"]["likelihood"]
+    assert out["nll_protocol"]["bits_per_dim"].startswith("8-bit")
+    assert "learned per-pixel scales" in out["protocol"]["likelihood"]
     assert main(["plot", str(run)]) == 0 and main(["explore", str(run)]) == 0
 
 

@@ -135,6 +135,9 @@ class ModelConfig:
         elif self.mixtures != 0:
             raise ConfigError(f"mixtures is for the logistic-mixture head only (got {_short(self.mixtures)} "
                               f"with head {self.head!r}): set it to 0")
+        if self.learn_sigma and self.head != "logits":
+            raise ConfigError(f"learn_sigma adds one scale per pixel for every image; the {self.head} head takes its "
+                              "scales from z: set learn_sigma to false")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
