@@ -116,8 +116,8 @@ def _model_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--likelihood", choices=LIKELIHOODS, help="bernoulli (the post's BCE, default), gaussian, "
                    "continuous-bernoulli (the normalized density on [0, 1]), or for the 256 levels of 8-bit pixels "
                    "discretized-logistic (location and scale per pixel from z) or logistic-mixture (PixelCNN++'s "
-                   "mixture with coupled colour channels); the last two give bits/dim comparable to papers, and "
-                   "take neither --binarize, --sigma nor --learn-sigma")
+                   "mixture with coupled colour channels); the last two give bits/dim comparable to papers, "
+                   "not with --binarize, --sigma or --learn-sigma")
     g.add_argument("--mixtures", type=positive_int, metavar="K",
                    help="components per pixel of --likelihood logistic-mixture (default 10)")
     g.add_argument("--sigma", type=_sigma, help="standard deviation of the gaussian likelihood (default 1), or "
