@@ -40,7 +40,7 @@ def train_variant(spec: dict, train: torch.Tensor, test: torch.Tensor, steps: in
     likelihood = "discretized-logistic" if spec["head"] == "logits" else spec["head"]
     bpd = lambda: evaluate_elbo(model, test, likelihood)["test_loss"] / (d * math.log(2))  # noqa: E731
     start_bpd, t0 = bpd(), time.perf_counter()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         idx = torch.randint(0, len(train), (batch,), generator=gen)
         x = to_unit(train[idx])
         eps = torch.randn(batch, model.zdim, generator=gen)
@@ -50,6 +50,8 @@ def train_variant(spec: dict, train: torch.Tensor, test: torch.Tensor, steps: in
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if step % 500 == 0 and step < steps:
+            print(f"  step {step}: test bits/dim {bpd():.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return {"start": start_bpd, "end": bpd(), "seconds": time.perf_counter() - t0}
 
 

@@ -3,7 +3,9 @@
 The encoder maps a flattened image ``x`` to the mean ``mu`` and log-variance ``logvar`` of the Gaussian
 posterior q(z|x); the decoder maps a latent ``z`` to per-pixel *logits*. Likelihoods work on logits
 (``binary_cross_entropy_with_logits``) because ``sigmoid`` followed by ``log`` underflows for confident
-pixels, which is where the blog's ``Sigmoid`` + ``BCE`` pair clamps its log at -100.
+pixels, which is where the blog's ``Sigmoid`` + ``BCE`` pair clamps its log at -100. With an 8-bit likelihood
+head (``ModelConfig.head``) the decoder outputs each pixel's distribution instead (:mod:`vaekit.heads`), and
+:meth:`VAE.mean_image` gives the image to show for either.
 """
 
 from __future__ import annotations
