@@ -122,7 +122,7 @@ def _cfg(data: Path, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "discretized-logistic"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "discretized-logistic", "logistic-mixture"])
 def test_trains_with_each_likelihood_and_evaluates(tiny_data: Path, tmp_path: Path, likelihood: str) -> None:
     run = vaekit.train(_cfg(tiny_data, epochs=1, likelihood=likelihood), tmp_path / "r")
     assert math.isfinite(run.summary["test_loss"])
@@ -130,6 +130,9 @@ def test_trains_with_each_likelihood_and_evaluates(tiny_data: Path, tmp_path: Pa
     assert again["test_loss"] == pytest.approx(run.summary["test_loss"], rel=1e-6)
     model = vaekit.load_model(run.path)
     assert model.hierarchical and model.latent_size > model.zdim
+    params = model.decode(torch.zeros(1, model.zdim))  # the head's parameters for every pixel
+    assert params.shape == (1, 28 * 28 * model.params_per_pixel)
+    assert model.params_per_pixel == {"logistic-mixture": 30, "discretized-logistic": 2}.get(likelihood, 1)
 
 
 def test_hierarchy_resumes_bit_for_bit(tiny_data: Path, tmp_path: Path) -> None:

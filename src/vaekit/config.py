@@ -123,6 +123,10 @@ class ModelConfig:
     upsample: str = "transposed"
     # Hierarchical only: latent groups per level of encoder_hidden, from the coarsest level (the first >= 1).
     latent_groups: list[int] = field(default_factory=list)
+    # What the decoder outputs per sub-pixel (one of HEADS): "logits" for every likelihood but the 8-bit heads,
+    # whose parameters it outputs instead; configs stored before heads existed load as "logits".
+    head: str = "logits"
+    mixtures: int = 0  # components of the logistic-mixture head (0 for every other head)
 
     @property
     def input_dim(self) -> int:
@@ -149,6 +153,16 @@ class ModelConfig:
             raise ConfigError(f"image_shape must be (H, W) or (H, W, 3) with positive sizes (got {self.image_shape!r})")
         if not (isinstance(self.sigma_init, (int, float)) and 0 < self.sigma_init < float("inf")):
             raise ConfigError(f"sigma_init must be a positive finite number (got {self.sigma_init!r})")
+        if self.head not in HEADS:
+            raise ConfigError(f"unknown head {self.head!r:.40}; choose one of {', '.join(HEADS)}")
+        if self.head == "logistic-mixture":
+            _positive_int("mixtures", self.mixtures, MAX_MIXTURES)
+        elif self.mixtures != 0:
+            raise ConfigError(f"mixtures is for the logistic-mixture head only (got {_short(self.mixtures)} "
+                              f"with head {self.head!r}): set it to 0")
+        if self.learn_sigma and self.head != "logits":
+            raise ConfigError(f"learn_sigma adds one scale per pixel for every image; the {self.head} head takes its "
+                              "scales from z: set learn_sigma to false")
         if self.architecture == "hierarchical":
             self._validate_groups()
 
@@ -178,9 +192,18 @@ MAX_GRID = 200  # cells per side of the latent grid: 40,000 decoded images
 MAX_SEED = 2**63 - 3  # the generators take 64-bit seeds, and a run seeds seed, seed + 1 and seed + 2
 MAX_ZDIM = 65_536
 MAX_WIDTH = 2**20  # hidden units or channels of one layer
-LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli", "discretized-logistic")
-# The discretized logistic's per-pixel scales start at 1/16 of the pixel range (16 grey levels): wide enough
-# that no pixel starts at a vanishing probability, and then learned.
+# The likelihoods of 8-bit pixels whose decoder outputs each pixel's distribution (vaekit.heads): a discretized
+# logistic with location and scale from z, and a mixture of them with coupled colour channels.
+EIGHT_BIT_LIKELIHOODS = ("discretized-logistic", "logistic-mixture")
+LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli", *EIGHT_BIT_LIKELIHOODS)
+# What a decoder outputs per sub-pixel: one logit ("logits", every other likelihood, and discretized-logistic runs
+# stored before its scale depended on z), or the parameters of an 8-bit head.
+HEADS = ("logits", *EIGHT_BIT_LIKELIHOODS)
+# Components of the logistic mixture unless set (PixelCNN++ and VDVAE use 10), and the most accepted.
+DEFAULT_MIXTURES = 10
+MAX_MIXTURES = 256
+# The scale of stored discretized-logistic runs of the "logits" head (one learned scale per pixel for every
+# image) started at 1/16 of the pixel range; kept so such runs still rebuild and evaluate.
 DISCRETIZED_LOGISTIC_SCALE = 1 / 16
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OBJECTIVES = ("elbo", "iwae")
@@ -223,6 +246,7 @@ class TrainConfig:
     likelihood: str = "bernoulli"
     sigma: float = 1.0  # fixed decoder standard deviation of the gaussian likelihood (the start when learned)
     learn_sigma: bool = False  # gaussian only: learn a per-pixel standard deviation
+    mixtures: int | None = None  # logistic-mixture only: components per pixel (None: DEFAULT_MIXTURES)
     objective: str = "elbo"  # elbo or iwae (the importance-weighted bound)
     k: int = 1  # samples per image of the objective (elbo: averaged; iwae: the bound's k)
     beta: float = 1.0  # weight on the KL term (on log p(z) - log q(z|x) for iwae)
@@ -324,14 +348,19 @@ class TrainConfig:
             raise ConfigError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
         if not (self.sigma > 0 and self.sigma < float("inf")):
             raise ConfigError(f"sigma must be a positive finite number (got {self.sigma!r})")
-        # The discretized logistic models the 256 levels of 8-bit pixels: binarized pixels would get an "8-bit"
+        if self.mixtures is not None:
+            if self.likelihood != "logistic-mixture":
+                raise ConfigError(f"--mixtures sets the components of --likelihood logistic-mixture (got --likelihood "
+                                  f"{self.likelihood}): drop --mixtures, or use --likelihood logistic-mixture")
+            _positive_int("mixtures", self.mixtures, MAX_MIXTURES)
+        # The 8-bit likelihoods model the 256 levels of 8-bit pixels: binarized pixels would get an "8-bit"
         # bits/dim that is not one.
-        if self.likelihood == "discretized-logistic" and self.binarize != "none":
-            raise ConfigError(f"--likelihood discretized-logistic models 8-bit pixels, not the binary ones of "
+        if self.likelihood in EIGHT_BIT_LIKELIHOODS and self.binarize != "none":
+            raise ConfigError(f"--likelihood {self.likelihood} models 8-bit pixels, not the binary ones of "
                               f"--binarize {self.binarize}: drop --binarize, or use --likelihood bernoulli")
         if self.likelihood != "gaussian" and (self.learn_sigma or self.sigma != 1.0):
             flag = "--learn-sigma" if self.learn_sigma else "--sigma"
-            has = ("learns its own per-pixel scales" if self.likelihood == "discretized-logistic"
+            has = ("takes its scales from the decoder" if self.likelihood in EIGHT_BIT_LIKELIHOODS
                    else "has no sigma")
             raise ConfigError(f"{flag} sets the gaussian likelihood's sigma; --likelihood {self.likelihood} {has}: "
                               f"drop {flag}, or use --likelihood gaussian")

@@ -15,6 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vaekit.heads import (  # HALF_LEVEL and LOG_SCALE_MIN: defined beside the heads, importable here as before
+    DEFAULT_MIXTURES,
+    EIGHT_BIT_HEADS,
+    HALF_LEVEL,  # noqa: F401
+    LOG_SCALE_MIN,  # noqa: F401
+    head_log_prob,
+    log_bin_mass,
+)
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -119,43 +128,29 @@ def continuous_bernoulli_log_likelihood(x: Tensor, logits: Tensor) -> Tensor:
     return bernoulli_log_likelihood(x, logits) + continuous_bernoulli_log_norm(logits).sum(dim=-1)
 
 
-# Half the width of one of the 256 levels of an 8-bit pixel scaled to [0, 1] (level k sits at k / 255).
-HALF_LEVEL = 0.5 / 255
-# Floor of the discretized logistic's log-scale, as in PixelCNN++ (Salimans et al., 2017): a scale of e^-7 is
-# about a quarter of a level, fine enough that a pixel predicted exactly gets about 80% of its level's mass,
-# and 1 / scale stays finite; unbounded, float32 exp(-log_scale) overflows below about -88 and gives NaN.
-LOG_SCALE_MIN = -7.0
-
-
 def discretized_logistic_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
     """log P(x) per row for 8-bit pixels ``x`` in {0, 1/255, ..., 1} under logistics discretized to 256 levels.
 
-    Level k gets the logistic's mass over its bin [k/255 - h, k/255 + h] (h = ``HALF_LEVEL``); the first and
-    last levels take the tails (Salimans et al., 2017; Kingma et al., 2016), so the 256 probabilities sum to 1
-    exactly. With a = (x + h - mean) / s and b = (x - h - mean) / s, the bin's mass is sigmoid(a) - sigmoid(b),
-    whose log is computed without cancellation as log(expm1(a - b)) - softplus(-b) - softplus(a), and the
-    tails as -softplus(-a) and -softplus(b). log(expm1(d)) is taken as d + log(-expm1(-d)). The log-scale
-    is floored at ``LOG_SCALE_MIN`` (its gradient is then zero), so the result is finite for any input.
+    The sum over a row of :func:`vaekit.heads.log_bin_mass` (the one definition of a bin's log-mass, floored
+    log-scale included); here with the location and log-scale given per value, as runs of the per-pixel
+    global scale convention store them.
     """
-    inv_scale = torch.exp(-log_scale.clamp(min=LOG_SCALE_MIN))
-    a = (x - mean + HALF_LEVEL) * inv_scale
-    b = (x - mean - HALF_LEVEL) * inv_scale
-    d = 2 * HALF_LEVEL * inv_scale
-    bin_mass = d + torch.log(-torch.expm1(-d)) - F.softplus(-b) - F.softplus(a)
-    first, last = -F.softplus(-a), -F.softplus(b)
-    log_p = torch.where(x < HALF_LEVEL, first, torch.where(x > 1 - HALF_LEVEL, last, bin_mass))
-    return log_p.sum(dim=-1)
+    return log_bin_mass(x, mean, log_scale).sum(dim=-1)
 
 
-def log_likelihood(name: str, x: Tensor, logits: Tensor, sigma: float = 1.0,
-                   log_sigma: Tensor | None = None) -> Tensor:
+def log_likelihood(name: str, x: Tensor, logits: Tensor, sigma: float = 1.0, log_sigma: Tensor | None = None,
+                   channels: int = 1, mixtures: int = DEFAULT_MIXTURES) -> Tensor:
     """log p(x|z) for the decoder output ``logits`` under the named likelihood, per row.
 
     The Gaussian likelihood uses ``sigmoid(logits)`` as its mean (the blog decoder ends in a sigmoid)
-    and a fixed standard deviation ``sigma``, or the per-pixel ``log_sigma`` when the model learns it; the
-    discretized logistic uses the same mean and the model's learned per-pixel log-scales ``log_sigma``.
+    and a fixed standard deviation ``sigma``, or the per-pixel ``log_sigma`` when the model learns it. The
+    8-bit heads (:mod:`vaekit.heads`) read their parameters from the decoder's outputs, ``channels`` and
+    ``mixtures`` saying how they are laid out; a discretized logistic given ``log_sigma`` is a run of the
+    older convention: location ``sigmoid(logits)`` and one learned log-scale per pixel for every image.
     ``x`` may have fewer leading dimensions than ``logits`` (one image, many latent draws): it broadcasts.
     """
+    if name in EIGHT_BIT_HEADS and not (name == "discretized-logistic" and log_sigma is not None):
+        return head_log_prob(name, x, logits, channels, mixtures)
     if x.shape != logits.shape:
         x = x.expand_as(logits)
     if name == "bernoulli":
@@ -165,8 +160,6 @@ def log_likelihood(name: str, x: Tensor, logits: Tensor, sigma: float = 1.0,
     if name == "gaussian":
         return gaussian_log_likelihood(x, torch.sigmoid(logits), math.log(sigma) if log_sigma is None else log_sigma)
     if name == "discretized-logistic":
-        if log_sigma is None:
-            raise ValueError("the discretized logistic needs the model's learned per-pixel log-scales")
         return discretized_logistic_log_likelihood(x, torch.sigmoid(logits), log_sigma)
     raise ValueError(f"unknown likelihood {name!r}")
 
@@ -202,9 +195,9 @@ class ELBOTerms:
 
 def elbo_terms(
     logits: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, likelihood: str = "bernoulli", sigma: float = 1.0,
-    log_sigma: Tensor | None = None,
+    log_sigma: Tensor | None = None, channels: int = 1, mixtures: int = DEFAULT_MIXTURES,
 ) -> ELBOTerms:
-    """Negative ELBO per image from one reparametrized forward pass."""
-    recon = -log_likelihood(likelihood, x, logits, sigma, log_sigma)
+    """Negative ELBO per image from one reparametrized forward pass (``channels``, ``mixtures``: the 8-bit heads')."""
+    recon = -log_likelihood(likelihood, x, logits, sigma, log_sigma, channels, mixtures)
     kl = gaussian_kl(mu, logvar)
     return ELBOTerms(loss=recon + kl, recon=recon, kl=kl)

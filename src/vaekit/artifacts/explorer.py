@@ -169,7 +169,8 @@ def decoder_layers(model: VAE) -> tuple[list[dict[str, Any]], bytes]:
     into the buffer; convolutions to theirs as :func:`_conv` lays them out, with the sizes of the images
     they read and write; activations carry their own parameters (ELU's alpha, LeakyReLU's slope, GELU's
     approximation) so the page computes what PyTorch computes. The page keeps images channels last, so
-    ``unflatten`` reorders a row of (C, H, W) values and ``to_rows`` (channels last, flattened) is free.
+    ``unflatten`` reorders a row of (C, H, W) values and ``to_rows`` (channels last, flattened) is free. The
+    decoder's output is ``model.params_per_pixel`` values per pixel (see :mod:`vaekit.heads`).
     """
     layers: list[dict[str, Any]] = []
     weights = _Weights()
@@ -177,9 +178,9 @@ def decoder_layers(model: VAE) -> tuple[list[dict[str, Any]], bytes]:
     for module in model.decoder:
         layer, shape = _layer(module, shape, weights)
         layers.append(layer)
-    npix = model.config.input_dim
+    npix = model.config.input_dim // model.channels * model.params_per_pixel
     if shape != (npix,) or layers[-1]["type"] not in ("linear", "to_rows"):
-        raise ExplorerError(f"the decoder does not map {model.zdim} latent dimensions to {npix} pixel logits "
+        raise ExplorerError(f"the decoder does not map {model.zdim} latent dimensions to {npix} values "
                             f"(its output has shape {shape}); the explorer cannot run it")
     return layers, weights.tobytes()
 
@@ -234,6 +235,8 @@ def explorer_html(model: VAE, means: np.ndarray, labels: np.ndarray, *, title: s
         "zdim": model.zdim,
         "imageShape": [int(s) for s in model.config.image_shape],
         "layers": layers,
+        # What the decoder's outputs are: the page computes the displayed image from them as VAE.mean_image does.
+        "head": {"type": model.config.head, "perPixel": model.params_per_pixel, "mixtures": model.config.mixtures},
         "weights": base64.b64encode(weights).decode("ascii"),
         "range": plane_range(means),
         "classes": names,
@@ -357,7 +360,7 @@ def torch_decoder(model: VAE) -> Any:
             raise ValueError(f"expected a list of {model.zdim} finite numbers")
         param = next(model.parameters())
         with torch.inference_mode():
-            out = torch.sigmoid(model.decode(torch.tensor([z], dtype=param.dtype, device=param.device)))
+            out = model.mean_image(model.decode(torch.tensor([z], dtype=param.dtype, device=param.device)))
         return [round(v, 5) for v in out[0].tolist()]
 
     return decode

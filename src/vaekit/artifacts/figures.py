@@ -68,10 +68,11 @@ def grid_ticks(coords: np.ndarray, most: int = GRID_TICKS) -> tuple[list[int], l
 
 @torch.no_grad()
 def decode_images(model: VAE, z: torch.Tensor) -> np.ndarray:
-    """Decoder means (sigmoid of the logits) as float images of the model's image shape: (N, H, W[, 3])."""
+    """Decoder means (:meth:`VAE.mean_image`: sigmoid of logits, or an 8-bit head's mean) as float images of the
+    model's image shape: (N, H, W[, 3])."""
     device = next(model.parameters()).device
     shape = tuple(model.config.image_shape)
-    return torch.sigmoid(model.decode(z.to(device, torch.float32))).reshape(-1, *shape).cpu().numpy()
+    return model.mean_image(model.decode(z.to(device, torch.float32))).reshape(-1, *shape).cpu().numpy()
 
 
 def principal_plane(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -219,8 +219,13 @@ def likelihood_text(t: TrainConfig, m: ModelConfig) -> str:
         if t.learn_sigma or m.learn_sigma:
             return f"Gaussian with a learned per-pixel sigma (from {m.sigma_init:g}), constants included"
         return f"Gaussian with sigma {t.sigma:g}, constants included"
-    if t.likelihood == "discretized-logistic":
+    if t.likelihood == "discretized-logistic" and m.head == "logits":
         return f"discretized logistic over 256 levels with learned per-pixel scales (from {m.sigma_init:g})"
+    if t.likelihood == "discretized-logistic":
+        return "discretized logistic over 256 levels, location and scale of every pixel from z"
+    if t.likelihood == "logistic-mixture":
+        return (f"mixture of {m.mixtures} discretized logistics over 256 levels per pixel from z, colour channels "
+                "coupled linearly (PixelCNN++)")
     return {"bernoulli": "Bernoulli (binary cross-entropy on the logits, the blog post's loss)",
             "continuous-bernoulli": "continuous Bernoulli (the normalized density on [0, 1])"}.get(t.likelihood,
                                                                                                    t.likelihood)

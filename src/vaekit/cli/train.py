@@ -116,14 +116,17 @@ def _model_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--activation", choices=ACTIVATIONS, help="activation of the preset's hidden layers, MLP or conv "
                                                              "(default: the preset's own)")
     g.add_argument("--likelihood", choices=LIKELIHOODS, help="bernoulli (the post's BCE, default), gaussian, "
-                   "continuous-bernoulli (the normalized density on [0, 1]) or discretized-logistic (the discrete "
-                   "likelihood of the 256 levels of 8-bit pixels, with learned per-pixel scales; bits/dim comparable "
-                   "to papers; not with --binarize, --sigma or --learn-sigma)")
+                   "continuous-bernoulli (the normalized density on [0, 1]), or for the 256 levels of 8-bit pixels "
+                   "discretized-logistic (location and scale per pixel from z) or logistic-mixture (PixelCNN++'s "
+                   "mixture with coupled colour channels); the last two give bits/dim comparable to papers, "
+                   "not with --binarize, --sigma or --learn-sigma")
+    g.add_argument("--mixtures", type=positive_int, metavar="K",
+                   help="components per pixel of --likelihood logistic-mixture (default 10)")
     g.add_argument("--sigma", type=_sigma, help="standard deviation of the gaussian likelihood (default 1), or "
                                                 "'learned' for a learned per-pixel one; gaussian only")
     g.add_argument("--learn-sigma", action="store_true", default=None,
                    help="learn a per-pixel gaussian standard deviation, starting at --sigma; gaussian only (the "
-                        "discretized logistic always learns its scales)")
+                        "8-bit likelihoods take their scales from the decoder)")
     g.add_argument("--objective", choices=OBJECTIVES, help="elbo (default) or iwae, the k-sample "
                                                            "importance-weighted bound")
     g.add_argument("--k", type=positive_int, help="samples per image of the objective (default 1)")
@@ -194,10 +197,10 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
 # The TrainConfig fields set by flags of the same name (dashes for underscores).
 _FIELDS = (
     "dataset", "data_dir", "data", "image_size", "channels", "test_fraction", "skip_bad", "epochs", "batch_size",
-    "lr", "zdim", "model", "width", "hidden", "activation", "likelihood", "sigma", "learn_sigma", "device", "seed",
-    "checkpoint_every", "grid_size", "grid_spacing", "detect_anomaly", "objective", "k", "beta", "kl_warmup",
-    "binarize", "precision", "compile", "fused_step", "cuda_graph", "lr_schedule", "lr_warmup", "recipe", "artifacts",
-    "tensorboard", "val_fraction", "steps", "patience", "grad_clip", "skip_threshold", "ema",
+    "lr", "zdim", "model", "width", "hidden", "activation", "likelihood", "mixtures", "sigma", "learn_sigma",
+    "device", "seed", "checkpoint_every", "grid_size", "grid_spacing", "detect_anomaly", "objective", "k", "beta",
+    "kl_warmup", "binarize", "precision", "compile", "fused_step", "cuda_graph", "lr_schedule", "lr_warmup", "recipe",
+    "artifacts", "tensorboard", "val_fraction", "steps", "patience", "grad_clip", "skip_threshold", "ema",
 )
 
 

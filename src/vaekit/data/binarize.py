@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vaekit.config import BINARIZE, ConfigError
+from vaekit.config import BINARIZE, EIGHT_BIT_LIKELIHOODS, ConfigError
 from vaekit.data.splits import Splits
 
 # Images binarized per step when drawing a fixed copy: bounds the float32 buffer of uniforms to ~25 MB.
@@ -71,8 +71,12 @@ def binarize_splits(splits: Splits, mode: str, seed: int, train: bool = True) ->
     return replace(splits, **changes)
 
 
-def protocol(binarize: str, seed: int, likelihood: str, learn_sigma: bool = False, sigma: float = 1.0) -> dict:
+def protocol(binarize: str, seed: int, likelihood: str, learn_sigma: bool = False, sigma: float = 1.0,
+             head: str = "logits", mixtures: int = 0) -> dict:
     """The data protocol a number belongs to, as recorded beside it in JSON and printed beside it.
+
+    ``head`` and ``mixtures`` are the model's (:class:`~vaekit.config.ModelConfig`): a discretized logistic
+    whose decoder outputs logits is a run of the older per-pixel-global scale.
 
     ``density`` says whether the value is a normalized log density of the evaluated data: a Bernoulli
     likelihood of grey levels is not (it is a cross-entropy), every other combination is.
@@ -80,8 +84,12 @@ def protocol(binarize: str, seed: int, likelihood: str, learn_sigma: bool = Fals
     lik = likelihood
     if likelihood == "gaussian":
         lik = "gaussian (learned per-pixel sigma)" if learn_sigma else f"gaussian (sigma {sigma:g})"
-    elif likelihood == "discretized-logistic":
+    elif likelihood == "discretized-logistic" and head == "logits":
         lik = "discretized-logistic (256 levels, learned per-pixel scales)"
+    elif likelihood == "discretized-logistic":
+        lik = "discretized-logistic (256 levels, location and scale from z)"
+    elif likelihood == "logistic-mixture":
+        lik = f"logistic-mixture (256 levels, {mixtures} components from z, coupled channels)"
     return {
         "binarize": binarize,
         "eval_binarize_seed": seed if binarize != "none" else None,
@@ -106,7 +114,7 @@ def bits_per_dim_scale(binarize: str, likelihood: str) -> str:
     and ImageNet; a density on [0, 1] differs from it by the unmeasured quantization, and a Bernoulli of
     grey levels is a cross-entropy.
     """
-    if likelihood == "discretized-logistic":
+    if likelihood in EIGHT_BIT_LIKELIHOODS:
         return "8-bit: -log2 P of the 256-level pixels, comparable to published bits/dim"
     if binarize != "none":
         return "binary pixels: -log2 P of the binarized images"

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from vaekit.data.tensors import to_unit
 from vaekit.model import VAE
-from vaekit.objectives import ELBOTerms, elbo_terms, log_likelihood
+from vaekit.objectives import ELBOTerms, elbo_terms
 
 EVAL_SEED = 20230801
 
@@ -53,7 +53,7 @@ def _terms(model: VAE, x: Tensor, eps: Tensor, likelihood: str, sigma: float) ->
     """One draw's ELBO terms per image; a hierarchy's KL is the sum of its groups' given their sampled parents."""
     if model.hierarchical:
         p = model.latent_pass(x, eps)
-        recon = -log_likelihood(likelihood, x, p.logits, sigma, model.log_sigma)
+        recon = -model.log_px_z(likelihood, x, p.logits, sigma)
         return ELBOTerms(loss=recon + p.kl, recon=recon, kl=p.kl)
     logits, mu, logvar = model(x, eps)
-    return elbo_terms(logits, x, mu, logvar, likelihood, sigma, model.log_sigma)
+    return elbo_terms(logits, x, mu, logvar, likelihood, sigma, model.log_sigma, model.channels, model.config.mixtures)

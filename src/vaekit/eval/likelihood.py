@@ -400,7 +400,7 @@ def model_log_px(model: VAE, images: Tensor, samples: int = 5000, likelihood: st
             return bernoulli_log_px_z(x, logits)
         if likelihood == "continuous-bernoulli":
             return bernoulli_log_px_z(x, logits) + continuous_bernoulli_log_norm(logits).sum(dim=-1)
-        return log_likelihood(likelihood, x, logits, sigma, model.log_sigma)
+        return log_likelihood(likelihood, x, logits, sigma, model.log_sigma, model.channels, model.config.mixtures)
 
     try:
         return estimate_log_px(model.encode, log_px_z, images, samples, device=param.device, dtype=param.dtype,
@@ -439,7 +439,7 @@ def hierarchical_log_px(model: VAE, images: Tensor, samples: int = 5000, likelih
             eps = torch.randn((min(chunk, samples - start), x.shape[0], model.latent_size), generator=gen,
                               device=x.device, dtype=x.dtype)
             p = model.latent_pass(x, eps)
-            acc.add(log_likelihood(likelihood, x, p.logits, sigma, model.log_sigma) + p.log_p - p.log_q)
+            acc.add(model.log_px_z(likelihood, x, p.logits, sigma) + p.log_p - p.log_q)
             bar.update(1)
         out["log_px"][i : i + batch] = acc.log_mean_exp().cpu()
         out["stderr"][i : i + batch] = acc.stderr().cpu()

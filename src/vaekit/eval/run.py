@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vaekit import run as runs
-from vaekit.config import BINARIZE, ConfigError
+from vaekit.config import BINARIZE, EIGHT_BIT_LIKELIHOODS, ConfigError
 from vaekit.data import Splits, load_splits
 from vaekit.data.binarize import binarize_splits, bits_per_dim_scale, protocol
 from vaekit.data.tensors import as_rows
@@ -80,13 +80,14 @@ def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = N
     run = load_run(path, resolve_device(device))
     cfg = run.train_config
     mode = binarize or cfg.binarize
-    if mode != "none" and cfg.likelihood == "discretized-logistic":
-        raise ConfigError(f"--binarize {mode} evaluates binary pixels, and this run's discretized logistic models "
+    if mode != "none" and cfg.likelihood in EIGHT_BIT_LIKELIHOODS:
+        raise ConfigError(f"--binarize {mode} evaluates binary pixels, and this run's {cfg.likelihood} models "
                           "8-bit ones (its bits/dim would not be 8-bit bits/dim): evaluate it without --binarize")
     splits = load_run_data(run, data_dir, mode, data)
     x_test = as_rows(splits.test_images)
     metrics = evaluate_elbo(run.model, x_test, cfg.likelihood, cfg.sigma, cfg.eval_batch_size)
-    proto = protocol(mode, cfg.binarize_seed, cfg.likelihood, cfg.learn_sigma, cfg.sigma)
+    proto = protocol(mode, cfg.binarize_seed, cfg.likelihood, cfg.learn_sigma, cfg.sigma, run.model.config.head,
+                     run.model.config.mixtures)
     result = {**metrics, "dataset": splits.name, "n_test": len(x_test),
               "n_params": sum(p.numel() for p in run.model.parameters()),
               "epochs": run.summary.get("epochs", len(run.metrics)), "protocol": proto}

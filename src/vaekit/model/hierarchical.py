@@ -31,15 +31,6 @@ from vaekit.model.conv import ToImage, ToRows, level_sizes
 from vaekit.objectives import diagonal_normal_log_prob, gaussian_kl_between, standard_normal_log_prob
 
 
-def params_per_pixel(likelihood: str, channels: int) -> int:
-    """Output values per pixel of the decoder: one per sub-pixel (the logits every likelihood here reads).
-
-    The one place the output width is decided, so a likelihood with more parameters per pixel changes it here.
-    """
-    del likelihood  # every likelihood of vaekit reads one logit per sub-pixel
-    return channels
-
-
 @dataclass(frozen=True)
 class Group:
     """One latent group: its level (0 = coarsest), channels and spatial size; ``dim`` values per image."""

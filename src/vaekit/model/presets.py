@@ -15,12 +15,15 @@ def model_config(
     learn_sigma: bool = False,
     sigma_init: float = 1.0,
     width: float = 1.0,
+    head: str = "logits",
+    mixtures: int = 0,
 ) -> ModelConfig:
     """Resolve a preset name and optional overrides into a validated :class:`ModelConfig`.
 
     ``learn_sigma`` adds a per-pixel decoder log standard deviation starting at ``log(sigma_init)``. For
     the ``conv`` preset the number of levels follows the image size (down to about 4 x 4) and ``width``
-    multiplies the channels of a conv preset.
+    multiplies the channels of a conv preset. ``head`` is what the decoder outputs per sub-pixel (one of
+    ``HEADS``: logits, or an 8-bit likelihood's parameters), ``mixtures`` the logistic mixture's components.
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown model preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
@@ -46,6 +49,7 @@ def model_config(
         spec["encoder_hidden"] = [max(1, round(ch * width)) for ch in spec["encoder_hidden"]]
         spec["decoder_hidden"] = spec["encoder_hidden"][::-1]
     cfg = ModelConfig(preset=preset, image_shape=tuple(image_shape), learn_sigma=learn_sigma,
-                      sigma_init=float(sigma_init) if learn_sigma else 1.0, **spec)
+                      sigma_init=float(sigma_init) if learn_sigma else 1.0, head=head,
+                      mixtures=mixtures, **spec)
     cfg.validate()
     return cfg

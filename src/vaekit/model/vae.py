@@ -3,7 +3,9 @@
 The encoder maps a flattened image ``x`` to the mean ``mu`` and log-variance ``logvar`` of the Gaussian
 posterior q(z|x); the decoder maps a latent ``z`` to per-pixel *logits*. Likelihoods work on logits
 (``binary_cross_entropy_with_logits``) because ``sigmoid`` followed by ``log`` underflows for confident
-pixels, which is where the blog's ``Sigmoid`` + ``BCE`` pair clamps its log at -100.
+pixels, which is where the blog's ``Sigmoid`` + ``BCE`` pair clamps its log at -100. With an 8-bit likelihood
+head (``ModelConfig.head``) the decoder outputs each pixel's distribution instead (:mod:`vaekit.heads`), and
+:meth:`VAE.mean_image` gives the image to show for either.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from vaekit.config import ModelConfig
+from vaekit.heads import head_mean, head_sample, init_head_bias, params_per_pixel
 from vaekit.model.conv import conv_decoder, conv_encoder
-from vaekit.model.hierarchical import BottomUp, LatentPass, TopDown, hierarchy_groups, params_per_pixel
+from vaekit.model.hierarchical import BottomUp, LatentPass, TopDown, hierarchy_groups
+from vaekit.objectives import log_likelihood
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "elu": nn.ELU,
@@ -26,6 +30,10 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU,
     "leaky_relu": nn.LeakyReLU,
 }
+
+# The 8-bit heads' output layer starts with a tenth of its default weights (see VAE._init_head).
+HEAD_INIT_WEIGHT = 0.1
+
 
 def _mlp(sizes: list[int], activation: str, skip_first: bool = False) -> nn.Sequential:
     """Linear layers through ``sizes`` with ``activation`` between them (none after the last)."""
@@ -48,18 +56,24 @@ class VAE(nn.Module):
         self.zdim = config.zdim
         self.hierarchical = config.architecture == "hierarchical"
         d = config.input_dim
+        self.channels = config.image_shape[2] if len(config.image_shape) == 3 else 1
+        # Decoder outputs per pixel: one logit per channel, or an 8-bit head's parameters (vaekit.heads).
+        self.params_per_pixel = params_per_pixel(config.head, self.channels, config.mixtures)
+        out = d // self.channels * self.params_per_pixel
         if self.hierarchical:
             self._build_hierarchy(config)
         elif config.architecture == "conv":
             h, w, *c = config.image_shape
             shape, act = (h, w, c[0] if c else 1), _ACTIVATIONS[config.activation]
             self.encoder = conv_encoder(shape, config.encoder_hidden, config.zdim, act)
-            self.decoder = conv_decoder(shape, config.encoder_hidden, config.zdim, act, config.upsample)
+            self.decoder = conv_decoder(shape, config.encoder_hidden, config.zdim, act, config.upsample,
+                                        self.params_per_pixel)
         else:
             self.encoder = _mlp([d, *config.encoder_hidden, 2 * config.zdim], config.activation)
             self.decoder = _mlp(
-                [config.zdim, *config.decoder_hidden, d], config.activation, config.skip_first_decoder_activation
+                [config.zdim, *config.decoder_hidden, out], config.activation, config.skip_first_decoder_activation
             )
+        self._init_head()
         # The learned per-pixel log standard deviation of a gaussian p(x|z); None (and absent from the
         # state dict) otherwise, so models without it keep their exact weights file.
         self.log_sigma: nn.Parameter | None
@@ -81,7 +95,7 @@ class VAE(nn.Module):
         groups = hierarchy_groups(config.image_shape, config.encoder_hidden, config.latent_groups, config.zdim)
         self.encoder = BottomUp(shape, config.encoder_hidden, act)
         self.decoder = TopDown(shape, config.encoder_hidden, groups, config.zdim, act,
-                               params_per_pixel("logits", shape[2]))
+                               self.params_per_pixel)
         self.zdim, self._latent_size = groups[0].dim, sum(g.dim for g in groups)
 
     def latent_pass(self, x: Tensor, eps: Tensor) -> LatentPass:
@@ -98,6 +112,17 @@ class VAE(nn.Module):
         return LatentPass(p.logits.reshape(*lead, -1), p.kl.reshape(lead), p.log_q.reshape(lead),
                           p.log_p.reshape(lead))
 
+    def _init_head(self) -> None:
+        """Start an 8-bit head near the uniform code: its outputs' biases from :func:`init_head_bias`, and the
+        last layer's weights a tenth of their default so that z moves the start only a little."""
+        bias = init_head_bias(self.config.head, self.channels, self.config.mixtures)
+        if bias is None:
+            return
+        last = [m for m in self.decoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+        with torch.no_grad():
+            last.weight.mul_(HEAD_INIT_WEIGHT)
+            last.bias.copy_(bias.repeat(last.bias.numel() // bias.numel()))
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior parameters ``(mu, logvar)`` for flattened images ``x`` in [0, 1] (of a hierarchy: of its
         first group, q(z_1|x))."""
@@ -109,12 +134,27 @@ class VAE(nn.Module):
         return mu, logvar
 
     def decode(self, z: Tensor) -> Tensor:
-        """Per-pixel logits of p(x|z); ``torch.sigmoid`` of them is the decoded image. For a hierarchy ``z`` is
-        the first group's and every later group is at its prior mean (temperature 0)."""
+        """The parameters of p(x|z) as rows of ``params_per_pixel`` values per pixel: one logit per channel,
+        or an 8-bit head's parameters (:mod:`vaekit.heads`); :meth:`mean_image` turns them into pixels. For a
+        hierarchy ``z`` is the first group's and every later group is at its prior mean (temperature 0)."""
         if self.hierarchical:
             top = z.reshape(-1, z.shape[-1])
             return self.decoder(top.shape[0], None, None, top).logits.reshape(*z.shape[:-1], -1)
         return self._batched(self.decoder, z)
+
+    def log_px_z(self, likelihood: str, x: Tensor, params: Tensor, sigma: float = 1.0) -> Tensor:
+        """log p(x|z) per row of decoder outputs ``params`` under ``likelihood``, read with this model's own head,
+        learned scales and channels, so no caller has to pass them along."""
+        return log_likelihood(likelihood, x, params, sigma, self.log_sigma, self.channels, self.config.mixtures)
+
+    def mean_image(self, params: Tensor) -> Tensor:
+        """The image of decoder outputs ``params`` (rows of H*W*C values in [0, 1]): sigmoid of logits, or the
+        head's mean (:func:`vaekit.heads.head_mean`), so no caller interprets the outputs itself."""
+        return head_mean(self.config.head, params, self.channels, self.config.mixtures)
+
+    def sample_images(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """8-bit images drawn from the head's p(x|z) for decoder outputs ``params`` (8-bit heads only)."""
+        return head_sample(self.config.head, params, self.channels, self.config.mixtures, generator)
 
     def _batched(self, body: nn.Module, rows: Tensor) -> Tensor:
         """``body(rows)`` for rows with any leading dimensions (k draws of a batch): convolutions take one."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from vaekit.config import DISCRETIZED_LOGISTIC_SCALE, ModelConfig, TrainConfig
+from vaekit.config import DEFAULT_MIXTURES, EIGHT_BIT_LIKELIHOODS, ModelConfig, TrainConfig
 from vaekit.data import Splits
 from vaekit.model import model_config
 
@@ -27,12 +27,13 @@ def default_model(splits: Splits, announce: bool) -> str:
 
 
 def model_config_for(config: TrainConfig, image_shape: tuple[int, ...]) -> ModelConfig:
-    """The model a run trains: its preset and overrides sized for the data, with the likelihood's scales.
+    """The model a run trains: its preset and overrides sized for the data, with the likelihood's head.
 
-    The discretized logistic always learns its per-pixel scales (a weight of the model, like a learned
-    Gaussian sigma), starting at ``DISCRETIZED_LOGISTIC_SCALE``.
+    An 8-bit likelihood's decoder outputs each pixel's parameters (its ``head``), scales included, so
+    only a learned Gaussian sigma is a weight of its own.
     """
-    learn = config.learn_sigma or config.likelihood == "discretized-logistic"
-    start = DISCRETIZED_LOGISTIC_SCALE if config.likelihood == "discretized-logistic" else config.sigma
+    head = config.likelihood if config.likelihood in EIGHT_BIT_LIKELIHOODS else "logits"
+    mixtures = (config.mixtures or DEFAULT_MIXTURES) if head == "logistic-mixture" else 0
     return model_config(config.model, config.zdim, config.hidden, config.activation, image_shape,
-                        learn_sigma=learn, sigma_init=start, width=config.width)
+                        learn_sigma=config.learn_sigma, sigma_init=config.sigma, width=config.width, head=head,
+                        mixtures=mixtures)

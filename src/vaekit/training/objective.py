@@ -67,11 +67,13 @@ def batch_loss(model: VAE, x_u8: Tensor, noise: Noise, config: TrainConfig, kl_w
         return hierarchical_loss(model, x, noise.eps, config, kl_weight)
     if single_draw(config):
         logits, mu, logvar = model(x, noise.eps)
-        t = elbo_terms(logits, x, mu, logvar, config.likelihood, config.sigma, model.log_sigma)
+        t = elbo_terms(logits, x, mu, logvar, config.likelihood, config.sigma, model.log_sigma, model.channels,
+                        model.config.mixtures)
         return (t.recon + kl_weight * t.kl).sum()  # weight 1.0: bit for bit the plain negative ELBO
     mu, logvar = model.encode(x)
     z = model.reparameterize(mu, logvar, noise.eps)
-    log_px_z = log_likelihood(config.likelihood, x, model.decode(z), config.sigma, model.log_sigma)
+    log_px_z = log_likelihood(config.likelihood, x, model.decode(z), config.sigma, model.log_sigma, model.channels,
+                              model.config.mixtures)
     if config.objective == "elbo":
         return (kl_weight * gaussian_kl(mu, logvar) - log_px_z.mean(dim=0)).sum()
     return -iwae_bound(log_importance_weights(log_px_z, noise.eps, logvar, z, kl_weight)).sum()
@@ -82,7 +84,7 @@ def hierarchical_loss(model: VAE, x: Tensor, eps: Tensor, config: TrainConfig, k
     sampled parents (averaged over k draws), or minus the k-sample bound with log w = log p(x|z) +
     ``kl_weight`` * (log p(z) - log q(z|x)) summed over the groups."""
     p = model.latent_pass(x, eps)
-    log_px_z = log_likelihood(config.likelihood, x, p.logits, config.sigma, model.log_sigma)
+    log_px_z = model.log_px_z(config.likelihood, x, p.logits, config.sigma)
     if config.objective == "elbo":
         per_draw = kl_weight * p.kl - log_px_z
         return (per_draw if eps.dim() == 2 else per_draw.mean(dim=0)).sum()

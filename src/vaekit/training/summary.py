@@ -93,7 +93,7 @@ def summary_of(config: TrainConfig, model: VAE, state: TrainState, data_info: di
         "data_source": data_info["source"], "epochs": state.epoch, "likelihood": config.likelihood,
         "objective": config.objective, "k": config.k, "beta": config.beta, "kl_warmup": config.kl_warmup,
         "protocol": protocol(config.binarize, config.binarize_seed, config.likelihood, config.learn_sigma,
-                             config.sigma),
+                             config.sigma, model.config.head, model.config.mixtures),
         "model": config.model, "zdim": model.zdim, "device": str(device),
         "metric": "negative ELBO per test image in nats, one reparametrized sample per image",
     }
