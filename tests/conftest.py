@@ -106,6 +106,22 @@ def write_dataset(folder: Path, n_train: int, n_test: int, seed: int = 0) -> Pat
 
 
 @pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every image the folder reader decodes (the real decoder still runs)."""
+    import vaekit.data.folder as folder_module
+    from vaekit.data.images import decode_image
+
+    seen: list[str] = []
+
+    def counting(source, **options):
+        seen.append(str(source))
+        return decode_image(source, **options)
+
+    monkeypatch.setattr(folder_module, "decode_image", counting)
+    return seen
+
+
+@pytest.fixture
 def float64():
     """Double precision as the default dtype for one test (reference computations); restored afterwards."""
     import torch

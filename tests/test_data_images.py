@@ -19,7 +19,6 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 from PIL import Image
 
-import vaekit.data.folder as folder_module
 from vaekit.data import (
     BadInputError,
     DataError,
@@ -58,19 +57,6 @@ def grey(seed: int, shape: tuple[int, ...] = (6, 5)) -> np.ndarray:
 def cache_files() -> list[str]:
     root = cache_dir()
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
-
-
-@pytest.fixture
-def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Records every image the folder reader decodes (the real decoder still runs)."""
-    seen: list[str] = []
-
-    def counting(source, **options):
-        seen.append(str(source))
-        return decode_image(source, **options)
-
-    monkeypatch.setattr(folder_module, "decode_image", counting)
-    return seen
 
 
 def classes_folder(root: Path, counts: dict[str, int], shape: tuple[int, ...] = (6, 5)) -> dict[str, list]:

@@ -19,10 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import vaekit.data.folder as folder_module
 from vaekit.cli import main
 from vaekit.data import BadInputError, DataError, cache_dir, load_own_data, load_own_data_from_info
-from vaekit.data.images import decode_image
 from vaekit.data.own import read_own_data
 
 QUICK = ["--epochs", "1", "--device", "cpu", "--no-artifacts", "--quiet"]
@@ -46,19 +44,6 @@ def class_folder(root: Path, counts: dict[str, int], first_seed: int = 0) -> Non
 
 def keys(images: np.ndarray) -> set[bytes]:
     return {image.tobytes() for image in images}
-
-
-@pytest.fixture
-def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Records every image the folder reader decodes (the real decoder still runs)."""
-    seen: list[str] = []
-
-    def counting(source, **options):
-        seen.append(str(source))
-        return decode_image(source, **options)
-
-    monkeypatch.setattr(folder_module, "decode_image", counting)
-    return seen
 
 
 def cache_entry() -> Path:
