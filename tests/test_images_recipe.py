@@ -41,7 +41,8 @@ def array_file(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("flags", [["--data", "photos/"], ["--dataset", "cifar10"]])
 def test_images_recipe_is_the_default_for_own_images_and_cifar10(flags: list[str]) -> None:
     c = config_of(*flags)
-    assert (c.recipe, c.model, c.likelihood, c.batch_size, c.lr) == ("images", "conv", "discretized-logistic", 64, 1e-3)
+    assert (c.recipe, c.model, c.likelihood, c.mixtures, c.batch_size, c.lr) == (
+        "images", "conv", "logistic-mixture", 5, 64, 1e-3)
     assert (c.lr_schedule, c.steps, c.val_fraction, c.patience) == ("cosine", 3000, 0.1, 10)
 
 
@@ -62,6 +63,12 @@ def test_the_recipe_is_asked_for_by_name_and_explicit_flags_win() -> None:
     assert (no_val.val_fraction, no_val.patience) == (0, 0), "no validation split: no early stopping"
     assert recipe_config("images", {"epochs": 3}) == TrainConfig(**{**RECIPES["images"], "epochs": 3, "steps": None,
                                                                     "recipe": "images"})
+
+
+def test_another_likelihood_takes_the_recipe_without_its_mixture_size() -> None:
+    c = config_of("--data", "x", "--likelihood", "discretized-logistic")
+    assert (c.recipe, c.likelihood, c.mixtures) == ("images", "discretized-logistic", None)
+    assert config_of("--data", "x", "--mixtures", "3").mixtures == 3
 
 
 def test_epochs_for_steps() -> None:
