@@ -449,7 +449,7 @@ def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
 #   get 94 epochs, Fashion-MNIST's 54,000 get 4), ``--epochs`` overriding;
 # * 10% of the training images for validation, early stopping after 10 epochs without a better val_loss,
 #   and the best epoch's weights kept.
-# A weight average (EMA) belongs here too once vaekit has one: IMAGES_EMA is its place.
+# A weight average (--ema) is not in the recipe until it is measured with it: IMAGES_EMA is its place.
 IMAGES_EMA: dict[str, Any] = {}
 RECIPES: dict[str, dict[str, Any]] = {
     "post": {},
