@@ -31,7 +31,7 @@ import numpy as np
 
 from .chunked import chunks
 
-__all__ = ["hash_positions", "split_indices", "test_mask"]
+__all__ = ["hash_positions", "held_out_mask", "split_indices"]
 
 _SCALE = float(2**64)
 
@@ -55,7 +55,7 @@ def _hold_out_one(test: np.ndarray, positions: np.ndarray, members: np.ndarray) 
     test |= positions == smallest
 
 
-def test_mask(positions: np.ndarray, labels: np.ndarray | None, test_fraction: float) -> np.ndarray:
+def held_out_mask(positions: np.ndarray, labels: np.ndarray | None, test_fraction: float) -> np.ndarray:
     """The held-out images (a boolean mask) for images with these numbers and labels (see the module docstring)."""
     test = positions < test_fraction
     groups = [np.arange(len(positions))] if labels is None else [np.flatnonzero(labels == c) for c in np.unique(labels)]
@@ -73,5 +73,5 @@ def split_indices(
     images: np.ndarray, labels: np.ndarray | None, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, test indices), each ascending."""
-    test = test_mask(hash_positions(images, seed), labels, test_fraction)
+    test = held_out_mask(hash_positions(images, seed), labels, test_fraction)
     return np.flatnonzero(~test), np.flatnonzero(test)

@@ -27,7 +27,7 @@ from .arrays import read_array_file, read_array_source
 from .chunked import split_rows
 from .errors import BadInputError, DataError
 from .folder import read_folder
-from .holdout import hash_positions, split_indices, test_mask
+from .holdout import hash_positions, held_out_mask, split_indices
 from .splits import RawData, Splits
 
 __all__ = [
@@ -105,7 +105,7 @@ def split_mask(raw: RawData, test_fraction: float, seed: int) -> np.ndarray:
     """
     if raw.n_given_train is not None:
         return np.arange(len(raw.images)) >= raw.n_given_train
-    test = test_mask(hash_positions(raw.images, seed), raw.labels, test_fraction)
+    test = held_out_mask(hash_positions(raw.images, seed), raw.labels, test_fraction)
     if not test.any():
         raise BadInputError(f"{raw.path or IN_MEMORY}: all {len(raw.images):,} images are identical, so none can be "
                             "held out for testing without also being trained on; add different images")
