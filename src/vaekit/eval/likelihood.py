@@ -51,7 +51,6 @@ from vaekit.objectives import (
     continuous_bernoulli_log_norm,
     gaussian_kl_per_dim,
     log_importance_weights,
-    log_likelihood,
 )
 
 # Most decoder rows (images x draws) per chunk on the CPU: for a 784-pixel MLP, large enough for efficient
@@ -400,7 +399,7 @@ def model_log_px(model: VAE, images: Tensor, samples: int = 5000, likelihood: st
             return bernoulli_log_px_z(x, logits)
         if likelihood == "continuous-bernoulli":
             return bernoulli_log_px_z(x, logits) + continuous_bernoulli_log_norm(logits).sum(dim=-1)
-        return log_likelihood(likelihood, x, logits, sigma, model.log_sigma, model.channels, model.config.mixtures)
+        return model.log_px_z(likelihood, x, logits, sigma)
 
     try:
         return estimate_log_px(model.encode, log_px_z, images, samples, device=param.device, dtype=param.dtype,

@@ -17,7 +17,7 @@ from vaekit.config import TrainConfig
 from vaekit.data.binarize import binarize_with
 from vaekit.data.tensors import to_unit
 from vaekit.model import VAE
-from vaekit.objectives import elbo_terms, gaussian_kl, iwae_bound, log_importance_weights, log_likelihood
+from vaekit.objectives import elbo_terms, gaussian_kl, iwae_bound, log_importance_weights
 
 
 @dataclass
@@ -72,8 +72,7 @@ def batch_loss(model: VAE, x_u8: Tensor, noise: Noise, config: TrainConfig, kl_w
         return (t.recon + kl_weight * t.kl).sum()  # weight 1.0: bit for bit the plain negative ELBO
     mu, logvar = model.encode(x)
     z = model.reparameterize(mu, logvar, noise.eps)
-    log_px_z = log_likelihood(config.likelihood, x, model.decode(z), config.sigma, model.log_sigma, model.channels,
-                              model.config.mixtures)
+    log_px_z = model.log_px_z(config.likelihood, x, model.decode(z), config.sigma)
     if config.objective == "elbo":
         return (kl_weight * gaussian_kl(mu, logvar) - log_px_z.mean(dim=0)).sum()
     return -iwae_bound(log_importance_weights(log_px_z, noise.eps, logvar, z, kl_weight)).sum()
