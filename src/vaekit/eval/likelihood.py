@@ -47,6 +47,7 @@ from vaekit.data.resolve import warn as _warn
 from vaekit.data.tensors import to_unit
 from vaekit.eval.elbo import EVAL_SEED
 from vaekit.model import VAE
+from vaekit.model.sizes import leaf_output_bytes
 from vaekit.objectives import (
     continuous_bernoulli_log_norm,
     gaussian_kl_per_dim,
@@ -311,24 +312,13 @@ def row_bytes(model: VAE) -> int:
     (``WORKSPACE_FACTOR`` and ``LIKELIHOOD_COPIES`` add what the convolutions and the likelihood need).
     """
     param = next(model.parameters())
-    sizes: list[int] = []
 
-    def count(_module: torch.nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
-        if not isinstance(out, Tensor):
-            return
-        ptr = out.untyped_storage().data_ptr()
-        if not any(isinstance(t, Tensor) and t.untyped_storage().data_ptr() == ptr for t in inputs):
-            sizes.append(out.numel() * out.element_size())
-
-    leaves = [m for m in model.decoder.modules() if not any(m.children())]
-    hooks = [m.register_forward_hook(count) for m in leaves]
-    try:
+    def decode_one() -> Tensor:
         with torch.inference_mode():
-            logits = model.decode(torch.zeros(1, model.zdim, device=param.device, dtype=param.dtype))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return WORKSPACE_FACTOR * sum(sizes) + LIKELIHOOD_COPIES * logits.numel() * max(logits.element_size(), 4)
+            return model.decode(torch.zeros(1, model.zdim, device=param.device, dtype=param.dtype))
+
+    layers, logits = leaf_output_bytes(model.decoder, decode_one, skip_views=True)
+    return WORKSPACE_FACTOR * layers + LIKELIHOOD_COPIES * logits.numel() * max(logits.element_size(), 4)
 
 
 def chunk_rows(device: torch.device, bytes_per_row: int) -> int:

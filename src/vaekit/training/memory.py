@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import sys
-from typing import Any
 
 import torch
 
@@ -33,24 +32,14 @@ def step_bytes(mcfg: ModelConfig, batch_size: int) -> int:
     conv presets it came within 5-30% of the peak a real step added to the process (48x48 to 128x128 colour).
     """
     from vaekit.model import VAE
+    from vaekit.model.sizes import leaf_output_bytes
 
     with torch.device("meta"):
         model = VAE(mcfg)
         params = sum(p.numel() * p.element_size() for p in model.parameters())
-        kept: list[int] = []
-
-        def count(_module: torch.nn.Module, _inputs: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor):
-                kept.append(out.numel() * out.element_size())
-
-        hooks = [m.register_forward_hook(count) for m in model.modules() if not any(m.children())]
-        try:
-            x, eps = torch.empty(batch_size, mcfg.input_dim), torch.empty(batch_size, model.latent_size)
-            model.latent_pass(x, eps) if model.hierarchical else model(x, eps)
-        finally:
-            for hook in hooks:
-                hook.remove()
-    return 4 * params + 2 * sum(kept)
+        x, eps = torch.empty(batch_size, mcfg.input_dim), torch.empty(batch_size, model.latent_size)
+        kept, _ = leaf_output_bytes(model, lambda: model.latent_pass(x, eps) if model.hierarchical else model(x, eps))
+    return 4 * params + 2 * kept
 
 
 def check_step_fits(mcfg: ModelConfig, batch_size: int, device: torch.device) -> None:
