@@ -26,3 +26,17 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
         raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s); pick one of them")
     return torch.device(name)
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory ``device`` can still give: the RAM available on the CPU, the free memory of a CUDA device, what
+    the Metal allocator recommends less what it holds on MPS; ``None`` where that is not known."""
+    if device.type == "cpu":
+        from vaekit.data.memory import available_bytes
+
+        return available_bytes()
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
+        return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    return None

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from vaekit.compiled import CompiledForward
 from vaekit.data.resolve import warn as _warn
 from vaekit.data.tensors import to_unit
+from vaekit.devices import free_bytes
 from vaekit.eval.elbo import EVAL_SEED
 from vaekit.model import VAE
 from vaekit.model.sizes import leaf_output_bytes
@@ -295,11 +296,7 @@ def memory_budget(device: torch.device) -> int:
     """Bytes the decoded rows of one chunk may take on ``device`` (see ``CPU_MEMORY``)."""
     if device.type == "cpu":
         return CPU_MEMORY
-    free = None
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    elif device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
-        free = torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+    free = free_bytes(device)
     return int(min(ACCELERATOR_MEMORY, FREE_SHARE * free)) if free is not None else ACCELERATOR_MEMORY
 
 

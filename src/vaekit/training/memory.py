@@ -10,6 +10,7 @@ import sys
 import torch
 
 from vaekit.config import ConfigError, ModelConfig
+from vaekit.devices import free_bytes
 
 
 def release_free_memory() -> None:
@@ -48,14 +49,9 @@ def check_step_fits(mcfg: ModelConfig, batch_size: int, device: torch.device) ->
     Without it, a large ``--image-size`` ends in the kernel's out-of-memory killer (no message at all) or in
     an allocation error that reads like a failed run; the fix is a smaller image size or batch.
     """
-    if device.type == "cpu":
-        from vaekit.data.memory import available_bytes
-
-        available = available_bytes()
-    elif device.type == "cuda":
-        available = int(torch.cuda.mem_get_info(device)[0])
-    else:
+    if device.type not in ("cpu", "cuda"):
         return
+    available = free_bytes(device)
     need = step_bytes(mcfg, batch_size)
     if available is not None and need > available:
         from vaekit.data.memory import gigabytes
