@@ -219,6 +219,11 @@ GRID_SPACINGS = ("linear", "normal")
 # The validation fraction of a run on your own images unless set: a named dataset has none unless asked for, so
 # its runs keep the numbers they always had (their test set evaluated every epoch).
 OWN_VAL_FRACTION = 0.1
+# `vaekit sample`: where latents come from (the prior, or the mixture fitted to the training set's posterior
+# means, vaekit.use.gmm), which image of p(x|z) is shown, and the mixture's components unless set.
+SAMPLERS = ("prior", "gmm")
+SAMPLE_MODES = ("mean", "sample")
+DEFAULT_COMPONENTS = 10
 
 
 @dataclass

@@ -17,6 +17,7 @@ from vaekit.cli.data import add_data_parser
 from vaekit.cli.evaluate import add_evaluate_parser, add_plot_parser
 from vaekit.cli.explore import add_explore_parser
 from vaekit.cli.report import add_report_parser
+from vaekit.cli.sample import add_sample_parser
 from vaekit.cli.train import add_train_parser
 from vaekit.config import ConfigError
 from vaekit.errors import VaekitError
@@ -38,6 +39,7 @@ def build_parser() -> Parser:
     add_data_parser(sub)
     add_explore_parser(sub)
     add_report_parser(sub)
+    add_sample_parser(sub)
     return parser
 
 

@@ -42,5 +42,6 @@ def _number(kind: type, minimum: float, inclusive: bool = True, what: str = "",
 positive_int = _number(int, 1, what="a positive integer")
 nonnegative_int = _number(int, 0, what="an integer >= 0")
 positive_float = _number(float, 0.0, inclusive=False, what="a positive number")
+nonnegative_float = _number(float, 0.0, what="a number >= 0")
 seed_int = _number(int, 0, what=f"an integer from 0 to {MAX_SEED}", maximum=MAX_SEED)
 grid_int = _number(int, 1, what=f"an integer from 1 to {MAX_GRID}", maximum=MAX_GRID)

@@ -260,6 +260,13 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict[str, float]] = field(default_factory=list)
 
+    def sample(self, n: int, **options: Any) -> Any:
+        """``n`` new images as a uint8 array (n, H, W[, 3]); ``options`` are :func:`vaekit.use.sample.sample`'s
+        (``sampler="prior"|"gmm"``, ``temperature``, ``seed``, ``mode``, ``components``)."""
+        from vaekit.use.sample import sample  # lazily: vaekit.use imports this module
+
+        return sample(self, n, **options)
+
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
     """``summary.json`` as an object ({} while the run has none)."""
