@@ -18,6 +18,7 @@ from vaekit.cli.evaluate import add_evaluate_parser, add_plot_parser
 from vaekit.cli.explore import add_explore_parser
 from vaekit.cli.report import add_report_parser
 from vaekit.cli.sample import add_sample_parser
+from vaekit.cli.score import add_score_parser
 from vaekit.cli.train import add_train_parser
 from vaekit.config import ConfigError
 from vaekit.errors import VaekitError
@@ -40,6 +41,7 @@ def build_parser() -> Parser:
     add_explore_parser(sub)
     add_report_parser(sub)
     add_sample_parser(sub)
+    add_score_parser(sub)
     return parser
 
 

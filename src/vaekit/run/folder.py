@@ -267,6 +267,14 @@ class Run:
 
         return sample(self, n, **options)
 
+    def score(self, images: Any = None, **options: Any) -> dict[str, Any]:
+        """Per-image -ELBO (or ``nll=K``: importance-sampled NLL) and bits/dim of ``images`` (a folder, file, array)
+        or of ``split="test"``, as columns in the images' order; with ``normal=[...]`` also their ``auroc``. See
+        :func:`vaekit.use.score.score`."""
+        from vaekit.use.score import score
+
+        return score(self, images, **options)
+
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
     """``summary.json`` as an object ({} while the run has none)."""
