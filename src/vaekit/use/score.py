@@ -4,8 +4,9 @@ An image the model finds unlikely is one unlike its training data, which makes t
 score for anomaly detection: train on normal images, score new ones, look at the worst first. The score of an
 image is
 
-* ``neg_elbo``: its negative ELBO in nats, one reparametrized draw from a generator seeded with the seed of
-  ``vaekit evaluate`` (:data:`vaekit.eval.elbo.EVAL_SEED`), so the same images score the same on every call;
+* ``neg_elbo``: its negative ELBO in nats with one reparametrized draw, the i-th image's draw the i-th of a
+  generator seeded with the seed of ``vaekit evaluate`` (:data:`vaekit.eval.elbo.EVAL_SEED`), so the same images
+  score the same on every call, whatever the batch size;
 * ``nll`` (``nll=K``): minus the importance-sampled log p(x) with K draws
   (:func:`vaekit.eval.likelihood.model_log_px`, the estimator of ``vaekit evaluate --nll``): less noisy and
   closer to the true likelihood, K times the work.
@@ -93,7 +94,10 @@ def _batch_score(run: Run, x: torch.Tensor, gen: torch.Generator, nll: int | Non
         return (-model_log_px(model, x, nll, cfg.likelihood, cfg.sigma, rows=rows).log_px).numpy()
     from vaekit.eval.elbo import image_terms
 
-    eps = torch.randn((x.shape[0], model.latent_size), generator=gen, dtype=x.dtype).to(x.device)
+    # One draw per image, image by image: the noise of the i-th image is the same whatever the batch size (torch
+    # fills larger tensors in blocks, so one draw for the batch would depend on where the batch starts and ends).
+    eps = torch.stack([torch.randn(model.latent_size, generator=gen) for _ in range(x.shape[0])])
+    eps = eps.to(device=x.device, dtype=x.dtype)
     with torch.inference_mode():
         return image_terms(model, x, eps, cfg.likelihood, cfg.sigma).loss.double().cpu().numpy()
 
