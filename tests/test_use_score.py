@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from vaekit import run as runs
 from vaekit.cli import main
