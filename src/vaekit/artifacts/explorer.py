@@ -42,6 +42,7 @@ DECODE_PATH = "/decode"  # where `vaekit explore --serve` decodes latents in PyT
 MAX_DECODE_BODY = 1 << 20  # bytes of one decode request: a latent as JSON, far below this
 ENCODE_PATH = "/encode"  # where it encodes one image the page prepared, for the same pages
 MAX_ENCODE_BODY = 16 << 20  # bytes of one encode request: a 256x256 colour image as JSON takes about 4 MB
+_NO_REQUESTS = "default-src 'none';"  # the page's content policy, which forbids every request
 
 
 class ExplorerError(VaekitError):
@@ -303,6 +304,8 @@ def explorer_html(model: VAE, means: np.ndarray, labels: np.ndarray, *, title: s
     # then can never be closed early by a title such as "</script>".
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     template = (resources.files("vaekit") / "assets" / "explorer.html").read_text(encoding="utf-8")
+    if not runs_in_page(model):  # its requests go to the server that served it, and nowhere else
+        template = template.replace(_NO_REQUESTS, _NO_REQUESTS + " connect-src 'self';", 1)
     page_title = html.escape(printable(f"vaekit latent explorer: {title}" if title else "vaekit latent explorer"))
     return template.replace("__VAEKIT_TITLE__", page_title, 1).replace("__VAEKIT_DATA__", payload, 1)
 
