@@ -170,7 +170,8 @@ def test_a_click_on_an_images_point_picks_its_mean_and_larger_images_are_resized
     got = page.page.evaluate("window.vaekit.images()")[0]
     want = decode_image(tmp_path / "big.png", channels=1, image_size=16).astype(np.float64)
     diff = np.abs(np.array(got["pixels"], dtype=np.float64).reshape(16, 16) - want)
-    assert diff.mean() <= 2.0 and diff.max() <= 8, (diff.mean(), diff.max())  # the browser's smoothing, not Pillow's
+    # the browser's smoothing, not Pillow's bicubic: 0.63 and 1 in Chromium 156
+    assert diff.mean() <= 1.5 and diff.max() <= 4, (diff.mean(), diff.max())
 
     data_range = page.page.evaluate("JSON.parse(document.getElementById('vaekit-data').textContent).range")
     box = page.page.locator("#plane").bounding_box()
