@@ -79,7 +79,8 @@ def add_explore_parser(sub: Any) -> argparse.ArgumentParser:
     """The ``explore`` subcommand."""
     p = sub.add_parser("explore", help="write the interactive latent explorer page of a run",
                        description="Write RUN/explorer.html: one self-contained page (no server, no network) "
-                                   "with the decoder running in the browser over the latent plane.")
+                                   "with the decoder running in the browser over the latent plane, and the encoder "
+                                   "for the image files you drop on it.")
     p.add_argument("run", help="run folder written by vaekit train")
     p.add_argument("--out", help=f"file to write (default RUN/{EXPLORER})")
     p.add_argument("--serve", action="store_true",
