@@ -110,7 +110,7 @@ def _results(rows: list[Headline], name: str) -> str:
     table += [f"| {_md(h.name)} | {_md(h.value)} | {_md(h.protocol)} |" for h in rows]
     absent = [h.name for h in rows if not h.present]
     if absent:
-        how = NLL_HOW.replace("RUN", shlex.quote(name))
+        how = NLL_HOW.replace("RUN", shlex.quote(printable(name)))
         table.append(f"\nNot measured yet: {', '.join(absent)}. `{how}` estimates the log-likelihood by importance "
                      "sampling and rewrites this card with it.")
     return "## Results\n\n" + "\n".join(table)
