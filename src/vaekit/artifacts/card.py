@@ -21,18 +21,7 @@ from typing import Any
 
 from vaekit import __version__
 from vaekit import run as runs
-from vaekit.artifacts import CARD, EXPLORER, FIGURES, REPORT
-from vaekit.artifacts.describe import (
-    CAPTIONS,
-    NLL_HOW,
-    Headline,
-    dataset_text,
-    headline,
-    likelihood_text,
-    model_text,
-    split_text,
-    training_text,
-)
+from vaekit.artifacts import CARD, EXPLORER, FIGURES, REPORT, describe
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.text import printable
 
@@ -99,18 +88,18 @@ def _front_matter(rec: RunRecord) -> str:
     hub = HUB_DATASETS.get(str(rec.data.get("dataset"))) if "own" not in rec.data else None
     if hub is not None:
         lines += ["datasets:", f"- {hub}"]
-    known = [h.key for h in headline(rec.summary) if h.present]
+    known = [h.key for h in describe.headline(rec.summary) if h.present]
     if known:
         lines += ["metrics:", *(f"- {name}" for name in known)]
     return "\n".join([*lines, "---"])
 
 
-def _results(rows: list[Headline], name: str) -> str:
+def _results(rows: list[describe.Headline], name: str) -> str:
     table = ["| number | value | how it was measured |", "|---|---|---|"]
     table += [f"| {_md(h.name)} | {_md(h.value)} | {_md(h.protocol)} |" for h in rows]
     absent = [h.name for h in rows if not h.present]
     if absent:
-        how = NLL_HOW.replace("RUN", shlex.quote(printable(name)))
+        how = describe.NLL_HOW.replace("RUN", shlex.quote(printable(name)))
         table.append(f"\nNot measured yet: {', '.join(absent)}. `{how}` estimates the log-likelihood by importance "
                      "sampling and rewrites this card with it.")
     return "## Results\n\n" + "\n".join(table)
@@ -120,9 +109,9 @@ def _model(rec: RunRecord) -> str:
     n = rec.summary.get("n_params")
     return "\n".join([
         "## Model", "",
-        f"- {_md(model_text(rec.model))}",
+        f"- {_md(describe.model_text(rec.model))}",
         f"- Latent: {rec.model.zdim} dimensions, prior N(0, I), diagonal Gaussian posterior q(z|x).",
-        f"- Likelihood p(x|z): {_md(likelihood_text(rec.train, rec.model))}.",
+        f"- Likelihood p(x|z): {_md(describe.likelihood_text(rec.train, rec.model))}.",
         f"- Parameters: {n:,}." if isinstance(n, int) else "- Parameters: not recorded.",
     ])
 
@@ -130,9 +119,9 @@ def _model(rec: RunRecord) -> str:
 def _training(rec: RunRecord) -> str:
     return "\n".join([
         "## Training", "",
-        f"- Data: {_md(dataset_text(rec.data))}.",
-        f"- Splits: {_md(split_text(rec.data))}.",
-        f"- Training: {_md(training_text(rec.train, rec.summary))}.",
+        f"- Data: {_md(describe.dataset_text(rec.data))}.",
+        f"- Splits: {_md(describe.split_text(rec.data))}.",
+        f"- Training: {_md(describe.training_text(rec.train, rec.summary))}.",
     ])
 
 
@@ -167,7 +156,7 @@ def _use(name: str) -> str:
 
 def _files(run_dir: Path) -> str:
     rows = [f"| `{n}` | {what} |" for n, what in _FILES.items() if (run_dir / n).is_file()]
-    figures = [f"![{n}]({n})\n\n{_md(CAPTIONS[n])}" for n in FIGURES if (run_dir / n).is_file()]
+    figures = [f"![{n}]({n})\n\n{_md(describe.CAPTIONS[n])}" for n in FIGURES if (run_dir / n).is_file()]
     return "\n".join(["## Files", "", "| file | what |", "|---|---|", *rows,
                       *(["", "## Figures", "", "\n\n".join(figures)] if figures else [])])
 
@@ -179,7 +168,7 @@ def build_card(rec: RunRecord) -> str:
     intro = (f"A variational auto-encoder trained with vaekit {__version__}: the {_md(rec.model.preset)} preset, "
              f"a {rec.model.zdim}-dimensional latent and a {_md(t.likelihood)} likelihood, trained on "
              f"{_md(rec.data.get('dataset') or 'its data')}.")
-    parts = [_front_matter(rec), _MARK_LINE, f"# {_md(name)}", intro, _results(headline(rec.summary), name),
+    parts = [_front_matter(rec), _MARK_LINE, f"# {_md(name)}", intro, _results(describe.headline(rec.summary), name),
              _model(rec), _training(rec), _load(name), _use(name), _files(rec.path)]
     return "\n\n".join(parts) + "\n"
 
