@@ -175,7 +175,8 @@ def split_text(data: dict[str, Any]) -> str:
     shape = "x".join(map(str, data.get("image_shape") or []))
     parts = [f"{data['n_train']:,} training images" if _is_num(data.get("n_train")) else "training images"]
     if _is_num(data.get("n_val")):
-        parts.append(f"{data['n_val']:,} validation images held out of them ({data.get('val_fraction', 0):g})")
+        parts.append(f"{data['n_val']:,} more held out of the training split for validation "
+                     f"({data.get('val_fraction', 0):g} of it)")
     if _is_num(data.get("n_test")):
         parts.append(f"{data['n_test']:,} test images")
     return ", ".join(parts) + (f"; each {shape}" if shape else "")
@@ -191,7 +192,7 @@ def training_text(t: TrainConfig, summary: dict[str, Any]) -> str:
     rate = summary.get("train_samples_per_s")
     speed = f" ({rate:,.0f} images/s)" if _is_num(rate) and math.isfinite(rate) else ""
     return (f"{epochs} epoch{'' if epochs == 1 else 's'}{budget}, batch {t.batch_size}, Adam at learning rate {t.lr:g} "
-            f"({t.lr_schedule}), seed {t.seed}, objective {t.objective}{where}{took}{speed}")
+            f"({t.lr_schedule} schedule), seed {t.seed}, objective {t.objective}{where}{took}{speed}")
 
 
 def _duration(seconds: float) -> str:

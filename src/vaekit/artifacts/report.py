@@ -59,7 +59,8 @@ figcaption { color: #5c6670; font-size: 13px; }
             text-decoration: none; font-weight: 600; }
 .note { background: #fff7e0; border: 1px solid #f0dca0; padding: 6px 10px; border-radius: 4px; }
 svg text { font: 11px system-ui, sans-serif; fill: #5c6670; }
-.headline td.value { font-weight: 600; white-space: nowrap; } .headline tr.absent td { color: #5c6670; }
+.headline th, .headline td.value { white-space: nowrap; } .headline td.value { font-weight: 600; }
+.headline tr.absent td { color: #5c6670; }
 details { margin: 8px 0; } summary { cursor: pointer; font-weight: 600; }
 """
 
