@@ -15,6 +15,7 @@ from vaekit.artifacts import CARD, write_artifacts
 from vaekit.artifacts.card import HUB_DATASETS, MARK
 from vaekit.cli import main
 from vaekit.config import TrainConfig
+from vaekit.data.registry import DATASETS, EMBEDDED_NAME
 from vaekit.eval.run import evaluate_run
 
 from .conftest import hermetic_env
@@ -71,6 +72,7 @@ def test_training_writes_the_card_with_the_runs_own_numbers(trained: Path) -> No
     meta = front_matter(card)
     assert meta["library_name"] == "vaekit" and "vae" in meta["tags"]
     assert meta["datasets"] == [HUB_DATASETS["mnist"]] and meta["metrics"] == ["negative-elbo"]
+    assert set(HUB_DATASETS) <= {*DATASETS, EMBEDDED_NAME}  # hub names only for datasets vaekit knows
     assert MARK in card
     name, value, protocol = _row(card, "test -ELBO")
     assert value.startswith(f"{summary['test_loss']:.2f} nats per image")

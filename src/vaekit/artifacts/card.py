@@ -23,6 +23,7 @@ from vaekit import __version__
 from vaekit import run as runs
 from vaekit.artifacts import CARD, EXPLORER, FIGURES, REPORT, describe
 from vaekit.config import ModelConfig, TrainConfig
+from vaekit.data.registry import EMBEDDED_NAME
 from vaekit.text import printable
 
 # The line that tells vaekit's card from a README.md someone else wrote; only a file holding it is rewritten.
@@ -31,7 +32,7 @@ _MARK_LINE = (f"{MARK} vaekit rewrites this file when the run's numbers change; 
               "own edits -->")
 _HEAD_BYTES = 4096  # the mark is within the first lines; a large or odd README.md is not read further
 # Model hubs' names of the datasets vaekit's registry knows (the embedded subset is MNIST's).
-HUB_DATASETS = {"mnist": "ylecun/mnist", "mnist-embedded": "ylecun/mnist",
+HUB_DATASETS = {"mnist": "ylecun/mnist", EMBEDDED_NAME: "ylecun/mnist",
                 "fashion-mnist": "zalando-datasets/fashion_mnist", "cifar10": "uoft-cs/cifar10"}
 TAGS = ("vaekit", "vae", "variational-autoencoder", "generative-model", "pytorch", "safetensors")
 _FILES = {runs.CONFIG: "model and training configuration, and which data was used",
