@@ -67,6 +67,10 @@ class OnnxExportError(VaekitError):
     exit_code = 1
 
 
+class OpsetError(VaekitError):
+    """The exporter cannot write the opset asked for."""
+
+
 class OutputExistsError(VaekitError):
     """The destination already holds files and ``force`` was not given."""
 
@@ -136,18 +140,25 @@ def _parts(model: VAE) -> list[_Part]:
             _Part(DECODER_FILE, _Decoder(model).eval(), "z", (decoder_output_name(model), "image"), z)]
 
 
+# The loggers of the exporter and its translation library: they warn about optional operator libraries and an
+# opset they cannot convert to (with a traceback), which the export reports itself, as one line.
+_EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+
+
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """The exporter's warnings about optional operator libraries and deprecations are not the user's concern."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """The exporter's own warnings held back for the time of an export; what matters is raised as one line."""
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _export(part: _Part, path: Path, opset: int | None) -> None:
@@ -168,13 +179,12 @@ def _export(part: _Part, path: Path, opset: int | None) -> None:
 def _max_differences(part: _Part, path: Path, onnxruntime: ModuleType) -> dict[str, float]:
     """The largest absolute difference between ONNX Runtime's and PyTorch's outputs, per output, over the
     check's batch sizes (NaN where either is not finite, which fails the check)."""
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = dict.fromkeys(part.outputs, 0.0)
     for size in CHECK_BATCHES:
         inputs = part.inputs[:size]
         with torch.no_grad():
             expected = part.module(inputs)
-        got = session.run(list(part.outputs), {part.input_name: inputs.numpy()})
+        got = _run_session(part, path, inputs, onnxruntime)
         for name, ref, out in zip(part.outputs, expected, got, strict=True):
             out_t = torch.from_numpy(out)
             if out_t.shape != ref.shape:
@@ -183,6 +193,28 @@ def _max_differences(part: _Part, path: Path, onnxruntime: ModuleType) -> dict[s
             diff = (out_t.double() - ref.double()).abs().max().item()
             worst[name] = diff if math.isnan(diff) else max(worst[name], diff)
     return worst
+
+
+def _run_session(part: _Part, path: Path, inputs: Tensor, onnxruntime: ModuleType) -> list[Any]:
+    """ONNX Runtime's outputs of the file for ``inputs``; a file it cannot load or run is one line (an exporter
+    asked for an old opset can write a graph that is not valid there)."""
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(list(part.outputs), {part.input_name: inputs.numpy()})
+    except Exception as e:  # ONNX Runtime's errors are its own classes (InvalidGraph, Fail, ...), one per cause
+        first = " ".join(str(e).replace(str(path), path.name).split())[:200] or type(e).__name__
+        raise OnnxExportError(f"ONNX Runtime cannot run the exported {part.file} (opset {_opset(path)}): {first}; "
+                              "nothing was kept (leave --opset out for the exporter's default)") from e
+
+
+def _check_opset(path: Path, asked: int | None) -> int:
+    """The opset written, which must be the one asked for: the exporter writes its lowest supported opset instead
+    of an older one without saying so."""
+    written = _opset(path)
+    if asked is not None and written != asked:
+        raise OpsetError(f"the installed ONNX exporter cannot write opset {asked} (it wrote opset {written} "
+                         "instead); choose another --opset, or leave it out for the exporter's default")
+    return written
 
 
 def _opset(path: Path) -> int:
@@ -212,8 +244,10 @@ def _move_into(tmp: Path, out: Path) -> None:
         os.replace(f, out / f.name)
 
 
-def _remove_folders(created: list[Path]) -> None:
-    """Remove the (empty) folders an export made on the way to its destination before it failed, deepest first."""
+def _abandon(tmp: Path, created: list[Path]) -> None:
+    """Remove what a failed export wrote: its temporary folder, and the folders it made on the way to the
+    destination, deepest first."""
+    shutil.rmtree(tmp, ignore_errors=True)
     for folder in reversed(created):
         with contextlib.suppress(OSError):
             folder.rmdir()
@@ -249,10 +283,10 @@ def export_onnx(run_or_path: Run | str | os.PathLike, out_dir: str | os.PathLike
         info = _export_checked(run, _cpu_model(run), tmp, opset, onnxruntime)
         _move_into(tmp, out)
     except OSError as e:
-        _remove_folders(created)
+        _abandon(tmp, created)
         raise WriteError(f"could not write the ONNX files to {out}: {e.strerror or e}") from e
     except BaseException:
-        _remove_folders(created)
+        _abandon(tmp, created)
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -266,13 +300,14 @@ def _export_checked(run: Run, model: VAE, folder: Path, opset: int | None, onnxr
     differences: dict[str, dict[str, float]] = {}
     for part in parts:
         _export(part, folder / part.file, opset)
+        written = _check_opset(folder / part.file, opset)
         differences[part.file] = _max_differences(part, folder / part.file, onnxruntime)
     flat = {(f, name): d for f, ds in differences.items() for name, d in ds.items()}
     (file, name), worst = max(flat.items(), key=lambda kv: math.inf if math.isnan(kv[1]) else kv[1])
     if not worst <= TOLERANCE:
         raise OnnxExportError(f"ONNX Runtime's {name} from {file} differs from PyTorch's by {worst:.3g}, more than "
                               f"the {TOLERANCE:g} allowed; nothing was kept")
-    info = describe(run, model, _opset(folder / ENCODER_FILE))
+    info = describe(run, model, written)
     info["check"] = {"tolerance": TOLERANCE, "batch_sizes": list(CHECK_BATCHES), "max_abs_diff": worst,
                      "max_abs_diff_per_output": differences}
     write_json(folder / DESCRIPTION_FILE, info)
@@ -327,23 +362,23 @@ def describe(run: Run, model: VAE, opset: int) -> dict[str, Any]:
         "format": 1, "vaekit_version": __version__, "run": str(run.path), "opset": opset,
         "preset": cfg.preset, "zdim": z, "prior": "standard normal N(0, I)",
         "input": _input_preparation(run, model),
-        "encoder": {"file": ENCODER_FILE, "inputs": {"x": {"shape": ["batch", d], "meaning": "images as rows, "
-                                                                                             "see input"}},
-                    "outputs": {"mu": {"shape": ["batch", z], "meaning": f"posterior mean of {latent}"},
-                                "logvar": {"shape": ["batch", z], "meaning": f"posterior log-variance of {latent}"}}},
-        "decoder": {"file": DECODER_FILE,
-                    "inputs": {"z": {"shape": ["batch", z], "meaning": latent}},
-                    "outputs": {decoder_output_name(model): {"shape": ["batch", d // c * per_pixel],
-                                                             "meaning": _HEAD_LAYOUTS[cfg.head]},
-                                "image": {"shape": ["batch", d], "meaning": "the image to show, laid out as x, "
-                                                                            "values in [0, 1]"}}},
+        "encoder": {"file": ENCODER_FILE, "inputs": [_tensor("x", [d], "images as rows, see input")],
+                    "outputs": [_tensor("mu", [z], f"posterior mean of {latent}"),
+                                _tensor("logvar", [z], f"posterior log-variance of {latent}")]},
+        "decoder": {"file": DECODER_FILE, "inputs": [_tensor("z", [z], latent)],
+                    "outputs": [_tensor(decoder_output_name(model), [d // c * per_pixel], _HEAD_LAYOUTS[cfg.head]),
+                                _tensor("image", [d], "the image to show, laid out as x, values in [0, 1]")]},
         "head": {"name": cfg.head, "mixtures": cfg.mixtures, "params_per_pixel": per_pixel},
     }
 
 
-def _table(section: dict[str, Any], kind: str) -> list[str]:
-    return [f"| `{name}` | {kind} | {' x '.join(map(str, v['shape']))} | {v['meaning']} |"
-            for name, v in section.items()]
+def _tensor(name: str, shape: list[int], meaning: str) -> dict[str, Any]:
+    """One input or output of a file, in the order the file lists them (the batch axis first, of any size)."""
+    return {"name": name, "shape": ["batch", *shape], "meaning": meaning}
+
+
+def _table(tensors: list[dict[str, Any]], kind: str) -> list[str]:
+    return [f"| `{t['name']}` | {kind} | {' x '.join(map(str, t['shape']))} | {t['meaning']} |" for t in tensors]
 
 
 def readme(info: dict[str, Any]) -> str:
@@ -351,7 +386,7 @@ def readme(info: dict[str, Any]) -> str:
     inp, check = info["input"], info["check"]
     h, w, c = inp["height"], inp["width"], inp["channels"]
     rows = [f"### `{part['file']}`\n\n| name | | shape | meaning |\n|---|---|---|---|\n"
-            + "\n".join(_table(part["inputs"], "input") + _table(part["outputs"], "output"))
+            + "\n".join(_table(part["inputs"], "input") + _table(part["outputs"], "output")) + "\n"
             for part in (info["encoder"], info["decoder"])]
     shape = f"{h}, {w}" if c == 1 else f"{h}, {w}, 3"
     return f"""# ONNX export of {info['run']}
