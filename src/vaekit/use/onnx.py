@@ -168,7 +168,7 @@ def _export(part: _Part, path: Path, opset: int | None) -> None:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(part.module, (part.inputs[:2],), input_names=[part.input_name],
                                         output_names=list(part.outputs), opset_version=opset,
-                                        dynamic_shapes=({0: batch},), verbose=False)
+                                        dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
             program.save(str(path))
     except Exception as e:  # the exporter raises many kinds (torch.export, onnxscript, onnx): each is this one
         first = " ".join(str(e).split())[:200] or type(e).__name__
