@@ -225,11 +225,17 @@ def _opset(path: Path) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _check_destination(out: Path, force: bool) -> None:
-    """A destination that is a folder with files in it is replaced only with ``force``; a file never."""
+def _check_destination(out: Path, run_dir: Path, force: bool) -> None:
+    """A destination that is a folder with files in it is replaced only with ``force``; a file, the run folder
+    (whose README.md is the run's own) or the file system's root never."""
     check_path_length(out, "--onnx")
+    if not out.name:
+        raise OutputExistsError(f"{out} is the file system's root; choose a folder for the ONNX files")
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} is a file, not a folder; choose a folder for the ONNX files")
+    if out.exists() and out.samefile(run_dir):
+        raise OutputExistsError(f"{out} is the run folder itself; choose a folder of its own for the ONNX files, "
+                                "such as RUN/onnx")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise OutputExistsError(f"{out} already holds files; pass --force to replace the exported files in it, "
                                 "or choose another folder")
@@ -273,8 +279,8 @@ def export_onnx(run_or_path: Run | str | os.PathLike, out_dir: str | os.PathLike
     """
     onnxruntime = require_onnx()
     run = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
-    out = Path(out_dir)
-    _check_destination(out, force)
+    out = Path(os.path.abspath(out_dir))  # "." and "a/.." have a name to put a temporary folder beside
+    _check_destination(out, run.path, force)
     created = [p for p in [out.parent, *out.parent.parents] if not p.exists()][::-1]
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
