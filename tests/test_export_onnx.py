@@ -160,3 +160,24 @@ def test_a_broken_run_folder_is_one_line(tiny_run: Path, tmp_path: Path, capsys,
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(run_dir) in err
     assert not (tmp_path / "onnx").exists()
+
+
+def test_help_and_a_missing_onnx_flag(tiny_run: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--help"])
+    assert e.value.code == 0 and "--opset" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(tiny_run)])
+    assert e.value.code == 2 and "--onnx" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["run folder", "file"])
+def test_the_run_folder_itself_or_a_file_is_no_destination(tiny_run: Path, tmp_path: Path, capsys, where: str) -> None:
+    out = tiny_run if where == "run folder" else tmp_path / "file.onnx"
+    if where == "file":
+        out.write_bytes(b"mine")
+    before = sorted(p.name for p in tiny_run.iterdir())
+    assert main(["export", str(tiny_run), "--onnx", str(out), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and where in err
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
