@@ -134,8 +134,9 @@ def _parts(model: VAE) -> list[_Part]:
     x = torch.randint(0, 256, (n, model.config.input_dim), generator=gen).float() / 255
     with torch.no_grad():
         mu, logvar = model.encode(x)
+    half = n // 2  # the first half drawn from q(z|x) of the first images, the rest from the prior N(0, I)
     eps = torch.randn(mu.shape, generator=gen)
-    z = torch.cat([mu + torch.exp(0.5 * logvar) * eps, eps])[torch.randperm(2 * n, generator=gen)[:n]]
+    z = torch.cat([mu[:half] + torch.exp(0.5 * logvar[:half]) * eps[:half], eps[half:]])
     return [_Part(ENCODER_FILE, _Encoder(model).eval(), "x", ("mu", "logvar"), x),
             _Part(DECODER_FILE, _Decoder(model).eval(), "z", (decoder_output_name(model), "image"), z)]
 
@@ -274,8 +275,9 @@ def export_onnx(run_or_path: Run | str | os.PathLike, out_dir: str | os.PathLike
     ``opset`` None takes the exporter's default. Returns what onnx.json records: the opset, the files, and per
     output the largest absolute difference from PyTorch (``max_abs_diff`` overall). Raises
     :class:`OnnxMissingError` without the ``onnx`` extra, :class:`OutputExistsError` for a folder with files
-    in it (unless ``force``), :class:`OnnxExportError` when a part cannot be exported or differs by more
-    than ``TOLERANCE``; then nothing is written.
+    in it (unless ``force``), :class:`OpsetError` for an opset the exporter cannot write, and
+    :class:`OnnxExportError` when a part cannot be exported, run, or differs by more than ``TOLERANCE``; then
+    nothing is written.
     """
     onnxruntime = require_onnx()
     run = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
@@ -351,7 +353,7 @@ def _input_preparation(run: Run, model: VAE) -> dict[str, Any]:
                   "array flattened in row-major order (each pixel's channels together)",
         "scale": "8-bit pixel values divided by 255, in [0, 1]",
         "binarized": binarize,
-        "pixels": ("grey levels as they are" if binarize == "none" else
+        "pixels": ("8-bit levels as they are, not binarized" if binarize == "none" else
                    "the model trained on binarized pixels (0 or 1, drawn with probability level / 255); grey levels "
                    "in [0, 1] are accepted"),
         "dataset": run.data.get("dataset"),
@@ -362,6 +364,7 @@ def describe(run: Run, model: VAE, opset: int) -> dict[str, Any]:
     """The machine-readable description of an export (``onnx.json``): files, names, shapes and meanings."""
     cfg, c = model.config, model.channels
     d, z, per_pixel = cfg.input_dim, model.zdim, params_per_pixel(cfg.head, c, cfg.mixtures)
+    head_meaning = f"{_HEAD_LAYOUTS[cfg.head]} (C = {c}{f', K = {cfg.mixtures}' if cfg.mixtures else ''})"
     latent = ("the first (coarsest) latent group of the hierarchy; decoding sets every later group to its prior "
               "mean" if model.hierarchical else "the latent")
     return {
@@ -372,7 +375,7 @@ def describe(run: Run, model: VAE, opset: int) -> dict[str, Any]:
                     "outputs": [_tensor("mu", [z], f"posterior mean of {latent}"),
                                 _tensor("logvar", [z], f"posterior log-variance of {latent}")]},
         "decoder": {"file": DECODER_FILE, "inputs": [_tensor("z", [z], latent)],
-                    "outputs": [_tensor(decoder_output_name(model), [d // c * per_pixel], _HEAD_LAYOUTS[cfg.head]),
+                    "outputs": [_tensor(decoder_output_name(model), [d // c * per_pixel], head_meaning),
                                 _tensor("image", [d], "the image to show, laid out as x, values in [0, 1]")]},
         "head": {"name": cfg.head, "mixtures": cfg.mixtures, "params_per_pixel": per_pixel},
     }
