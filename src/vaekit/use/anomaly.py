@@ -55,8 +55,11 @@ def auroc(scores: np.ndarray, labels: np.ndarray, normal: Sequence[int],
     from sklearn.metrics import roc_auc_score
 
     anomalous = ~np.isin(labels, list(normal))
-    finite = np.isfinite(scores) | np.isposinf(scores)
-    value = float(roc_auc_score(anomalous[finite], scores[finite]))
+    finite = np.isfinite(scores) | np.isposinf(scores)  # +inf: no probability at all, the most anomalous
+    if anomalous[finite].all() or not anomalous[finite].any():
+        raise ConfigError("the images with a score are all of one side (normal or not), so the AUROC is undefined")
+    ranked = np.where(np.isposinf(scores), np.finfo(np.float64).max, scores)[finite]
+    value = float(roc_auc_score(anomalous[finite], ranked))
 
     def names(ids: list[int]) -> list[str]:
         return [class_names[i] if class_names and 0 <= i < len(class_names) else str(i) for i in ids]

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from torch import Tensor
 
 from vaekit import run as runs
 from vaekit.config import DEFAULT_COMPONENTS
+from vaekit.data.resolve import warn as _warn
 from vaekit.errors import RunFolderError, VaekitError
 from vaekit.run.io import check_regular
 
@@ -86,8 +89,10 @@ def covariance_type_for(dim: int) -> str:
     return "full" if dim <= FULL_COVARIANCE_MAX_DIM else "diag"
 
 
-def fit_mixture(means: np.ndarray, components: int = DEFAULT_COMPONENTS, seed: int = GMM_SEED) -> Mixture:
+def fit_mixture(means: np.ndarray, components: int = DEFAULT_COMPONENTS, seed: int = GMM_SEED,
+                warn: Callable[[str], None] = _warn) -> Mixture:
     """scikit-learn's GaussianMixture fitted to the posterior means (N, D) with ``components`` components."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
     means = np.asarray(means, dtype=np.float64)
@@ -99,7 +104,12 @@ def fit_mixture(means: np.ndarray, components: int = DEFAULT_COMPONENTS, seed: i
                            "can be fitted to them; sample with --sampler prior")
     kind = covariance_type_for(means.shape[1])
     gm = GaussianMixture(components, covariance_type=kind, random_state=seed, max_iter=GMM_MAX_ITER)
-    gm.fit(means)
+    with warnings.catch_warnings():  # scikit-learn's multi-line warning becomes the one line below
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm.fit(means)
+    if not gm.converged_:
+        warn(f"the sampler mixture did not converge in {GMM_MAX_ITER} iterations; its samples may be poorer "
+             "(try another --components)")
     return Mixture(np.asarray(gm.weights_, np.float64), np.asarray(gm.means_, np.float64),
                    np.asarray(gm.covariances_, np.float64), kind)
 

@@ -121,7 +121,7 @@ def mixture_for(run: Run, components: int = DEFAULT_COMPONENTS, *, refit: bool =
             warn(f"the stored sampler mixture of {run.path} cannot be used ({' '.join(str(e).split())}); "
                  "fitting it again")
     means = training_means(run, progress)
-    mix = fit_mixture(means, components)
+    mix = fit_mixture(means, components, warn=warn)
     try:
         with runs.RunLock(run.path):
             store_mixture(run.path, mix, weights_hash, len(means))
