@@ -152,3 +152,12 @@ def test_an_eight_bit_head_shows_its_mean_or_draws_its_pixels(tmp_path: Path) ->
     drawn = run.sample(6, seed=4, mode="sample")
     assert np.array_equal(drawn, run.sample(6, seed=4, mode="sample"))
     assert not np.array_equal(drawn, run.sample(6, seed=4, mode="mean"))
+
+
+def test_a_hierarchy_draws_its_first_group_from_the_mixture_and_the_rest_from_their_priors(tmp_path: Path) -> None:
+    run = runs.load_run(make_run(tmp_path / "run", write_dataset(tmp_path / "data", 60, 20), preset="hvae", zdim=4))
+    a = run.sample(5, sampler="gmm", seed=1)
+    assert a.shape == (5, 28, 28) and np.array_equal(a, run.sample(5, sampler="gmm", seed=1))
+    info = json.loads((run.path / GMM_INFO).read_text())
+    assert run.model.hierarchical and info["dim"] == run.model.zdim < run.model.latent_size
+    assert not np.array_equal(a, run.sample(5, seed=1))
