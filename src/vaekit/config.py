@@ -208,6 +208,8 @@ DISCRETIZED_LOGISTIC_SCALE = 1 / 16
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OBJECTIVES = ("elbo", "iwae")
 BINARIZE = ("none", "dynamic", "static")
+# The splits of a finished run that the commands using it read (vaekit encode --split).
+RUN_SPLITS = ("train", "test")
 # Seed of the one binarized copy of the test set that every binarized evaluation uses (and, plus one, of
 # the static training copy): fixed so that numbers of different runs are on the same test images.
 BINARIZE_SEED = 20230802
