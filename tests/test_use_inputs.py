@@ -18,7 +18,7 @@ import vaekit
 from vaekit.config import ConfigError
 from vaekit.data import DataError
 from vaekit.data.tensors import as_rows, to_unit
-from vaekit.eval.run import load_run_data
+from vaekit.run.dataset import load_run_data
 from vaekit.use.inputs import open_inputs
 
 from .artifact_runs import make_run

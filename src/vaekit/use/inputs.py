@@ -9,7 +9,7 @@ its images' own size), the same channels and the same pixel values (``uint8`` di
   decoder training used (:func:`vaekit.data.images.decode_image`) on a thread pool;
 * a ``.npy``/``.npz`` file, or an in-memory array or tensor, read by training's array reader
   (:mod:`vaekit.data.arrays`) and converted a batch at a time by its conversion;
-* the run's own ``train`` or ``test`` split, rebuilt by :func:`vaekit.eval.run.load_run_data` (the test images
+* the run's own ``train`` or ``test`` split, rebuilt by :func:`vaekit.run.dataset.load_run_data` (the test images
   of a run trained with ``--binarize`` are the binarized copy it was evaluated on).
 
 Channels follow training: a grey image given to a colour model is repeated into three channels (as training
@@ -28,7 +28,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -42,14 +42,22 @@ from vaekit.data.images import FORMAT_NAMES, IMAGE_EXTENSIONS, ImageProblem, dec
 from vaekit.data.memory import check_fits
 from vaekit.data.resolve import warn
 from vaekit.data.tensors import as_rows, to_unit
+from vaekit.run.dataset import RunRecord, load_run_data
 
 if TYPE_CHECKING:
-    from vaekit.run import Run
+    from vaekit.model import VAE
 
-__all__ = ["Batch", "Inputs", "Preparation", "open_inputs", "preparation"]
+__all__ = ["Batch", "Inputs", "Preparation", "TrainedRun", "open_inputs", "preparation"]
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 DEFAULT_BATCH = 256
+
+
+class TrainedRun(RunRecord, Protocol):
+    """A trained run as the functions here use it: its record and its model (a :class:`vaekit.run.Run` is one;
+    that class is not imported, as its methods call these functions)."""
+
+    model: VAE
 
 
 @dataclass
@@ -83,7 +91,7 @@ class Preparation:
         return f"{self.width}x{self.height} {'colour' if self.channels == 3 else 'grey'}"
 
 
-def preparation(run: Run) -> Preparation:
+def preparation(run: TrainedRun) -> Preparation:
     """The preparation recorded for ``run``: its model's image shape and its data record's options."""
     shape = tuple(run.model_config.image_shape)
     own = run.data.get("own") if isinstance(run.data.get("own"), dict) else {}
@@ -141,7 +149,7 @@ def check_batch_size(batch_size: Any) -> None:
         raise ConfigError(f"batch size must be a positive integer (got {batch_size!r:.40})")
 
 
-def open_inputs(run: Run, source: str | os.PathLike | np.ndarray | torch.Tensor | None = None, *,
+def open_inputs(run: TrainedRun, source: str | os.PathLike | np.ndarray | torch.Tensor | None = None, *,
                 split: str | None = None, skip_bad: bool = False, binarize: bool = False,
                 data_dir: str | os.PathLike | None = None, progress: bool = False) -> Inputs:
     """The images of ``source`` prepared for ``run``'s model (see the module docstring).
@@ -179,12 +187,10 @@ def open_inputs(run: Run, source: str | os.PathLike | np.ndarray | torch.Tensor 
     raise BadInputError(f"{path}: not an image ({FORMAT_NAMES}), a folder of images, or a .npy or .npz file")
 
 
-def _split_inputs(run: Run, prep: Preparation, split: str, data_dir: str | os.PathLike | None) -> Inputs:
+def _split_inputs(run: TrainedRun, prep: Preparation, split: str, data_dir: str | os.PathLike | None) -> Inputs:
     """The run's own training or test images, found and checked as ``vaekit evaluate`` finds them."""
     if split not in RUN_SPLITS:
         raise ConfigError(f"unknown split {split!r:.40}; choose one of {', '.join(RUN_SPLITS)}")
-    from vaekit.eval.run import load_run_data
-
     splits = load_run_data(run, data_dir)
     images = splits.test_images if split == "test" else splits.train_images
     labels = splits.test_labels if split == "test" else splits.train_labels
