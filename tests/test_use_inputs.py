@@ -151,12 +151,12 @@ def test_binarized_inputs_draw_the_runs_test_copy(tmp_path: Path, tiny_data: Pat
     assert np.array_equal(as_given, grey)
 
 
-def test_a_run_with_image_size_resizes_as_training_did(tmp_path: Path) -> None:
+def test_a_run_with_image_size_and_channels_converts_as_training_did(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (60, 20, 24), dtype=np.uint8)  # not square: resized and centre-cropped
+    images = rng.integers(0, 256, (60, 20, 24, 3), dtype=np.uint8)  # colour, not square: resized and cropped
     write_pngs(tmp_path / "images", images)
     config = vaekit.TrainConfig(epochs=1, device="cpu", artifacts=False, progress=False, image_size=12,
-                                batch_size=32)
+                                channels=1, batch_size=32)
     run = vaekit.train(config, tmp_path / "run", data=str(tmp_path / "images"))
     splits = load_run_data(run)
     trained = np.concatenate([splits.train_images, splits.test_images])
@@ -189,3 +189,13 @@ def test_memory_grows_by_the_pixels_alone(mnist_run: vaekit.Run, tmp_path: Path)
         peaks[n] = _peak_bytes(mnist_run, tmp_path / str(n))
     per_image = (peaks[1600] - peaks[400]) / 1200
     assert per_image < 784 + 600, "its 784 pixels and its name (about 200 bytes), nothing more"
+
+
+def test_a_colour_run_takes_grey_images_as_training_did(tmp_path: Path, tiny_data: Path) -> None:
+    run = vaekit.load_run(make_run(tmp_path / "run", tiny_data, image_shape=(28, 28, 3)))
+    grey = make_digits(3, seed=7)[0]
+    _, pixels, *_ = gathered(open_inputs(run, grey))
+    assert np.array_equal(pixels, np.repeat(grey[..., None], 3, axis=3))
+    paths = write_pngs(tmp_path / "pngs", grey)
+    _, from_files, *_ = gathered(open_inputs(run, tmp_path / "pngs"))
+    assert np.array_equal(from_files, pixels) and open_inputs(run, paths[0]).n == 1

@@ -213,6 +213,8 @@ BINARIZE = ("none", "dynamic", "static")
 RUN_SPLITS = ("train", "test")
 # File formats of vaekit encode --out, by extension (parquet with pyarrow installed).
 ENCODING_FORMATS = ("npy", "csv", "parquet")
+# Images per batch of the commands and Run methods that apply a trained model (--batch-size).
+USE_BATCH_SIZE = 256
 # Seed of the one binarized copy of the test set that every binarized evaluation uses (and, plus one, of
 # the static training copy): fixed so that numbers of different runs are on the same test images.
 BINARIZE_SEED = 20230802

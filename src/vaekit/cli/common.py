@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from vaekit.config import DEVICES, MAX_GRID, MAX_SEED, MAX_STEPS, RUN_SPLITS
+from vaekit.config import DEVICES, MAX_GRID, MAX_SEED, MAX_STEPS, RUN_SPLITS, USE_BATCH_SIZE
 
 
 class Parser(argparse.ArgumentParser):
@@ -52,8 +52,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="run folder written by vaekit train")
     p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N (default auto: a GPU when there "
                                                    "is one)")
-    p.add_argument("--batch-size", type=positive_int, default=256, metavar="N",
-                   help="images per batch (default 256; lower it if the device runs out of memory)")
+    p.add_argument("--batch-size", type=positive_int, default=USE_BATCH_SIZE, metavar="N",
+                   help=f"images per batch (default {USE_BATCH_SIZE}; lower it if the device runs out of memory)")
 
 
 def add_images_options(p: argparse.ArgumentParser) -> None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from vaekit.config import RUN_SPLITS, ConfigError
+from vaekit.config import RUN_SPLITS, USE_BATCH_SIZE, ConfigError
 from vaekit.data.arrays import convert_chunk, read_array_file, read_array_source
 from vaekit.data.binarize import binarize_batch
 from vaekit.data.errors import BadInputError
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "Inputs", "Preparation", "TrainedRun", "open_inputs", "preparation"]
 
 ARRAY_SUFFIXES = (".npy", ".npz")
-DEFAULT_BATCH = 256
+DEFAULT_BATCH = USE_BATCH_SIZE
 
 
 class TrainedRun(RunRecord, Protocol):

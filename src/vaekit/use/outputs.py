@@ -22,6 +22,7 @@ from PIL import Image
 from vaekit.config import ENCODING_FORMATS, ConfigError
 from vaekit.errors import VaekitError
 from vaekit.run.io import atomic_write, write_bytes
+from vaekit.text import printable
 from vaekit.use.latent import Encoding
 
 __all__ = ["OutputExistsError", "check_output", "encoding_format", "image_stem", "to_uint8", "write_encoding",
@@ -81,7 +82,8 @@ def write_encoding(path: Path, enc: Encoding) -> None:
         import pyarrow.parquet as pq
 
         labels = None if enc.labels is None else pa.array(enc.labels.astype(np.int64))
-        table = pa.table({"name": pa.array(enc.names, pa.string()),
+        # a file name that is not UTF-8 is written with its odd bytes as \xNN, as vaekit prints it
+        table = pa.table({"name": pa.array([printable(n) for n in enc.names], pa.string()),
                           "label": labels if labels is not None else pa.nulls(len(enc.names), pa.int64()),
                           **dict(_columns(enc))})
         atomic_write(path, lambda tmp: pq.write_table(table, tmp))
