@@ -14,7 +14,10 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 from PIL import Image
@@ -25,11 +28,13 @@ from vaekit.run.io import atomic_write, write_bytes
 from vaekit.text import printable
 from vaekit.use.latent import Encoding
 
-__all__ = ["OutputExistsError", "check_output", "encoding_format", "image_stem", "to_uint8", "write_encoding",
-           "write_png"]
+__all__ = ["OutputExistsError", "PngWriter", "check_output", "encoding_format", "image_stem", "to_uint8",
+           "write_encoding", "write_png"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _STEM_CHARS = 60
+_WRITERS = 8  # PNG files written at once
+_PENDING = 256  # images waiting to be written, at most
 
 
 class OutputExistsError(VaekitError):
@@ -135,3 +140,33 @@ def image_stem(index: int, name: str, digits: int) -> str:
     and never collide), then its own name's stem made safe for any file system."""
     stem = _UNSAFE.sub("_", Path(name).stem.replace(":", "_")).strip("._")[:_STEM_CHARS]
     return f"{index:0{digits}d}_{stem}" if stem else f"{index:0{digits}d}"
+
+
+class PngWriter:
+    """Writes many PNG files on a few threads, in a ``with`` block, at most ``_PENDING`` images held at a time.
+
+    Each atomic write ends with an fsync that waits for the disk (14 ms a file on a virtual disk, measured), while
+    encoding a small PNG takes 0.4 ms: one file after another, 10,000 reconstructions took 168 s. Eight writes in
+    flight overlap those waits. The first failure is raised (by :meth:`write` or on leaving the block), and the
+    files not yet written are dropped.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="vaekit-png")
+        self._pending: deque[Future[None]] = deque()
+
+    def write(self, path: Path, image: np.ndarray) -> None:
+        while len(self._pending) >= _PENDING:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(write_png, path, image))
+
+    def __enter__(self) -> PngWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        try:
+            while self._pending and kind is None:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
