@@ -116,6 +116,9 @@ def test_parquet_without_pyarrow_is_one_line(runs: dict[str, Path], tmp_path: Pa
     assert "needs pyarrow, which is not installed: pip install pyarrow" in one_line_error(capsys, "encode")
     assert main(["encode", str(runs["seed"]), "--split", "test", "--out", str(tmp_path / "z.txt")]) == 2
     assert "end it with .npy, .csv, .parquet" in one_line_error(capsys, "encode")
+    for images in ([], [str(tmp_path), "--split", "test"]):
+        assert main(["encode", str(tmp_path / "no-run"), *images, "--out", str(tmp_path / "z.csv")]) == 2
+        assert "give IMAGES" in one_line_error(capsys, "encode"), "checked before the run is even looked for"
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
@@ -223,3 +226,12 @@ def test_interpolate_command(runs: dict[str, Path], tmp_path: Path, capsys: pyte
     with pytest.raises(SystemExit) as stopped:  # argparse's own exit, as for every flag of every command
         main([*args[:4], "--steps", "1", "--out", str(tmp_path / "x.png")])
     assert stopped.value.code == 2 and "--steps: expected an integer from 2 to 1000" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["encode", "reconstruct", "interpolate"])
+def test_each_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert stopped.value.code == 0 and out.startswith(f"usage: vaekit {command}")
+    assert all(flag in out for flag in ("--device", "--batch-size", "--force", "--out"))

@@ -29,11 +29,18 @@ def _load(args: argparse.Namespace) -> Any:
     return load_run(args.run, resolve_device(args.device))
 
 
+def _check_images(args: argparse.Namespace) -> None:
+    """IMAGES or --split, exactly one, checked before the run is loaded."""
+    if (args.images is None) == (args.split is None):
+        raise ConfigError("give IMAGES (a folder, an image file or a .npy/.npz file) or --split train|test, and "
+                          "not both")
+    if args.data_dir is not None and args.split is None:
+        raise ConfigError("--data-dir says where the run's own data is; it goes with --split")
+
+
 def _inputs(args: argparse.Namespace, run: Any) -> Any:
     from vaekit.use.inputs import open_inputs
 
-    if args.data_dir is not None and args.split is None:
-        raise ConfigError("--data-dir says where the run's own data is; it goes with --split")
     # the decoding bar only on a terminal, as every other bar of these commands (a log gets the result alone)
     return open_inputs(run, args.images, split=args.split, skip_bad=args.skip_bad, data_dir=args.data_dir,
                        progress=sys.stderr.isatty())
@@ -44,6 +51,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from vaekit.use.outputs import check_output, encoding_format, write_encoding
 
     out = Path(args.out)
+    _check_images(args)
     encoding_format(out)
     check_output(out, args.force)
     run = _load(args)
@@ -62,6 +70,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from vaekit.use.outputs import PngWriter, check_output, image_stem, to_uint8, write_png
 
     out = Path(args.out)
+    _check_images(args)
     check_output(out, args.force, folder=True)
     run = _load(args)
     inputs = _inputs(args, run)
