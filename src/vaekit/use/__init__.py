@@ -4,6 +4,7 @@
 
     vaekit.use.inputs   images (a folder, a file, an array, a run's split) prepared exactly as the run's data were
     vaekit.use.latent   posterior means, reconstructions and interpolations, a batch at a time
+    vaekit.use.outputs  the files the commands write: encodings as .npy/.csv/.parquet tables, PNG images
 
 The same operations are methods of :class:`vaekit.Run` (``run.encode(images)``...), which is where most
 users meet them; this package is what they and the ``vaekit encode``/``reconstruct``/``interpolate`` commands
