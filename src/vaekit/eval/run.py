@@ -73,13 +73,28 @@ def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = N
 
 
 def _store(run_dir: Path, extra: dict[str, Any]) -> None:
-    """Merge an evaluation into ``summary.json`` (atomically, under the run's lock); a failure is a warning."""
+    """Merge an evaluation into ``summary.json`` (atomically, under the run's lock) and rewrite the run's model
+    card with it, so the README.md beside the weights shows the new numbers; a failure is a warning."""
     try:
         with runs.RunLock(run_dir):
             path = run_dir / runs.SUMMARY
             summary = runs.read_json(path) if path.exists() else {}
             runs.write_json(path, {**(summary if isinstance(summary, dict) else {}), **extra})
+            _refresh_card(run_dir)
     except VaekitError as e:
-        message = " ".join(str(e).split())
-        print(f"vaekit: warning: the evaluation was not stored in {run_dir / runs.SUMMARY}: {message}",
-              file=sys.stderr, flush=True)
+        _warn(f"the evaluation was not stored in {run_dir / runs.SUMMARY}", e)
+
+
+def _refresh_card(run_dir: Path) -> None:
+    """The model card rewritten with the numbers just stored (only where vaekit wrote one)."""
+    from vaekit.artifacts.card import refresh_card
+
+    try:
+        refresh_card(run_dir)
+    except VaekitError as e:
+        _warn(f"the model card in {run_dir} was not updated", e)
+
+
+def _warn(what: str, error: Exception) -> None:
+    message = " ".join(str(error).split())
+    print(f"vaekit: warning: {what}: {message}", file=sys.stderr, flush=True)
