@@ -189,6 +189,7 @@ CHANNELS = (1, 3)  # grey or colour images
 MAX_EPOCHS = 1_000_000
 MAX_BATCH = 2**24
 MAX_GRID = 200  # cells per side of the latent grid: 40,000 decoded images
+MAX_STEPS = 1000  # images of one interpolation (vaekit interpolate --steps)
 MAX_SEED = 2**63 - 3  # the generators take 64-bit seeds, and a run seeds seed, seed + 1 and seed + 2
 MAX_ZDIM = 65_536
 MAX_WIDTH = 2**20  # hidden units or channels of one layer
@@ -210,6 +211,10 @@ OBJECTIVES = ("elbo", "iwae")
 BINARIZE = ("none", "dynamic", "static")
 # The splits of a finished run that the commands using it read (vaekit encode --split).
 RUN_SPLITS = ("train", "test")
+# File formats of vaekit encode --out, by extension (parquet with pyarrow installed).
+ENCODING_FORMATS = ("npy", "csv", "parquet")
+# Images per batch of the commands and Run methods that apply a trained model (--batch-size).
+USE_BATCH_SIZE = 256
 # Seed of the one binarized copy of the test set that every binarized evaluation uses (and, plus one, of
 # the static training copy): fixed so that numbers of different runs are on the same test images.
 BINARIZE_SEED = 20230802

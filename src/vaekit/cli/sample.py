@@ -3,26 +3,51 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 
-from vaekit.cli.common import nonnegative_float, positive_int, seed_int
+from vaekit.cli.common import add_force_option, nonnegative_float, positive_int, seed_int
+from vaekit.cli.use import _load
 from vaekit.config import DEFAULT_COMPONENTS, SAMPLE_MODES, SAMPLERS
 from vaekit.text import printable
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    from vaekit.devices import resolve_device
-    from vaekit.run import load_run
-    from vaekit.use.sample import new_seed, sample_to
+def sample_names(n: int) -> list[str]:
+    """``sample_00000.png`` ...: names that sort in order, with at least five digits."""
+    width = max(5, len(str(n - 1)))
+    return [f"sample_{i:0{width}d}.png" for i in range(n)]
 
-    run = load_run(args.run, resolve_device(args.device))
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Options and output checked before the run is loaded or anything drawn: a mistake costs nothing."""
+    import numpy as np
+
+    from vaekit.artifacts.figures import tile_images
+    from vaekit.config import ConfigError
+    from vaekit.use.outputs import PngWriter, check_output, write_png
+    from vaekit.use.sample import check_sample_options, new_seed, sample
+
+    out, grid = Path(args.out), Path(args.out).suffix.lower() == ".png"
+    check_output(out, args.force, folder=not grid)
+    if grid and not out.parent.is_dir():
+        raise ConfigError(f"the folder of --out {out} does not exist; create it first")
+    run = _load(args)
     seed = new_seed() if args.seed is None else args.seed
-    paths = sample_to(run, args.n, args.out, force=args.force, sampler=args.sampler, temperature=args.temperature,
-                      seed=seed, mode=args.mode, components=args.components, refit=args.refit, progress=True)
-    what = f"{args.n} images" if len(paths) > 1 or args.n == 1 else f"a grid of {args.n} images"
-    where = paths[0] if len(paths) == 1 else paths[0].parent
-    print(printable(f"wrote {what} to {where} ({args.sampler} sampler, temperature {args.temperature:g}, "
-                    f"{'decoder means' if args.mode == 'mean' else 'pixels drawn from p(x|z)'}, seed {seed})"),
+    options = {"sampler": args.sampler, "temperature": args.temperature, "seed": seed, "mode": args.mode,
+               "components": args.components}
+    check_sample_options(run.model.config.head, args.n, **options)
+    pixels = sample(run, args.n, **options, refit=args.refit, progress=True)
+    if grid:
+        write_png(out, tile_images(pixels.astype(np.float32) / 255, math.ceil(math.sqrt(args.n))))
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        with PngWriter() as writer:
+            for name, image in zip(sample_names(args.n), pixels, strict=True):
+                writer.write(out / name, image)
+    what = f"a grid of {args.n} images to {out}" if grid else f"{args.n} images to {out}"
+    shown = "decoder means" if args.mode == "mean" else "pixels drawn from p(x|z)"
+    print(printable(f"wrote {what} ({args.sampler} sampler, temperature {args.temperature:g}, {shown}, seed {seed})"),
           file=sys.stderr)
     return 0
 
@@ -32,7 +57,7 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
                        description="Draw new images from a run: latents from the prior N(0, I) or from a Gaussian "
                                    "mixture fitted to the training set's codes (--sampler gmm, fitted once and "
                                    "stored in the run folder), decoded to PNG files or one grid image.")
-    p.add_argument("run", help="run folder written by vaekit train")
+    p.add_argument("run", metavar="RUN", help="run folder written by vaekit train")
     p.add_argument("-n", type=positive_int, default=64, metavar="N", help="number of images (default 64)")
     p.add_argument("--out", required=True, metavar="DIR|FILE.png",
                    help="a folder for one PNG per image (sample_00000.png, ...), or a .png file for one grid")
@@ -51,5 +76,5 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"mixture components for --sampler gmm (default {DEFAULT_COMPONENTS})")
     p.add_argument("--refit", action="store_true", help="fit the mixture again even if one is stored for these weights")
     p.add_argument("--device", default="auto", help="auto (default: a GPU when there is one), cpu, cuda, cuda:N or mps")
-    p.add_argument("--force", action="store_true", help="replace existing files of the same names")
+    add_force_option(p)
     p.set_defaults(func=cmd_sample)

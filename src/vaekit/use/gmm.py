@@ -9,7 +9,7 @@ The fit reads the images the run was trained on, exactly as training saw them (i
 left out, a binarized run's copy binarized with the run's recorded seed), never a test image. It is a
 pure function of the weights and the settings, so it is fitted once and stored beside the model as
 ``sampler_gmm.safetensors`` (the mixture's weights, means and covariances) and ``sampler_gmm.json`` (what
-it is, the SHA-256 of ``model.safetensors`` it was fitted for and of the tensors file). A later call reuses
+it is, the SHA-256 of the weights it was fitted for and of the tensors file). A later call reuses
 it while both hashes and the settings match; new weights (a resumed run) refit it.
 """
 
@@ -28,11 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vaekit import run as runs
 from vaekit.config import DEFAULT_COMPONENTS
 from vaekit.data.resolve import warn as _warn
 from vaekit.errors import RunFolderError, VaekitError
-from vaekit.run.io import check_regular
+from vaekit.run.io import check_regular, check_state, read_json, read_tensors, write_json, write_tensors
 
 GMM_TENSORS = "sampler_gmm.safetensors"
 GMM_INFO = "sampler_gmm.json"
@@ -45,7 +44,7 @@ COVARIANCE_TYPES = ("full", "diag")
 GMM_SEED = 20230803  # the fit's k-means initialisation: a fixed seed, so the fit is a function of the weights
 GMM_MAX_ITER = 200
 MAX_DIM = 1 << 20  # latent dimensions a stored mixture may claim (a hierarchy's top group is at most this)
-_HASH_CHUNK = 1 << 20
+MAX_TENSORS_BYTES = 1 << 30  # read at most this much of a stored mixture (K x D x D doubles: far less)
 
 
 class MixtureError(VaekitError):
@@ -114,29 +113,37 @@ def fit_mixture(means: np.ndarray, components: int = DEFAULT_COMPONENTS, seed: i
                    np.asarray(gm.covariances_, np.float64), kind)
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a run file, read in chunks (a large model's weights need not fit in memory twice)."""
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's weights: every tensor's name, dtype, shape and bytes, in name order. It changes when any
+    weight does (a resumed or retrained run), and not when the same weights are written again."""
     digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            check_regular(path, os.fstat(f.fileno()).st_mode)
-            while chunk := f.read(_HASH_CHUNK):
-                digest.update(chunk)
-    except OSError as e:
-        raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from e
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 
-def store_mixture(run_dir: Path, mix: Mixture, weights_sha256: str, n_train: int) -> None:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a stored mixture's tensors file (a one-line error when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            check_regular(path, os.fstat(f.fileno()).st_mode)
+            return hashlib.sha256(f.read(MAX_TENSORS_BYTES)).hexdigest()
+    except OSError as e:
+        raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+def store_mixture(run_dir: Path, mix: Mixture, weights_hash: str, n_train: int) -> None:
     """Write the mixture's tensors, then the JSON that names them by hash (a reader never trusts a half pair)."""
     tensors = {"weights": torch.from_numpy(mix.weights), "means": torch.from_numpy(mix.means),
                "covariances": torch.from_numpy(mix.covariances)}
-    runs.write_tensors(run_dir / GMM_TENSORS, tensors, {"format": str(GMM_FORMAT)})
+    write_tensors(run_dir / GMM_TENSORS, tensors, {"format": str(GMM_FORMAT)})
     import sklearn
 
-    runs.write_json(run_dir / GMM_INFO, {
+    write_json(run_dir / GMM_INFO, {
         "format": GMM_FORMAT, "components": mix.components, "covariance_type": mix.covariance_type,
-        "dim": mix.dim, "seed": GMM_SEED, "n_train": int(n_train), "weights_sha256": weights_sha256,
+        "dim": mix.dim, "seed": GMM_SEED, "n_train": int(n_train), "weights_sha256": weights_hash,
         "tensors_sha256": file_sha256(run_dir / GMM_TENSORS), "scikit_learn": sklearn.__version__,
         "fitted_on": "posterior means of the training split (validation images left out)",
     })
@@ -151,7 +158,7 @@ def read_info(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / GMM_INFO
     if not path.exists() and not path.is_symlink():
         return None
-    info = runs.read_json(path)
+    info = read_json(path)
     if not isinstance(info, dict):
         raise MixtureError(f"{path} holds a JSON {type(info).__name__}, not an object")
     for key, kind in _INFO_TYPES.items():
@@ -170,11 +177,11 @@ def load_mixture(run_dir: Path, info: dict[str, Any]) -> Mixture:
     path = run_dir / GMM_TENSORS
     if file_sha256(path) != info["tensors_sha256"]:
         raise MixtureError(f"{path} is not the file {GMM_INFO} was written with (its SHA-256 differs)")
-    tensors, _ = runs.read_tensors(path)
+    tensors, _ = read_tensors(path)
     k, d, kind = info["components"], info["dim"], info["covariance_type"]
     expected = {"weights": torch.empty(k, dtype=torch.float64), "means": torch.empty(k, d, dtype=torch.float64),
                 "covariances": torch.empty((k, d, d) if kind == "full" else (k, d), dtype=torch.float64)}
-    runs.check_state(expected, tensors, path)
+    check_state(expected, tensors, path)
     mix = Mixture(*(tensors[name].numpy() for name in ("weights", "means", "covariances")), kind)
     if (mix.weights < 0).any() or not math.isclose(float(mix.weights.sum()), 1.0, abs_tol=1e-6):
         raise MixtureError(f"{path}: the component weights are not a distribution")

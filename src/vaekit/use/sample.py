@@ -16,30 +16,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from vaekit import run as runs
 from vaekit.config import DEFAULT_COMPONENTS, EIGHT_BIT_LIKELIHOODS, MAX_SEED, SAMPLE_MODES, SAMPLERS, ConfigError
 from vaekit.data.resolve import warn as _warn
 from vaekit.errors import RunFolderError, WriteError
-from vaekit.run import Run
+from vaekit.run.lock import RunLock
 from vaekit.use.gmm import (
     MAX_COMPONENTS,
     Mixture,
     MixtureError,
-    file_sha256,
     fit_mixture,
     load_mixture,
     read_info,
     store_mixture,
+    weights_sha256,
 )
-from vaekit.use.pictures import to_uint8
+from vaekit.use.inputs import TrainedRun
+from vaekit.use.outputs import to_uint8
 
 SAMPLE_BATCH = 256  # latents drawn and decoded at once: part of what a seed means, so not a user setting
 MAX_SAMPLES = 1_000_000
@@ -73,12 +71,12 @@ def new_seed() -> int:
     return secrets.randbelow(2**31)
 
 
-def training_images(run: Run) -> np.ndarray:
+def training_images(run: TrainedRun) -> np.ndarray:
     """The images the run was trained on, as training fed them: its validation images left out, and for a
     binarized run the binarized copy of its recorded seed (that of static binarization; one draw of dynamic's)."""
     from vaekit.data.binarize import binarize_images
     from vaekit.data.validation import carve_validation
-    from vaekit.eval.run import load_run_data
+    from vaekit.run.dataset import load_run_data
 
     splits, _ = carve_validation(load_run_data(run), run.data.get("val_fraction") or 0.0)
     images = splits.train_images
@@ -88,7 +86,7 @@ def training_images(run: Run) -> np.ndarray:
 
 
 @torch.no_grad()
-def training_means(run: Run, progress: bool = False) -> np.ndarray:
+def training_means(run: TrainedRun, progress: bool = False) -> np.ndarray:
     """Posterior means (N, zdim) of :func:`training_images`, encoded batch by batch on the model's device."""
     from vaekit.data.tensors import to_unit
 
@@ -102,14 +100,14 @@ def training_means(run: Run, progress: bool = False) -> np.ndarray:
     return torch.cat(out).numpy() if out else np.empty((0, run.model.zdim))
 
 
-def mixture_for(run: Run, components: int = DEFAULT_COMPONENTS, *, refit: bool = False, progress: bool = False,
+def mixture_for(run: TrainedRun, components: int = DEFAULT_COMPONENTS, *, refit: bool = False, progress: bool = False,
                 warn: Callable[[str], None] = _warn) -> Mixture:
     """The run's stored mixture when it was fitted for these weights and ``components``, else a new fit, stored.
 
     A stored mixture that is damaged (unreadable, hand-edited, not matching its hash) is only a cache of what
     the weights and the training set define: it is fitted again, after a one-line warning.
     """
-    weights_hash = file_sha256(run.path / runs.WEIGHTS)
+    weights_hash = weights_sha256(run.model)
     if not refit:
         try:
             info = read_info(run.path)
@@ -123,7 +121,7 @@ def mixture_for(run: Run, components: int = DEFAULT_COMPONENTS, *, refit: bool =
     means = training_means(run, progress)
     mix = fit_mixture(means, components, warn=warn)
     try:
-        with runs.RunLock(run.path):
+        with RunLock(run.path):
             store_mixture(run.path, mix, weights_hash, len(means))
     except (RunFolderError, WriteError) as e:
         warn(f"the fitted mixture was not stored in {run.path}, so the next call fits it again: "
@@ -144,7 +142,7 @@ def _decode(model: torch.nn.Module, top: Tensor | None, eps: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def sample(run: Run, n: int, *, sampler: str = "prior", temperature: float = 1.0, seed: int | None = None,
+def sample(run: TrainedRun, n: int, *, sampler: str = "prior", temperature: float = 1.0, seed: int | None = None,
            mode: str = "mean", components: int = DEFAULT_COMPONENTS, refit: bool = False, progress: bool = False,
            warn: Callable[[str], None] = _warn) -> np.ndarray:
     """``n`` new images as uint8 pixels (n, H, W) grey or (n, H, W, 3) colour. See the module for the options;
@@ -172,24 +170,5 @@ def sample(run: Run, n: int, *, sampler: str = "prior", temperature: float = 1.0
     return out
 
 
-def sample_to(run: Run, n: int, out: str | Path, *, force: bool = False, sampler: str = "prior",
-              temperature: float = 1.0, seed: int | None = None, mode: str = "mean",
-              components: int = DEFAULT_COMPONENTS, **options: Any) -> list[Path]:
-    """:func:`sample` written to ``out``: one grid PNG (``out`` ends in .png) or ``sample_00000.png``... in a folder.
-
-    The options and the output are checked before anything is drawn, so a mistake or a name that is taken
-    (without ``force``) fails at once.
-    """
-    from vaekit.use.pictures import check_output, numbered_names, write_images
-
-    check_sample_options(run.model.config.head, n, sampler, temperature, 0 if seed is None else seed, mode,
-                         components)
-    out, names = Path(out), numbered_names("sample", n)
-    check_output(out, names, force)
-    pixels = sample(run, n, sampler=sampler, temperature=temperature, seed=seed, mode=mode, components=components,
-                    **options)
-    return write_images(out, pixels, names)
-
-
-__all__ = ["SAMPLERS", "SAMPLE_MODES", "mixture_for", "sample", "sample_to", "training_images",
+__all__ = ["check_sample_options", "mixture_for", "new_seed", "sample", "training_images",
            "training_means"]

@@ -35,8 +35,7 @@ from vaekit.config import ConfigError
 from vaekit.data.binarize import bits_per_dim_scale
 
 if TYPE_CHECKING:
-    from vaekit.run import Run
-    from vaekit.use.inputs import Batch, Inputs
+    from vaekit.use.inputs import Batch, Inputs, TrainedRun
 
 FIGURE_IMAGES = 8  # highest- and lowest-scored images each in the figure
 METRICS = {"neg_elbo": "negative ELBO (nats, one draw)", "nll": "importance-sampled negative log-likelihood (nats)"}
@@ -85,7 +84,8 @@ class ScoreTable:
                 self.metric: self.score.copy(), "bits_per_dim": self.bits_per_dim.copy()}
 
 
-def _batch_score(run: Run, x: torch.Tensor, gen: torch.Generator, nll: int | None, rows: int | None) -> np.ndarray:
+def _batch_score(run: TrainedRun, x: torch.Tensor, gen: torch.Generator, nll: int | None,
+                 rows: int | None) -> np.ndarray:
     """The scores (nats) of one batch of model inputs ``x`` (rows in [0, 1])."""
     cfg, model = run.train_config, run.model
     if nll is not None:
@@ -102,7 +102,7 @@ def _batch_score(run: Run, x: torch.Tensor, gen: torch.Generator, nll: int | Non
         return image_terms(model, x, eps, cfg.likelihood, cfg.sigma).loss.double().cpu().numpy()
 
 
-def score_batches(run: Run, batches: Iterable[Batch], *, nll: int | None = None, total: int | None = None,
+def score_batches(run: TrainedRun, batches: Iterable[Batch], *, nll: int | None = None, total: int | None = None,
                   progress: bool = False) -> ScoreTable:
     """Score every image of ``batches`` (see the module); ``total`` images, when known, sizes the progress bar."""
     from vaekit.eval.elbo import EVAL_SEED
@@ -143,7 +143,7 @@ def score_batches(run: Run, batches: Iterable[Batch], *, nll: int | None = None,
                       bits_per_dim_scale(mode, run.train_config.likelihood), high, low)
 
 
-def score_inputs(run: Run, inputs: Inputs, *, nll: int | None = None, batch_size: int = 256,
+def score_inputs(run: TrainedRun, inputs: Inputs, *, nll: int | None = None, batch_size: int = 256,
                  progress: bool = False) -> ScoreTable:
     """:func:`score_batches` of ``inputs`` (:func:`vaekit.use.inputs.open_inputs`) on the model's device."""
     device = next(run.model.parameters()).device
@@ -152,16 +152,19 @@ def score_inputs(run: Run, inputs: Inputs, *, nll: int | None = None, batch_size
     return score_batches(run, inputs.batches(batch_size, device), nll=nll, total=inputs.n, progress=progress)
 
 
-def class_names_of(run: Run, inputs: Inputs) -> list[str] | None:
-    """The names of labels 0, 1, ...: the images' own (class subfolders), else those of the run's dataset."""
-    from vaekit.artifacts.explorer import class_names
+def class_names_of(run: TrainedRun, inputs: Inputs) -> list[str] | None:
+    """The names of labels 0, 1, ...: the images' own (class subfolders), else those the run's data recorded, else
+    the registry's for its named dataset."""
+    from vaekit.data import DATASETS
 
     own = getattr(inputs, "class_names", None)
     record = run.data.get("own") if isinstance(run.data.get("own"), dict) else {}
-    return list(own) if own else class_names(run.data.get("dataset"), record.get("class_names")) or None
+    spec = DATASETS.get(str(run.data.get("dataset")))
+    names = own or record.get("class_names") or (spec.class_names if spec is not None else None)
+    return list(names) if names else None
 
 
-def score(run: Run, images: Any = None, *, split: str | None = None, nll: int | None = None,
+def score(run: TrainedRun, images: Any = None, *, split: str | None = None, nll: int | None = None,
           normal: str | list[int | str] | None = None, batch_size: int = 256, progress: bool = False,
           data_dir: Any = None) -> dict[str, Any]:
     """Per-image scores of ``images`` (anything :func:`vaekit.use.inputs.open_inputs` takes) or of the run's

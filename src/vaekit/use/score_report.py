@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from vaekit import run as runs
-from vaekit.use.pictures import OutputError
+from vaekit.config import ConfigError
+from vaekit.run.io import write_bytes
+from vaekit.use.outputs import check_output
 from vaekit.use.score import METRICS, ScoreTable
 
 
@@ -23,7 +24,7 @@ def output_paths(out: str | Path) -> dict[str, Path]:
     """The files of one scoring: the CSV, the AUROC JSON and the figure, named after ``out``."""
     out = Path(out)
     if out.suffix.lower() != ".csv":
-        raise OutputError(f"--out {out} must name a .csv file (the scores, one row per image)")
+        raise ConfigError(f"--out {out} must name a .csv file (the scores, one row per image)")
     return {"csv": out, "auroc": out.with_name(f"{out.stem}_auroc.json"),
             "figure": out.with_name(f"{out.stem}_extremes.png")}
 
@@ -31,12 +32,9 @@ def output_paths(out: str | Path) -> dict[str, Path]:
 def check_outputs(paths: dict[str, Path], force: bool) -> None:
     """Refuse, before any work, outputs that exist (without ``force``) or whose folder does not."""
     if not paths["csv"].parent.is_dir():
-        raise OutputError(f"the folder of --out {paths['csv']} does not exist; create it first")
+        raise ConfigError(f"the folder of --out {paths['csv']} does not exist; create it first")
     for path in paths.values():
-        if path.is_dir():
-            raise OutputError(f"{path} is a folder; choose another --out")
-        if path.exists() and not force:
-            raise OutputError(f"{path} exists; pass --force to replace it, or choose another --out")
+        check_output(path, force)
 
 
 def csv_text(table: ScoreTable) -> str:
@@ -74,12 +72,12 @@ def extremes_figure(table: ScoreTable) -> Any:
 def write_outputs(table: ScoreTable, paths: dict[str, Path], result: dict[str, Any] | None,
                   figure: bool = True) -> list[Path]:
     """Write the CSV, the AUROC JSON (when ``result``) and the figure (when ``figure``); returns what was written."""
-    runs.write_bytes(paths["csv"], csv_text(table).encode("utf-8", "surrogateescape"))  # names as on disk
+    write_bytes(paths["csv"], csv_text(table).encode("utf-8", "surrogateescape"))  # names as on disk
     written = [paths["csv"]]
     if result is not None:
         record = {**result, "score": table.metric, "samples": table.samples, "csv": paths["csv"].name,
                   "n_images": len(table.names)}
-        runs.write_bytes(paths["auroc"], (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        write_bytes(paths["auroc"], (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
         written.append(paths["auroc"])
     if figure and len(table.names):
         from vaekit.artifacts.figures import save_figure
