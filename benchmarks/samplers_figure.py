@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vaekit.artifacts.figures import new_figure, save_figure
+from vaekit.artifacts.figures import new_figure, save_figure, tile_images
 from vaekit.run import load_run
-from vaekit.use.pictures import grid
 
 
 def main() -> None:
@@ -26,7 +25,7 @@ def main() -> None:
     for i, sampler in enumerate(("prior", "gmm")):
         pixels = run.sample(a.n, sampler=sampler, seed=a.seed, temperature=a.temperature)
         ax = fig.add_subplot(1, 2, i + 1)
-        ax.imshow(grid(pixels), cmap="gray" if pixels.ndim == 3 else None, vmin=0, vmax=255)
+        ax.imshow(tile_images(pixels / 255, 8), cmap="gray" if pixels.ndim == 3 else None, vmin=0, vmax=1)
         ax.set_axis_off()
         ax.set_title("prior N(0, I)" if sampler == "prior" else "two-stage: Gaussian mixture of the training codes")
     fig.suptitle(f"{run.model_config.preset}, zdim {run.model.zdim}: {a.n} samples each, seed {a.seed}")
