@@ -21,7 +21,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     a = p.parse_args()
     run = load_run(a.run)
-    fig = new_figure(10, 5.4)
+    fig = new_figure(8, 4.4)
     for i, sampler in enumerate(("prior", "gmm")):
         pixels = run.sample(a.n, sampler=sampler, seed=a.seed, temperature=a.temperature)
         ax = fig.add_subplot(1, 2, i + 1)
