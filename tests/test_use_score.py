@@ -165,3 +165,22 @@ def test_bad_flags_are_one_line_and_exit_2(run_dir: Path, argv: list[str], words
     if "--existing" in argv:
         assert out.read_text() == "keep me"
 
+
+
+def test_normal_classes_are_named_as_the_folders_name_them(run_dir: Path) -> None:
+    from PIL import Image
+
+    from .conftest import make_digits
+
+    images, _ = make_digits(12, seed=5)
+    for i, im in enumerate(images):
+        folder = run_dir.parent / "photos" / ("bad" if i % 3 == 0 else "good")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(folder / f"{i}.png")
+    out = run_dir.parent / "s.csv"
+    assert main(["score", str(run_dir), str(run_dir.parent / "photos"), "--out", str(out), "--normal", "GOOD"]) == 0
+    result = json.loads((run_dir.parent / "s_auroc.json").read_text())
+    assert result["normal_names"] == ["good"] and result["anomalous_names"] == ["bad"]
+    assert (result["n_normal"], result["n_anomalous"]) == (8, 4)
+    assert result["auroc"] == pytest.approx(_mann_whitney(_rows(out), set(result["normal"]), "neg_elbo_nats"))
+    assert all(r["name"].endswith(".png") for r in _rows(out))

@@ -20,7 +20,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     check_outputs(paths, args.force)
     run = _load(args)
     inputs = _inputs(args, run)
-    names = class_names_of(run, inputs)
+    names = class_names_of(inputs)
     normal = parse_normal(args.normal, inputs.labels, names) if args.normal is not None else None
     table = score_inputs(run, inputs, nll=args.nll, batch_size=args.batch_size, progress=True)
     result = auroc(table.score, table.labels, normal, names) if normal is not None else None

@@ -152,15 +152,10 @@ def score_inputs(run: TrainedRun, inputs: Inputs, *, nll: int | None = None, bat
     return score_batches(run, inputs.batches(batch_size, device), nll=nll, total=inputs.n, progress=progress)
 
 
-def class_names_of(run: TrainedRun, inputs: Inputs) -> list[str] | None:
-    """The names of labels 0, 1, ...: the images' own (class subfolders), else those the run's data recorded, else
-    the registry's for its named dataset."""
-    from vaekit.data import DATASETS
-
-    own = getattr(inputs, "class_names", None)
-    record = run.data.get("own") if isinstance(run.data.get("own"), dict) else {}
-    spec = DATASETS.get(str(run.data.get("dataset")))
-    names = own or record.get("class_names") or (spec.class_names if spec is not None else None)
+def class_names_of(inputs: Inputs) -> list[str] | None:
+    """The names of the images' labels 0, 1, ...: those their source gives (class subfolders, a named dataset's
+    split). Not the run's own record: images from elsewhere number their classes their own way."""
+    names = getattr(inputs, "class_names", None)
     return list(names) if names else None
 
 
@@ -174,7 +169,7 @@ def score(run: TrainedRun, images: Any = None, *, split: str | None = None, nll:
     from vaekit.use.inputs import open_inputs
 
     inputs = open_inputs(run, images, split=split, data_dir=data_dir)
-    names = class_names_of(run, inputs)
+    names = class_names_of(inputs)
     normal_ids = parse_normal(normal, inputs.labels, names) if normal is not None else None
     table = score_inputs(run, inputs, nll=nll, batch_size=batch_size, progress=progress)
     out = table.columns()
