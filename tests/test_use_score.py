@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -102,27 +101,19 @@ def test_the_auroc_of_a_held_out_fashion_class_is_well_above_chance_and_matches_
                                             abs=1e-9)
 
 
-def _batches(n: int, size: int = 500) -> Iterator:
-    """``n`` generated 28x28 images a batch at a time, as open_inputs gives them."""
-    from vaekit.use.inputs import Batch
-
-    rng = np.random.default_rng(0)
-    for start in range(0, n, size):
-        pixels = rng.integers(0, 256, (min(size, n - start), 28, 28), dtype=np.uint8)
-        yield Batch(to_unit(as_rows(pixels)), pixels, [f"array:{i}" for i in range(start, start + len(pixels))], None)
-
-
 def test_scoring_ten_thousand_images_takes_no_more_memory_than_two_thousand(run_dir: Path) -> None:
-    from vaekit.use.score import score_batches
-
+    """Through the real reader: a .npy file of generated images, memory-mapped and read a batch at a time."""
     run = runs.load_run(run_dir)
+    rng = np.random.default_rng(0)
     peaks = {}
     for n in (2000, 10_000):
+        path = run_dir.parent / f"images_{n}.npy"
+        np.save(path, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
         tracemalloc.start()
-        table = score_batches(run, _batches(n))
+        table = run.score(str(path), batch_size=500)
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        assert len(table.names) == n and np.isfinite(table.score).all()
+        assert len(table["name"]) == n and np.isfinite(table["neg_elbo"]).all()
     # What grows is a name and two numbers per image (~100 bytes), not its 784 pixels (6 MB for 8,000 images)
     assert peaks[10_000] - peaks[2000] < 1_500_000, peaks
 
