@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from vaekit.cli.common import add_force_option, nonnegative_float, positive_int, seed_int
-from vaekit.cli.use import _load
+from vaekit.cli.use import load_run_arg
 from vaekit.config import DEFAULT_COMPONENTS, SAMPLE_MODES, SAMPLERS
 from vaekit.text import printable
 
@@ -32,7 +32,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     check_output(out, args.force, folder=not grid)
     if grid and not out.parent.is_dir():
         raise ConfigError(f"the folder of --out {out} does not exist; create it first")
-    run = _load(args)
+    run = load_run_arg(args)
     seed = new_seed() if args.seed is None else args.seed
     options = {"sampler": args.sampler, "temperature": args.temperature, "seed": seed, "mode": args.mode,
                "components": args.components}

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from vaekit.cli.common import add_force_option, add_images_options, add_run_options, positive_int
-from vaekit.cli.use import _check_images, _inputs, _load
+from vaekit.cli.use import check_images, load_run_arg, open_images
 from vaekit.text import printable
 
 
@@ -15,11 +15,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     from vaekit.use.score import class_names_of, score_inputs
     from vaekit.use.score_report import check_outputs, output_paths, summary_lines, write_outputs
 
-    _check_images(args)
+    check_images(args)
     paths = output_paths(args.out)
     check_outputs(paths, args.force)
-    run = _load(args)
-    inputs = _inputs(args, run)
+    run = load_run_arg(args)
+    inputs = open_images(args, run)
     names = class_names_of(inputs)
     normal = parse_normal(args.normal, inputs.labels, names) if args.normal is not None else None
     table = score_inputs(run, inputs, nll=args.nll, batch_size=args.batch_size, progress=True)

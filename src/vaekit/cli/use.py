@@ -22,14 +22,14 @@ GRID_COLUMNS = 8
 _NUMBERS = re.compile(r"\s*[-+.\deE]+(\s*,\s*[-+.\deE]+)*\s*,?\s*")
 
 
-def _load(args: argparse.Namespace) -> Any:
+def load_run_arg(args: argparse.Namespace) -> Any:
     from vaekit.devices import resolve_device
     from vaekit.run import load_run
 
     return load_run(args.run, resolve_device(args.device))
 
 
-def _check_images(args: argparse.Namespace) -> None:
+def check_images(args: argparse.Namespace) -> None:
     """IMAGES or --split, exactly one, checked before the run is loaded."""
     if (args.images is None) == (args.split is None):
         raise ConfigError("give IMAGES (a folder, an image file or a .npy/.npz file) or --split train|test, and "
@@ -38,7 +38,7 @@ def _check_images(args: argparse.Namespace) -> None:
         raise ConfigError("--data-dir says where the run's own data is; it goes with --split")
 
 
-def _inputs(args: argparse.Namespace, run: Any) -> Any:
+def open_images(args: argparse.Namespace, run: Any) -> Any:
     from vaekit.use.inputs import open_inputs
 
     # the decoding bar only on a terminal, as every other bar of these commands (a log gets the result alone)
@@ -51,11 +51,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from vaekit.use.outputs import check_output, encoding_format, write_encoding
 
     out = Path(args.out)
-    _check_images(args)
+    check_images(args)
     encoding_format(out)
     check_output(out, args.force)
-    run = _load(args)
-    enc = encode_inputs(run.model, _inputs(args, run), batch_size=args.batch_size, logvar=args.logvar, progress=True)
+    run = load_run_arg(args)
+    enc = encode_inputs(run.model, open_images(args, run), batch_size=args.batch_size, logvar=args.logvar,
+                        progress=True)
     write_encoding(out, enc)
     what = "means and log-variances" if args.logvar else "means"
     print(printable(f"wrote {out}: posterior {what} of {len(enc.names):,} images, {enc.mu.shape[1]} dimensions"))
@@ -70,10 +71,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from vaekit.use.outputs import PngWriter, check_output, image_stem, to_uint8, write_png
 
     out = Path(args.out)
-    _check_images(args)
+    check_images(args)
     check_output(out, args.force, folder=True)
-    run = _load(args)
-    inputs = _inputs(args, run)
+    run = load_run_arg(args)
+    inputs = open_images(args, run)
     out.mkdir(parents=True, exist_ok=True)
     digits, index, shown = max(5, len(str(inputs.n - 1))), 0, []
     with PngWriter() as writer:
@@ -112,7 +113,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: interpolate writes one PNG image; end the name with .png")
     check_output(out, args.force)
-    run = _load(args)
+    run = load_run_arg(args)
     images = interpolate(run, endpoint(args.a), endpoint(args.b), args.steps, spherical=args.spherical,
                          batch_size=args.batch_size)
     out.parent.mkdir(parents=True, exist_ok=True)
