@@ -16,7 +16,7 @@ import html
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -36,7 +36,7 @@ from vaekit.artifacts.describe import (
 )
 from vaekit.text import printable
 
-__all__ = ["build_report", "likelihood_text", "loss_curves_svg", "model_text", "write_report"]
+__all__ = ["Curve", "build_report", "curves_svg", "likelihood_text", "loss_curves_svg", "model_text", "write_report"]
 
 RESULT_ORDER = ("test_loss", "test_recon", "test_kl", "val_loss", "best_val_loss", "best_val_epoch", "n_val",
                 "train_loss", "epochs", "dataset", "model", "zdim",
@@ -126,10 +126,30 @@ def loss_curves_svg(rows: list[dict[str, float]], width: int = 640, height: int 
     """
     series = [("train_loss", "train", "#1f77b4"), ("val_loss", "validation", "#2ca02c"),
               ("test_loss", "test", "#ff7f0e")]
-    pts = [(r["epoch"], r[k]) for r in rows for k, _, _ in series if math.isfinite(r.get(k, math.nan))]
+    curves = [Curve(name, color, [(r["epoch"], r[key]) for r in rows if math.isfinite(r.get(key, math.nan))])
+              for key, name, color in series]
+    return curves_svg(curves, width, height)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One line of a plot over the epochs: its legend name, colour and (epoch, loss) points."""
+
+    name: str
+    color: str
+    points: list[tuple[float, float]]
+    legend: bool = True  # False: drawn in the colour of an earlier curve that the legend already names
+
+
+def curves_svg(curves: list[Curve], width: int = 640, height: int = 300, legend_width: int = 110) -> str:
+    """Loss curves over the epochs as one inline SVG with a legend at the right; curves without points are left
+    out, and a curve of one point is a dot."""
+    curves = [c for c in curves if c.points]
+    pts = [p for c in curves for p in c.points]
     if not pts:
         return '<p class="muted">No finite losses to plot.</p>'
-    left, right, top, bottom = 64, 110, 12, 36
+    left, right, top, bottom = 64, legend_width, 12, 36
+    height = max(height, top + bottom + 18 * sum(c.legend for c in curves) + 8)
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
@@ -152,7 +172,7 @@ def loss_curves_svg(rows: list[dict[str, float]], width: int = 640, height: int 
         y = y0 + (y1 - y0) * i / 4
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eef0f2"/>'
                      f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.1f}</text>')
-    epochs = sorted({int(r["epoch"]) for r in rows})
+    epochs = sorted({int(x) for x in xs})
     step = max(1, math.ceil(len(epochs) / 10))
     for ep in epochs[::step]:
         parts.append(f'<text x="{sx(ep):.1f}" y="{top + ph + 16}" text-anchor="middle">{ep}</text>')
@@ -160,17 +180,15 @@ def loss_curves_svg(rows: list[dict[str, float]], width: int = 640, height: int 
     parts.append(f'<text x="14" y="{top + ph / 2}" text-anchor="middle" '
                  f'transform="rotate(-90 14 {top + ph / 2})">nats per image</text>')
     n = 0  # legend entries so far
-    for key, name, color in series:
-        line = [(r["epoch"], r[key]) for r in rows if math.isfinite(r.get(key, math.nan))]
-        if not line:
-            continue
-        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in line)
-        parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>')
-        parts.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}"/>' for x, y in line)
-        ly = top + 14 + 18 * n
-        parts.append(f'<line x1="{left + pw + 12}" x2="{left + pw + 32}" y1="{ly}" y2="{ly}" stroke="{color}" '
-                     f'stroke-width="2"/><text x="{left + pw + 38}" y="{ly + 4}">{_e(name)}</text>')
-        n += 1
+    for c in curves:
+        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in c.points)
+        parts.append(f'<polyline class="curve" points="{coords}" fill="none" stroke="{c.color}" stroke-width="2"/>')
+        parts.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{c.color}"/>' for x, y in c.points)
+        if c.legend:
+            ly = top + 14 + 18 * n
+            parts.append(f'<line x1="{left + pw + 12}" x2="{left + pw + 32}" y1="{ly}" y2="{ly}" stroke="{c.color}" '
+                         f'stroke-width="2"/><text x="{left + pw + 38}" y="{ly + 4}">{_e(c.name)}</text>')
+            n += 1
     parts.append("</svg>")
     return "".join(parts)
 

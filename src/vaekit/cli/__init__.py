@@ -1,5 +1,5 @@
-"""The ``vaekit`` command line: one module per command (train, evaluate and plot, explore, report, data, export;
-encode, reconstruct and interpolate in :mod:`.use`).
+"""The ``vaekit`` command line: one module per command (train, evaluate and plot, explore, report, compare, data,
+export; encode, reconstruct and interpolate in :mod:`.use`).
 
 Every error a user can cause ends as one line on stderr and exit code 2 (bad input), 1 (the run failed)
 or 130 (interrupted); tracebacks are for bugs only.
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from vaekit import __version__
 from vaekit.cli.common import Parser
+from vaekit.cli.compare import add_compare_parser
 from vaekit.cli.data import add_data_parser
 from vaekit.cli.evaluate import add_evaluate_parser, add_plot_parser
 from vaekit.cli.explore import add_explore_parser
@@ -43,6 +44,7 @@ def build_parser() -> Parser:
     add_data_parser(sub)
     add_explore_parser(sub)
     add_report_parser(sub)
+    add_compare_parser(sub)
     add_export_parser(sub)
     add_use_parsers(sub)
     add_sample_parser(sub)

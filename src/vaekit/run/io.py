@@ -132,8 +132,8 @@ def check_regular(path: Path, mode: int) -> None:
                              "files, so replace it with the run's own file")
 
 
-def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
-    """The text of a regular file of at most ``limit`` bytes; anything else is one line naming the file.
+def read_bytes(path: Path, limit: int, what: str = "any vaekit run file") -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; anything else is one line naming the file.
 
     The file is opened without blocking (a FIFO cannot stall the open) and its type checked on the open
     descriptor, so it cannot be swapped between the check and the read.
@@ -148,8 +148,14 @@ def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
         check_regular(path, os.fstat(fd).st_mode)
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise RunFolderError(f"{path} is larger than {limit // 2**20} MB, far more than any vaekit run file; it is "
+        raise RunFolderError(f"{path} is larger than {limit / 2**20:g} MB, far more than {what}; it is "
                              "not one of them, so replace it")
+    return data
+
+
+def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
+    """The text of a regular file of at most ``limit`` bytes, as UTF-8 (see :func:`read_bytes`)."""
+    data = read_bytes(path, limit)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -1,0 +1,64 @@
+"""``vaekit compare``: runs side by side in the terminal, as JSON, and as one HTML page."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from vaekit.errors import RunFolderError
+from vaekit.text import printable
+
+
+def add_compare_parser(sub: Any) -> argparse.ArgumentParser:
+    """The ``compare`` subcommand."""
+    p = sub.add_parser("compare", help="put runs side by side: the settings that differ and the numbers",
+                       description="Compare runs: a table of the settings that differ between them and their numbers "
+                                   "(test -ELBO, -log p(x) with its K, bits/dim, best validation -ELBO, training "
+                                   "time), grouped by the protocol they were measured under and never ranked across "
+                                   "protocols. A folder of seed-N run folders is a seed group, shown as mean \u00b1 "
+                                   "standard error. With --out, also one self-contained HTML page with the table, "
+                                   "error bars, the loss curves overlaid and the runs' figures side by side.")
+    p.add_argument("runs", nargs="+", metavar="RUN_OR_DIR",
+                   help="a run folder, a seed group (a folder of seed-N run folders), or a folder of those")
+    p.add_argument("--out", metavar="HTML", help="also write the comparison page to this file")
+    p.add_argument("--json", action="store_true", help="print the comparison as one JSON object instead of a table")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=cmd_compare)
+    return p
+
+
+def _check_out(out: str | None, force: bool) -> None:
+    """--out names a file to write, and one that exists only with --force (checked before any work)."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise RunFolderError(f"--out {printable(path)} is a folder; name the HTML file to write, such as "
+                             f"{printable(path / 'compare.html')}")
+    if path.exists() and not force:
+        raise RunFolderError(f"--out {printable(path)} exists; pass --force to overwrite it or choose another file")
+    if not path.parent.is_dir():
+        raise RunFolderError(f"--out {printable(path)}: its folder does not exist; create it or choose another file")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from vaekit.experiments.compare import compare
+    from vaekit.experiments.table import as_json, text_table
+
+    _check_out(args.out, args.force)
+    comparison = compare(args.runs)
+    for warning in comparison.warnings:
+        print(f"vaekit compare: warning: {warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(as_json(comparison), sort_keys=False, allow_nan=False))
+    else:
+        print(text_table(comparison))
+    if args.out is not None:
+        from vaekit.experiments.page import write_page
+
+        path = write_page(comparison, args.out)
+        print(f"page: {printable(path)}", file=sys.stderr if args.json else sys.stdout)
+    return 0
