@@ -1,0 +1,146 @@
+"""``vaekit compare``: real trained runs side by side, seed groups, protocols that must not rank together.
+
+The runs are trained once for the module by ``vaekit train`` itself (tiny data, two epochs): a seed group of
+three, one run that differs from its seed 0 in zdim only (with its figures), and a binarized and an 8-bit run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from vaekit.cli import main
+
+from .artifact_runs import Html
+from .conftest import hermetic_env
+from .test_explorer_browser import browser  # noqa: F401 - the shared Chromium fixture
+
+TRAIN = ["--epochs", "2", "--batch-size", "64", "--val-fraction", "0.2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``grey/seed-{0,1,2}`` (a seed group), ``zdim4`` (with figures), ``binarized`` and ``eight_bit``."""
+    root = tmp_path_factory.mktemp("compare")
+    jobs = {f"grey/seed-{s}": ["--seed", str(s), "--no-artifacts"] for s in range(3)}
+    jobs["zdim4"] = ["--zdim", "4"]
+    jobs["binarized"] = ["--binarize", "dynamic", "--no-artifacts"]
+    jobs["eight_bit"] = ["--likelihood", "discretized-logistic", "--no-artifacts"]
+    with hermetic_env(tmp_path_factory.mktemp("cache")):
+        for name, flags in jobs.items():
+            assert main(["train", "--data-dir", str(tiny_data), "--out", str(root / name), *TRAIN, *flags]) == 0
+    return root
+
+
+def _compare(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["compare", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _json(capsys: pytest.CaptureFixture[str], *paths: Path) -> dict[str, Any]:
+    code, out, _ = _compare(capsys, *paths, "--json")
+    assert code == 0
+    return json.loads(out)
+
+
+def test_only_the_settings_that_differ_are_shown(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = _json(capsys, runs / "grey" / "seed-0", runs / "zdim4")
+    assert result["settings_that_differ"] == ["model.zdim"]
+    assert [e["settings"] for e in result["entries"]] == [{"model.zdim": 2}, {"model.zdim": 4}]
+    code, out, _ = _compare(capsys, runs / "grey" / "seed-0", runs / "zdim4")
+    head = out.splitlines()[0].split()
+    assert code == 0 and "model.zdim" in head
+    assert not {"train.lr", "train.epochs", "train.seed", "model.activation", "train.data_dir"} & set(head)
+
+
+def test_protocols_that_differ_are_never_ranked_together(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = _json(capsys, runs / "binarized", runs / "eight_bit", runs / "grey" / "seed-0", runs / "zdim4")
+    by_name = {Path(e["name"]).name: e for e in result["entries"]}
+    protocols = {name: e["protocol"] for name, e in by_name.items()}
+    assert len(result["protocols"]) == 3 and protocols["seed-0"] == protocols["zdim4"]
+    assert len({protocols["binarized"], protocols["eight_bit"], protocols["zdim4"]}) == 3
+    for alone in ("binarized", "eight_bit"):  # each alone in its protocol: nothing to rank it against
+        assert not any(n["best_in_protocol"] for n in by_name[alone]["numbers"].values())
+    losses = {n: by_name[n]["numbers"]["test_loss"]["mean"] for n in ("seed-0", "zdim4")}
+    best = min(losses, key=losses.get)
+    assert by_name[best]["numbers"]["test_loss"]["best_in_protocol"]
+    code, out, _ = _compare(capsys, runs / "binarized", runs / "eight_bit")
+    rows = [line for line in out.splitlines() if line.startswith(str(runs))]
+    assert code == 0 and len(rows) == 2 and not any("*" in row for row in rows)
+    assert sum("grouped by protocol" in line and "not comparable" in line for line in out.splitlines()) == 1
+
+
+def test_a_seed_group_is_the_mean_and_standard_error_of_its_runs(runs: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    (entry,) = _json(capsys, runs / "grey")["entries"]
+    assert entry["kind"] == "seed group" and len(entry["runs"]) == 3
+    summaries = [json.loads((runs / "grey" / f"seed-{s}" / "summary.json").read_text()) for s in range(3)]
+    for key in ("test_loss", "best_val_loss", "train_seconds"):
+        values = np.array([s[key] for s in summaries])
+        got = entry["numbers"][key]
+        assert got["values"] == values.tolist()
+        assert got["mean"] == pytest.approx(values.mean(), rel=1e-12)
+        assert got["stderr"] == pytest.approx(values.std(ddof=1) / np.sqrt(3), rel=1e-12)
+    assert len(set(entry["numbers"]["test_loss"]["values"])) == 3  # three seeds, three different runs
+
+
+def test_a_broken_run_among_good_ones_is_one_warning(runs: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("seed-0", "seed-1"):
+        shutil.copytree(runs / "grey" / name, tmp_path / "group" / name)
+    broken = tmp_path / "group" / "seed-2"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"format": 1, "model": [')
+    code, out, err = _compare(capsys, tmp_path / "group")
+    assert code == 0 and "(2 seeds)" in out
+    assert len(err.splitlines()) == 1 and "warning" in err and str(broken) in err
+
+
+def test_nothing_to_compare_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty" / "notes").mkdir(parents=True)
+    for target in (tmp_path / "empty", tmp_path / "missing"):
+        code, out, err = _compare(capsys, target)
+        assert code == 2 and out == "" and len(err.splitlines()) == 1 and str(target) in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{")
+    code, _, err = _compare(capsys, broken)
+    assert code == 2 and len(err.splitlines()) == 1 and "nothing to compare" in err
+
+
+def test_the_page_is_not_overwritten_without_force(runs: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "compare.html"
+    out.write_text("mine")
+    code, _, err = _compare(capsys, runs / "zdim4", "--out", out)
+    assert code == 2 and "--force" in err and out.read_text() == "mine"
+    code, _, _ = _compare(capsys, runs / "zdim4", "--out", out, "--force")
+    assert code == 0 and Html(out.read_text()).title == "vaekit comparison"
+
+
+def test_the_page_loads_and_draws_a_curve_per_run(runs: Path, tmp_path: Path, browser: Any,  # noqa: F811
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "compare.html"
+    code, _, _ = _compare(capsys, runs / "grey", runs / "zdim4", runs / "binarized", runs / "eight_bit", "--out", out)
+    assert code == 0
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.route("**/*", lambda route: route.abort() if not route.request.url.startswith(("file:", "data:"))
+               else route.continue_())
+    page.goto(out.resolve().as_uri())
+    assert errors == []
+    assert page.locator("polyline.curve").count() == 6  # three seeds and three runs
+    assert page.locator("line.errorbar").count() >= 1  # the seed group's standard error
+    assert page.locator("tr.protocol").count() == 3
+    figures = page.evaluate("[...document.querySelectorAll('.figs img')].map(i => i.naturalWidth)")
+    assert figures and all(w > 0 for w in figures)  # zdim4's figures, decoded from their data URIs
+    page.close()
