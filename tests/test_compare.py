@@ -144,3 +144,16 @@ def test_the_page_loads_and_draws_a_curve_per_run(runs: Path, tmp_path: Path, br
     figures = page.evaluate("[...document.querySelectorAll('.figs img')].map(i => i.naturalWidth)")
     assert figures and all(w > 0 for w in figures)  # zdim4's figures, decoded from their data URIs
     page.close()
+
+
+def test_log_likelihoods_at_different_k_are_not_ranked(runs: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from vaekit.eval.run import evaluate_run
+
+    for name, k in (("seed-0", 4), ("zdim4", 8)):
+        target = shutil.copytree(runs / "grey" / name if name == "seed-0" else runs / name, tmp_path / name)
+        evaluate_run(target, device="cpu", nll=True, samples=k)
+    entries = _json(capsys, tmp_path / "seed-0", tmp_path / "zdim4")["entries"]
+    assert [e["nll_samples"] for e in entries] == [4, 8]
+    assert not any(e["numbers"][key]["best_in_protocol"] for e in entries for key in ("nll", "bits_per_dim"))
+    assert sum(e["numbers"]["test_loss"]["best_in_protocol"] for e in entries) == 1  # the same protocol otherwise

@@ -11,16 +11,17 @@ from typing import Any
 from vaekit.errors import RunFolderError
 from vaekit.text import printable
 
+DESCRIPTION = ("Compare runs: a table of the settings that differ between them and their numbers (test -ELBO, "
+               "-log p(x) with its K, bits/dim, best validation -ELBO, training time), grouped by the protocol they "
+               "were measured under and never ranked across protocols. A folder of seed-N run folders is a seed group, "
+               "shown as mean \u00b1 standard error. With --out, also one self-contained HTML page with the table, "
+               "error bars, the loss curves overlaid and the runs' figures side by side.")
+
 
 def add_compare_parser(sub: Any) -> argparse.ArgumentParser:
     """The ``compare`` subcommand."""
     p = sub.add_parser("compare", help="put runs side by side: the settings that differ and the numbers",
-                       description="Compare runs: a table of the settings that differ between them and their numbers "
-                                   "(test -ELBO, -log p(x) with its K, bits/dim, best validation -ELBO, training "
-                                   "time), grouped by the protocol they were measured under and never ranked across "
-                                   "protocols. A folder of seed-N run folders is a seed group, shown as mean \u00b1 "
-                                   "standard error. With --out, also one self-contained HTML page with the table, "
-                                   "error bars, the loss curves overlaid and the runs' figures side by side.")
+                       description=DESCRIPTION)
     p.add_argument("runs", nargs="+", metavar="RUN_OR_DIR",
                    help="a run folder, a seed group (a folder of seed-N run folders), or a folder of those")
     p.add_argument("--out", metavar="HTML", help="also write the comparison page to this file")

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vaekit.config import ModelConfig, TrainConfig
+from vaekit.artifacts.card import RunRecord
 from vaekit.errors import RunFolderError, VaekitError
-from vaekit.run.folder import CONFIG, read_config, read_metrics, read_summary
+from vaekit.run.folder import CONFIG, read_metrics
 from vaekit.run.io import check_path_length
 from vaekit.text import printable
 
@@ -36,15 +36,10 @@ NOISE = frozenset({
 })
 
 
-@dataclass
-class RunRecord:
-    """What a run folder records, read without its weights or data."""
+@dataclass(frozen=True)
+class ComparedRun(RunRecord):
+    """What a run folder records (as its model card reads it) and its metrics, read without weights or data."""
 
-    path: Path
-    model: ModelConfig
-    train: TrainConfig
-    data: dict[str, Any]
-    summary: dict[str, Any]
     metrics: list[dict[str, float]]
     settings: dict[str, Any]  # the flattened config, without NOISE
 
@@ -58,7 +53,7 @@ class Entry:
     """One row of a comparison: a run, or a seed group (runs whose settings differ only in their seed)."""
 
     name: str
-    runs: list[RunRecord]
+    runs: list[ComparedRun]
     group: bool = False
 
     @property
@@ -80,12 +75,13 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def read_record(path: Path) -> RunRecord:
+def read_record(path: Path) -> ComparedRun:
     """A run folder's config, summary and metrics, each through the bounded, checked readers."""
-    model, train, data = read_config(path)
-    settings = {**flatten("model", asdict(model)), **flatten("train", asdict(train)), **flatten("data", data)}
+    rec = RunRecord.read(path)
+    settings = {**flatten("model", asdict(rec.model)), **flatten("train", asdict(rec.train)),
+                **flatten("data", rec.data)}
     settings = {k: v for k, v in settings.items() if k not in NOISE}
-    return RunRecord(path, model, train, data, read_summary(path), read_metrics(path), settings)
+    return ComparedRun(rec.path, rec.model, rec.train, rec.data, rec.summary, read_metrics(path), settings)
 
 
 def is_run_folder(path: Path) -> bool:
@@ -131,7 +127,7 @@ def _plan(path: Path) -> list[tuple[Path, list[Path], bool]]:
     return plan
 
 
-def _read(paths: list[Path], warnings: list[str]) -> list[RunRecord]:
+def _read(paths: list[Path], warnings: list[str]) -> list[ComparedRun]:
     """The readable runs among ``paths``; each unreadable one becomes a warning naming it and why."""
     records = []
     for path in paths:
@@ -142,7 +138,7 @@ def _read(paths: list[Path], warnings: list[str]) -> list[RunRecord]:
     return records
 
 
-def _entries(name: Path, records: list[RunRecord], group: bool, warnings: list[str]) -> list[Entry]:
+def _entries(name: Path, records: list[ComparedRun], group: bool, warnings: list[str]) -> list[Entry]:
     """The entries of one planned item: a seed group stays one only if its runs differ in nothing but the seed."""
     if not records:
         return []

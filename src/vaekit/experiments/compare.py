@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vaekit.data.binarize import describe, protocol
-from vaekit.experiments.collect import Entry, RunRecord, collect
+from vaekit.experiments.collect import ComparedRun, Entry, collect
 from vaekit.experiments.stats import Stat, mean_stderr
 
 # (summary.json key, column name); every one is lower-is-better except the training time, which is not ranked.
@@ -47,7 +47,7 @@ class Comparison:
     warnings: list[str]
 
 
-def run_protocol(r: RunRecord) -> dict[str, Any]:
+def run_protocol(r: ComparedRun) -> dict[str, Any]:
     """How a run's test numbers were measured: its data protocol and its test set."""
     t, m = r.train, r.model
     p = protocol(t.binarize, t.binarize_seed, t.likelihood, t.learn_sigma, t.sigma, m.head, m.mixtures)
@@ -75,7 +75,7 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _value(r: RunRecord, key: str) -> float | None:
+def _value(r: ComparedRun, key: str) -> float | None:
     """One number of a run; its training time from metrics.csv when summary.json has none."""
     value = r.summary.get(key)
     if key == "train_seconds" and not _finite(value) and r.metrics:

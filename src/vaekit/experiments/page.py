@@ -29,7 +29,8 @@ MAX_PAGE_FIGURE_BYTES = 48 * 2**20  # all figures of one page together
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EXTRA_STYLE = """
 tr.protocol th { background: #eef3f8; font-weight: 600; text-align: left; }
-td.best { font-weight: 700; } .figs td { text-align: center; } .figs img { max-width: 240px; }
+td.num { white-space: nowrap; } td.best { font-weight: 700; }
+.figs td { text-align: center; } .figs img { max-width: 240px; }
 """
 
 
@@ -55,7 +56,7 @@ def _table(c: Comparison) -> str:
             cells.append(f"<td{cls}>{_e(text)}</td>")
         body.append(f'<tr class="entry" style="border-left: 4px solid {color(i)}">{"".join(cells)}</tr>')
     head = "".join(f"<th>{_e(h)}</th>" for h in cols)
-    lines = "".join(f"<p>{_e(line)}</p>" for line in notes(c))
+    lines = f"<p>{_e(notes(c)[-1])}</p>"  # the protocols in words head their rows already
     return f'<table class="compare"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>{lines}'
 
 
@@ -116,6 +117,8 @@ def _spread(c: Comparison) -> str:
                 where = (row.protocol, row.nll_samples if key in ("nll", "bits_per_dim") else None)
                 plots.setdefault(where, []).append((row.entry.name, color(i), s.mean, s.stderr))
         for (proto, k), rows in plots.items():
+            if all(se is None for *_, se in rows):
+                continue  # single runs only: nothing spreads
             title = f"{names[key]}, protocol {protocol_name(proto)}" + (f", K = {k:,}" if k is not None else "")
             out.append(f"<h3>{_e(title)}</h3>{error_bars_svg(rows)}")
     return ("<h2>Seed groups</h2><p class=\"muted\">Mean \u00b1 standard error over each group's seeds (a single "
