@@ -157,3 +157,12 @@ def test_log_likelihoods_at_different_k_are_not_ranked(runs: Path, tmp_path: Pat
     assert [e["nll_samples"] for e in entries] == [4, 8]
     assert not any(e["numbers"][key]["best_in_protocol"] for e in entries for key in ("nll", "bits_per_dim"))
     assert sum(e["numbers"]["test_loss"]["best_in_protocol"] for e in entries) == 1  # the same protocol otherwise
+
+
+def test_names_from_run_folders_cannot_inject_markup(runs: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    hostile = shutil.copytree(runs / "zdim4", tmp_path / "<img src=x onerror=alert(1)>")
+    out = tmp_path / "compare.html"
+    code, _, _ = _compare(capsys, hostile, runs / "grey" / "seed-0", "--out", out)
+    page = out.read_text()
+    assert code == 0 and "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page

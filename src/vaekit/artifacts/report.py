@@ -36,7 +36,8 @@ from vaekit.artifacts.describe import (
 )
 from vaekit.text import printable
 
-__all__ = ["Curve", "build_report", "curves_svg", "likelihood_text", "loss_curves_svg", "model_text", "write_report"]
+__all__ = ["Curve", "build_report", "curves_svg", "escape", "likelihood_text", "loss_curves_svg", "model_text",
+           "write_report"]
 
 RESULT_ORDER = ("test_loss", "test_recon", "test_kl", "val_loss", "best_val_loss", "best_val_epoch", "n_val",
                 "train_loss", "epochs", "dataset", "model", "zdim",
@@ -68,6 +69,9 @@ details { margin: 8px 0; } summary { cursor: pointer; font-weight: 600; }
 def _e(value: Any) -> str:
     """Text as HTML, escaped, with file-name bytes that are not UTF-8 shown as ``\\xNN`` (see ``printable``)."""
     return html.escape(printable(value), quote=True)
+
+
+escape = _e  # public: the pages built beside the report (the comparison) escape text the same way
 
 
 def _fmt(value: Any) -> str:

@@ -89,10 +89,10 @@ def is_run_folder(path: Path) -> bool:
 
 
 def _subfolders(folder: Path) -> list[Path]:
-    """The folders directly inside ``folder`` (not following links to elsewhere's folders), seeds in number order."""
+    """The folders directly inside ``folder`` (links to folders included), seeds in number order."""
     try:
         with os.scandir(folder) as it:
-            names = [e.name for e in it if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
+            names = [e.name for e in it if e.is_dir() and not e.name.startswith(".")]
     except OSError as e:
         raise RunFolderError(f"cannot list {printable(folder)}: {e.strerror or e}") from e
 

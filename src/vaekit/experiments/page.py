@@ -14,7 +14,8 @@ from pathlib import Path
 
 from vaekit import __version__
 from vaekit.artifacts.describe import CAPTIONS
-from vaekit.artifacts.report import STYLE, Curve, _e, curves_svg
+from vaekit.artifacts.report import STYLE, Curve, curves_svg
+from vaekit.artifacts.report import escape as _e
 from vaekit.errors import VaekitError
 from vaekit.experiments.compare import NUMBERS, RANKED, Comparison, Row, protocol_label, protocol_name
 from vaekit.experiments.table import header, notes, row_cells
