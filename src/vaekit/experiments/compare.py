@@ -14,13 +14,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from vaekit.data.binarize import describe, protocol
+from vaekit.data.binarize import bits_per_dim_scale, describe, protocol
 from vaekit.experiments.collect import ComparedRun, Entry, collect
 from vaekit.experiments.stats import Stat, mean_stderr
 
 # (summary.json key, column name); every one is lower-is-better except the training time, which is not ranked.
 NUMBERS = (("test_loss", "test -ELBO"), ("nll", "-log p(x)"), ("bits_per_dim", "bits/dim"),
-           ("best_val_loss", "best val -ELBO"), ("train_seconds", "train s"))
+           ("best_val_loss", "best val -ELBO"), ("train_seconds", "train time (s)"))
 RANKED = ("test_loss", "nll", "bits_per_dim", "best_val_loss")
 NLL_KEYS = ("nll", "bits_per_dim")  # the importance-sampled numbers: comparable only at the same K
 BEST = "*"
@@ -55,15 +55,15 @@ def run_protocol(r: ComparedRun) -> dict[str, Any]:
     own = r.data.get("own")
     if isinstance(own, dict):
         test["own"] = own.get("path") or own.get("name")
-    return {**p, "test_set": test}
+    return {**p, "test_set": test, "bits_per_dim": bits_per_dim_scale(t.binarize, t.likelihood)}
 
 
 def protocol_label(p: dict[str, Any]) -> str:
-    """A protocol in words, one line: data protocol, then test set."""
+    """A protocol in words, one line: data protocol, test set, and what its bits/dim measure."""
     test = p["test_set"]
     size = f", {test['n_test']:,} images" if isinstance(test.get("n_test"), int) else ""
     own = f" ({test['own']})" if test.get("own") else ""
-    return f"{describe(p)}; test set {test.get('dataset')}{own}{size}"
+    return f"{describe(p)}; test set {test.get('dataset')}{own}{size}; bits/dim: {p['bits_per_dim']}"
 
 
 def protocol_name(index: int) -> str:
