@@ -166,3 +166,13 @@ def test_names_from_run_folders_cannot_inject_markup(runs: Path, tmp_path: Path,
     code, _, _ = _compare(capsys, hostile, runs / "grey" / "seed-0", "--out", out)
     page = out.read_text()
     assert code == 0 and "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_seed_folders_that_differ_in_more_than_the_seed_are_not_averaged(runs: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copytree(runs / "grey" / "seed-0", tmp_path / "mixed" / "seed-0")
+    shutil.copytree(runs / "zdim4", tmp_path / "mixed" / "seed-1")
+    code, out, err = _compare(capsys, tmp_path / "mixed", "--json")
+    entries = json.loads(out)["entries"]
+    assert code == 0 and [e["kind"] for e in entries] == ["run", "run"]
+    assert len(err.splitlines()) == 1 and "model.zdim" in err
