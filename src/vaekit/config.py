@@ -95,6 +95,8 @@ ARCHITECTURES = ("mlp", "conv", "hierarchical")
 # How a conv decoder doubles its size: 3x3 transposed convolutions with stride 2 (PyTorch-VAE's, and the conv
 # preset's before it changed), or nearest-neighbour upsampling followed by a 3x3 convolution.
 UPSAMPLING = ("transposed", "nearest")
+# Residual blocks a conv model may add after each level of its encoder and decoder (model/conv.py).
+RES_BLOCKS = (0, 1, 2, 3, 4)
 
 
 @dataclass
@@ -127,6 +129,7 @@ class ModelConfig:
     # whose parameters it outputs instead; configs stored before heads existed load as "logits".
     head: str = "logits"
     mixtures: int = 0  # components of the logistic-mixture head (0 for every other head)
+    res_blocks: int = 0  # conv only: residual blocks after each level (one of RES_BLOCKS); stored configs load as 0
 
     @property
     def input_dim(self) -> int:
@@ -163,6 +166,10 @@ class ModelConfig:
         if self.learn_sigma and self.head != "logits":
             raise ConfigError(f"learn_sigma adds one scale per pixel for every image; the {self.head} head takes its "
                               "scales from z: set learn_sigma to false")
+        if not _int_between(self.res_blocks, RES_BLOCKS[0], RES_BLOCKS[-1]) or (
+                self.res_blocks and self.architecture != "conv"):
+            raise ConfigError(f"res_blocks must be one of {_listed(RES_BLOCKS)} for a conv model, 0 for any other "
+                              f"(got {_short(self.res_blocks)} for a {self.architecture} model)")
         if self.architecture == "hierarchical":
             self._validate_groups()
 
@@ -241,6 +248,7 @@ class TrainConfig:
     zdim: int | None = None  # None: the preset's own latent size (2 for `seed`)
     model: str | None = None  # None: seed (the post's) for 28x28 grey images, else conv
     width: float = 1.0  # channel multiplier of the conv presets
+    res_blocks: int | None = None  # residual blocks after each level of a conv preset (None: 0, or the recipe's)
     hidden: list[int] | None = None  # hidden sizes of the `mlp` preset (encoder order)
     activation: str | None = None
     likelihood: str = "bernoulli"
@@ -382,6 +390,8 @@ class TrainConfig:
             raise ConfigError(f"width must be a positive number up to 64 (got {self.width!r})")
         if self.model is not None and self.model not in PRESETS:
             raise ConfigError(f"unknown model preset {self.model!r}; choose one of {', '.join(PRESETS)}")
+        if self.res_blocks is not None and not _int_between(self.res_blocks, RES_BLOCKS[0], RES_BLOCKS[-1]):
+            raise ConfigError(f"res_blocks must be one of {_listed(RES_BLOCKS)} (got {_short(self.res_blocks)})")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -405,6 +415,10 @@ def _short(value: Any) -> str:
         return f"a {value.bit_length()}-bit integer"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _listed(values: tuple[int, ...]) -> str:
+    return ", ".join(map(str, values))
 
 
 def _int_between(value: Any, low: int, high: int) -> bool:

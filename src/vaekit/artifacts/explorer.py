@@ -6,7 +6,8 @@ base64 little-endian float32, the test set's posterior means and labels as JSON)
 with no server and no network. The decoder is described layer by layer from the model's ``decoder``
 ``nn.Sequential`` rather than from assumed sizes, so every preset (MLP or convolutional), image size,
 latent size and activation runs in the page exactly as in PyTorch (including the seed preset's missing
-activation between its first two layers, the conv presets' transposed convolutions and nearest upsampling).
+activation between its first two layers, the conv presets' transposed convolutions, nearest upsampling and
+residual blocks).
 :func:`make_server` serves a page from memory on localhost (``vaekit explore --serve``).
 """
 
@@ -32,7 +33,7 @@ from vaekit.artifacts import EXPLORER
 from vaekit.artifacts.figures import label_classes, latent_means
 from vaekit.errors import VaekitError
 from vaekit.model import VAE
-from vaekit.model.conv import ToRows
+from vaekit.model.conv import Residual, ToRows
 from vaekit.text import printable
 
 MAX_POINTS = 10_000  # test means embedded in the page (MNIST's whole test set)
@@ -47,7 +48,7 @@ class ExplorerError(VaekitError):
 _ACTIVATION_NAMES: dict[type, str] = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
                                       nn.Identity: "identity"}
 SUPPORTED = ("Linear, Unflatten, Conv2d, ConvTranspose2d (zero padding, no groups or dilation), Upsample (nearest), "
-             "ToRows, ELU, ReLU, LeakyReLU, Tanh, GELU, SiLU, Sigmoid")
+             "Residual (of these), ToRows, ELU, ReLU, LeakyReLU, Tanh, GELU, SiLU, Sigmoid")
 
 
 class _Weights:
@@ -131,6 +132,19 @@ def _upsample(module: nn.Upsample, shape: tuple[int, ...]) -> dict[str, Any]:
             "rows": rows, "cols": cols}
 
 
+def _residual(module: Residual, shape: tuple[int, ...], weights: _Weights) -> dict[str, Any]:
+    """A residual block as the layers of its body, which the page runs on a copy of the image and adds back."""
+    body: list[dict[str, Any]] = []
+    out = shape
+    for inner in module.body:
+        layer, out = _layer(inner, out, weights)
+        body.append(layer)
+    if out != shape:
+        raise ExplorerError(f"the decoder has a residual block whose body maps {shape} to {out}; the sum needs "
+                            "the same shape")
+    return {"type": "residual", "size": math.prod(shape), "layers": body}
+
+
 def _layer(module: nn.Module, shape: tuple[int, ...], weights: _Weights) -> tuple[dict[str, Any], tuple[int, ...]]:
     """One decoder module's description and the shape of what it outputs: (n,) values or a (C, H, W) image."""
     act = _activation(module)
@@ -154,6 +168,8 @@ def _layer(module: nn.Module, shape: tuple[int, ...], weights: _Weights) -> tupl
     if isinstance(module, nn.Upsample):
         desc = _upsample(module, shape)
         return desc, (desc["channels"], *desc["outSize"])
+    if isinstance(module, Residual):
+        return _residual(module, shape, weights), shape
     if isinstance(module, ToRows):
         if len(shape) != 3:
             raise ExplorerError(f"the decoder flattens {shape}, which is not an image")
