@@ -284,6 +284,9 @@ class TrainConfig:
     # Stop once val_loss has not improved for this many epochs, and keep the best epoch's weights (0: never;
     # needs a validation split).
     patience: int = 0
+    # The least optimizer steps that patience spans: a run whose epochs are a few steps waits more epochs, decided
+    # with the step budget (0: patience is exactly its epochs; an explicit patience clears it).
+    patience_steps: int = 0
     progress: bool = True
     artifacts: bool = True  # draw the figures and write the explorer and report at the end
     tensorboard: bool = False  # also log per-epoch scalars to RUN/tensorboard/ (needs the tensorboard package)
@@ -332,6 +335,8 @@ class TrainConfig:
             _positive_int("steps", self.steps, MAX_EPOCHS)
         if not _int_between(self.patience, 0, MAX_EPOCHS):
             raise ConfigError(f"patience must be an integer number of epochs >= 0 (got {_short(self.patience)})")
+        if not _int_between(self.patience_steps, 0, MAX_EPOCHS):
+            raise ConfigError(f"patience_steps must be an integer >= 0 (got {_short(self.patience_steps)})")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         self._validate_stabilisers()
@@ -486,6 +491,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "steps": 3000,
         "val_fraction": 0.1,
         "patience": 10,
+        "patience_steps": 500,
         **IMAGES_EMA,
     },
 }
@@ -518,6 +524,8 @@ def recipe_config(name: str | None, given: dict[str, Any] | None = None) -> Trai
         settings.pop("mixtures", None)  # the recipe's mixture size goes with its likelihood, not with another
     if "epochs" in given:
         settings["steps"] = None
+    if "patience" in given:  # the patience asked for, in epochs, whatever their length
+        settings["patience_steps"] = 0
     if given.get("val_fraction") == 0 and "patience" not in given:  # early stopping goes with its validation split
         settings["patience"] = 0
     return TrainConfig(**settings)
