@@ -466,9 +466,11 @@ def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
 #   and a cosine decay to 0, batch 64: twice the post's steps per epoch, which small folders need;
 # * a budget in steps, not epochs: 3,000 optimizer steps whatever the folder's size (2,000 training images
 #   get 94 epochs, Fashion-MNIST's 54,000 get 4), ``--epochs`` overriding;
-# * 10% of the training images for validation, early stopping after 10 epochs without a better val_loss,
-#   and the best epoch's weights kept.
-# A weight average (--ema) is not in the recipe until it is measured with it: IMAGES_EMA is its place.
+# * 10% of the training images for validation, early stopping after 10 epochs without a better val_loss, or
+#   500 steps where 10 epochs are fewer (a folder of 300 images: 125 epochs of 4 noisy steps, where 10 stopped it
+#   1.25 bits/dim short of its best), and the best epoch's weights kept.
+# A weight average (--ema 0.995) did not pay on a small folder or on Fashion-MNIST (docs/results-images.md), nor
+# did residual blocks (--res-blocks 1) at their cost: IMAGES_EMA is the average's place once one does.
 IMAGES_EMA: dict[str, Any] = {}
 RECIPES: dict[str, dict[str, Any]] = {
     "post": {},
