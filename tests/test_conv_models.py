@@ -259,3 +259,27 @@ def test_every_likelihood_scores_colour_conv_output(likelihood: str) -> None:
     logits, _, _ = model(x, torch.randn(4, model.zdim))
     lp = log_likelihood(likelihood, x, logits, 1.0, model.log_sigma)
     assert lp.shape == (4,) and torch.isfinite(lp).all()
+
+
+def test_res_blocks_flag_trains_reloads_and_refuses_what_it_cannot_build(tmp_path, capsys) -> None:
+    """--res-blocks N reaches the model and its config.json, the run reloads with its blocks, and a model that has
+    no levels for them, or an N outside RES_BLOCKS, is one line and exit code 2."""
+    import numpy as np
+
+    from vaekit.cli import main
+
+    data = tmp_path / "tiny.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8))
+    flags = ["train", "--data", str(data), "--epochs", "1", "--device", "cpu", "--no-artifacts", "--quiet"]
+    assert main([*flags, "--res-blocks", "2", "--out", str(tmp_path / "run")]) == 0
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["model"]["res_blocks"] == 2 and stored["train"]["res_blocks"] == 2
+    model = vaekit.load_model(tmp_path / "run")
+    assert sum(isinstance(m, Residual) for m in model.decoder) == 2 * len(model.config.encoder_hidden)
+    capsys.readouterr()
+    assert main([*flags, "--model", "mlp", "--res-blocks", "1", "--out", str(tmp_path / "mlp")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "res_blocks must be one of 0, 1, 2, 3, 4 for a conv model" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*flags, "--res-blocks", "5", "--out", str(tmp_path / "five")])
+    assert exit_info.value.code == 2
