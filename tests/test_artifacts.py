@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from vaekit import run as runs
-from vaekit.artifacts import EXPLORER, FIGURES, FINAL_OUTPUTS, REPORT, write_artifacts
+from vaekit.artifacts import CARD, EXPLORER, FIGURES, FINAL_OUTPUTS, REPORT, write_artifacts
 from vaekit.artifacts.figures import decode_images, grid_coordinates, latent_grid, latent_grid_figure
 from vaekit.cli import main
 from vaekit.config import ConfigError
@@ -48,7 +48,7 @@ def _no_data(run_dir: Path) -> None:
 
 def test_the_stage_writes_every_final_output_in_order(tiny_data: Path, tmp_path: Path) -> None:
     run_dir = make_run(tmp_path / "run", tiny_data)
-    assert list(FINAL_OUTPUTS) == [*FIGURES, EXPLORER, REPORT]
+    assert list(FINAL_OUTPUTS) == [*FIGURES, EXPLORER, REPORT, CARD]
     paths = write_artifacts(run_dir)
     assert paths == [run_dir / name for name in FINAL_OUTPUTS]
     assert all(p.read_bytes().startswith(PNG) for p in paths[: len(FIGURES)])

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 import pytest
 
 from vaekit import run as runs
-from vaekit.artifacts import EXPLORER, FIGURES, REPORT, write_artifacts
+from vaekit.artifacts import CARD, EXPLORER, FIGURES, REPORT, write_artifacts
 from vaekit.artifacts.report import build_report, loss_curves_svg, write_report
 from vaekit.cli import main
 from vaekit.eval.run import NLL_KEYS, evaluate_run
@@ -25,8 +25,7 @@ from vaekit.eval.run import NLL_KEYS, evaluate_run
 from .artifact_runs import Html, make_run
 from .conftest import hermetic_env
 
-SECTIONS = ["Results", "Log-likelihood", "Data and protocol", "Metrics per epoch", "Loss curves", "Figures",
-            "Configuration"]
+SECTIONS = ["Results", "Figures", "Model, data and protocol", "Metrics per epoch", "Configuration"]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +48,20 @@ def _report(run_dir: Path) -> Html:
 
 
 def _likelihood_item(doc: Html) -> str:
-    text = doc.text("Data and protocol")
+    text = doc.text("Model, data and protocol")
     return text[text.index("Likelihood:"):].split(";")[0]
+
+
+def _headline(doc: Html) -> dict[str, tuple[str, str]]:
+    """The Results table: each number's value and how it was measured, by name."""
+    (table,) = doc.tables["Results"]
+    assert table[0] == ["number", "value", "how it was measured"]
+    return {name: (value, protocol) for name, value, protocol in table[1:]}
+
+
+def _summary_table(doc: Html) -> dict[str, str]:
+    """The first table of the folded-away configuration: summary.json, key by key."""
+    return {row[0]: row[1] for row in doc.tables["Configuration"][0] if len(row) == 2}
 
 
 def test_report_is_self_contained_and_shows_the_run_folder(report_run: Path) -> None:
@@ -65,9 +76,11 @@ def test_report_is_self_contained_and_shows_the_run_folder(report_run: Path) -> 
         assert base64.b64decode(img["src"][len(prefix):]) == (report_run / img["alt"]).read_bytes()
     links = [a.get("src") or a.get("href") for _, a in doc.elements if a.get("src") or a.get("href")]
     assert all(link.startswith("data:") or "://" not in link and not link.startswith("//") for link in links)
-    # the numbers of summary.json and of every epoch of metrics.csv
+    # the headline numbers of summary.json first, with their protocol in words; every raw value folded away
     summary = runs.read_summary(report_run)
-    results = doc.pairs("Results")
+    assert _headline(doc)["test -ELBO"][0].startswith(f"{summary['test_loss']:.2f} nats per image")
+    assert "one reparametrized sample per image" in _headline(doc)["test -ELBO"][1]
+    results = _summary_table(doc)
     assert float(results["test_loss"]) == pytest.approx(summary["test_loss"], abs=1e-4)
     assert results["dataset"] == "mnist" and results["epochs"] == "3"
     table = doc.tables["Metrics per epoch"][0]
@@ -75,12 +88,26 @@ def test_report_is_self_contained_and_shows_the_run_folder(report_run: Path) -> 
     assert [int(r[header.index("epoch")]) for r in rows] == [1, 2, 3]
     for row, ref in zip(rows, runs.read_metrics(report_run), strict=True):
         assert float(row[header.index("test_loss")]) == pytest.approx(ref["test_loss"], abs=1e-4)
-    assert len(doc.find("polyline", "Loss curves")) == 2  # train and test
-    assert "Not evaluated yet" in doc.text("Log-likelihood")
-    assert "Adam, learning rate 0.0003, batch 128, 3 epochs" in doc.text("Data and protocol")
+    assert len(doc.find("polyline", "Figures")) == 2  # train and test
+    assert _headline(doc)["-log p(x)"][0] == "absent: not estimated yet"
+    assert f"vaekit evaluate {report_run} --nll" in doc.text("Results")
+    assert "Adam, learning rate 0.0003, batch 128, 3 epochs" in doc.text("Model, data and protocol")
     # the explorer link leads to the page the stage wrote
     (link,) = [a for a in doc.find("a", "") if a.get("class") == "explorer"]
     assert (report_run / unquote(link["href"])).resolve() == (report_run / EXPLORER).resolve()
+
+
+def test_the_raw_values_are_folded_away_below_the_numbers_and_figures(report_run: Path) -> None:
+    """The page leads with the headline numbers and the figures; each raw key of config.json and summary.json
+    appears once, inside the one <details> element at the end."""
+    page = (report_run / REPORT).read_text(encoding="utf-8")
+    order = [page.index(f"<h2>{s}</h2>") for s in SECTIONS]
+    assert order == sorted(order) and page.index("<img") < page.index("<h2>Model, data and protocol</h2>")
+    assert page.count("<details>") == 1 and page.index("<details>") > order[-1]
+    folded = page[page.index("<details>"):page.index("</details>")]
+    for key in ("eval_batch_size", "skip_first_decoder_activation", "binarize_seed", "n_params", "source"):
+        assert f">{key}<" in folded and page.count(f">{key}<") == 1, key
+    assert len(Html(page).find("details", "Configuration")) == 1
 
 
 def test_log_likelihood_comes_from_the_evaluation_stored_in_the_summary(run_copy: Path) -> None:
@@ -88,26 +115,28 @@ def test_log_likelihood_comes_from_the_evaluation_stored_in_the_summary(run_copy
     with hermetic_env(run_copy.parent / "cache"):
         result = evaluate_run(run_copy, nll=True, samples=8, compile=False)
     doc = _report(run_copy)
-    section = doc.text("Log-likelihood")
-    assert f"log p(x) \u2248 {-result['nll']:.2f} \u00b1 {result['nll_stderr']:.2f} nats per test image" in section
-    assert f"({result['bits_per_dim']:.4f} bits per dimension)" in section and "8 samples per image" in section
-    rows = doc.pairs("Log-likelihood")
-    assert float(rows["nll"]) == pytest.approx(result["nll"], abs=1e-4)
-    assert {k.split(".")[0] for k in rows} == {k for k in NLL_KEYS if k in result}
-    assert not set(rows) & set(doc.pairs("Results"))  # each number once
+    rows = _headline(doc)
+    assert rows["-log p(x)"][0] == f"{result['nll']:.2f} \u00b1 {result['nll_stderr']:.2f} nats per image"
+    assert "K = 8 samples per test image" in rows["-log p(x)"][1]
+    assert rows["bits/dim"][0] == f"{result['bits_per_dim']:.4f} bits per dimension"
+    assert "Not measured yet" not in doc.text("Results")
+    section = doc.text("Results")
+    raw = _summary_table(doc)
+    assert float(raw["nll"]) == pytest.approx(result["nll"], abs=1e-4)
+    assert {k.split(".")[0] for k in raw if k.split(".")[0] in NLL_KEYS} == {k for k in NLL_KEYS if k in result}
 
     # A file named evaluation.json is nothing of vaekit's: it changes nothing in the report.
     (run_copy / "evaluation.json").write_text(json.dumps({"nll": 1.5, "nll_stderr": 0.25, "bits_per_dim": 0.001}))
-    assert _report(run_copy).text("Log-likelihood") == section
+    assert _report(run_copy).text("Results") == section
     (run_copy / "evaluation.json").write_text("{not json")
-    assert _report(run_copy).text("Log-likelihood") == section
+    assert _report(run_copy).text("Results") == section
 
 
 def test_an_infinite_nll_is_shown_as_such(run_copy: Path) -> None:
     summary = runs.read_summary(run_copy)
     runs.write_json(run_copy / runs.SUMMARY, {**summary, "nll": math.inf, "nll_stderr": None, "nll_samples": 10})
-    section = _report(run_copy).text("Log-likelihood")
-    assert "log p(x) \u2248 -inf nats per test image" in section and "nan" not in section.lower()
+    section = _report(run_copy).text("Results")
+    assert _headline(_report(run_copy))["-log p(x)"][0] == "inf nats per image" and "nan" not in section.lower()
 
 
 @pytest.mark.parametrize("likelihood,sigma,learned,expected", [
@@ -129,8 +158,8 @@ def test_text_from_the_run_folder_is_escaped(run_copy: Path) -> None:
     summary["note & more"] = '"quoted" <b>'
     runs.write_json(run_copy / runs.SUMMARY, summary)
     doc = _report(run_copy)
-    assert not doc.find("script") and not doc.find("b", "Results")  # no markup got in ...
-    results = doc.pairs("Results")  # ... and the text reads as written
+    assert not doc.find("script") and not doc.find("b", "Configuration")  # no markup got in ...
+    results = _summary_table(doc)  # ... and the text reads as written
     assert results["dataset"] == "<script>alert(1)</script>" and results["note & more"] == '"quoted" <b>'
 
 
@@ -148,7 +177,7 @@ def test_cli_report_writes_through_the_stage_and_out_keeps_the_explorer_link(run
                                                                               capsys) -> None:
     (run_copy / REPORT).unlink()
     assert main(["report", str(run_copy)]) == 0
-    assert capsys.readouterr().out.strip() == str(run_copy / REPORT)
+    assert capsys.readouterr().out.split() == [str(run_copy / REPORT), str(run_copy / CARD)]  # and the model card
     assert [s for s in Html((run_copy / REPORT).read_text()).sections if s] == SECTIONS
     out = tmp_path / "elsewhere" / "page.html"
     out.parent.mkdir()

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 import vaekit
 from vaekit import run as runs
-from vaekit.artifacts import EXPLORER, FIGURES, REPORT
+from vaekit.artifacts import CARD, EXPLORER, FIGURES, REPORT
 from vaekit.cli import main
 from vaekit.config import TrainConfig
 from vaekit.errors import WriteError
@@ -145,7 +145,7 @@ def test_a_full_disk_at_fsync_mid_epoch_keeps_the_last_checkpoint_and_loses_noth
 
 # Files written by the commands other than train (the artifacts stage), with the command that writes them.
 OTHER_OUTPUTS = [*[(name, ["plot", "{run}"]) for name in FIGURES[:2]], (EXPLORER, ["explore", "{run}"]),
-                 (REPORT, ["report", "{run}"])]
+                 (REPORT, ["report", "{run}"]), (CARD, ["report", "{run}"])]
 
 
 @pytest.mark.parametrize("target,argv", OTHER_OUTPUTS)

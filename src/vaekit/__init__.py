@@ -9,6 +9,7 @@ The path from data to a trained model, one package each::
     vaekit.eval        the test ELBO and the importance-sampled log-likelihood
     vaekit.run         the run folder: safetensors + JSON, atomic writes, the lock
     vaekit.artifacts   figures, the latent explorer page and the report of a finished run
+    vaekit.use         a trained run applied to images: encode, reconstruct, interpolate (also Run methods)
 
 ``import vaekit`` is light: torch, matplotlib and the rest load when a function that needs them is called.
 """

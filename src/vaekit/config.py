@@ -196,6 +196,7 @@ CHANNELS = (1, 3)  # grey or colour images
 MAX_EPOCHS = 1_000_000
 MAX_BATCH = 2**24
 MAX_GRID = 200  # cells per side of the latent grid: 40,000 decoded images
+MAX_STEPS = 1000  # images of one interpolation (vaekit interpolate --steps)
 MAX_SEED = 2**63 - 3  # the generators take 64-bit seeds, and a run seeds seed, seed + 1 and seed + 2
 MAX_ZDIM = 65_536
 MAX_WIDTH = 2**20  # hidden units or channels of one layer
@@ -215,6 +216,12 @@ DISCRETIZED_LOGISTIC_SCALE = 1 / 16
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OBJECTIVES = ("elbo", "iwae")
 BINARIZE = ("none", "dynamic", "static")
+# The splits of a finished run that the commands using it read (vaekit encode --split).
+RUN_SPLITS = ("train", "test")
+# File formats of vaekit encode --out, by extension (parquet with pyarrow installed).
+ENCODING_FORMATS = ("npy", "csv", "parquet")
+# Images per batch of the commands and Run methods that apply a trained model (--batch-size).
+USE_BATCH_SIZE = 256
 # Seed of the one binarized copy of the test set that every binarized evaluation uses (and, plus one, of
 # the static training copy): fixed so that numbers of different runs are on the same test images.
 BINARIZE_SEED = 20230802
@@ -226,6 +233,11 @@ GRID_SPACINGS = ("linear", "normal")
 # The validation fraction of a run on your own images unless set: a named dataset has none unless asked for, so
 # its runs keep the numbers they always had (their test set evaluated every epoch).
 OWN_VAL_FRACTION = 0.1
+# `vaekit sample`: where latents come from (the prior, or the mixture fitted to the training set's posterior
+# means, vaekit.use.gmm), which image of p(x|z) is shown, and the mixture's components unless set.
+SAMPLERS = ("prior", "gmm")
+SAMPLE_MODES = ("mean", "sample")
+DEFAULT_COMPONENTS = 10
 
 
 @dataclass

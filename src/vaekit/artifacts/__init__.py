@@ -1,4 +1,4 @@
-"""Artifacts of a finished run: figures, the latent explorer page and the report, written as one stage.
+"""Artifacts of a finished run: figures, the latent explorer page, the report and the model card, one stage.
 
 The stage reads only the run folder (``config.json``, ``model.safetensors``, ``metrics.csv``,
 ``summary.json``) and the test data the run names, so it runs the same at the end of ``vaekit train``
@@ -23,11 +23,14 @@ if TYPE_CHECKING:
 FIGURES = ("latent_grid.png", "latent_scatter.png", "reconstructions.png", "samples.png", "loss_curve.png")
 EXPLORER = "explorer.html"
 REPORT = "report.html"
-STAGES = ("figures", "explorer", "report")  # in the order they are written: the report links the explorer
+CARD = "README.md"  # the model card, the page a model hub shows for the folder
+# In the order they are written: the report links the explorer, the card lists every file before it.
+STAGES = ("figures", "explorer", "report", "card")
 # Every file the full stage writes: a run is complete once these exist beside its summary.
-FINAL_OUTPUTS = (*FIGURES, EXPLORER, REPORT)
+FINAL_OUTPUTS = (*FIGURES, EXPLORER, REPORT, CARD)
 
-__all__ = ["EXPLORER", "FIGURES", "FINAL_OUTPUTS", "REPORT", "STAGES", "load_inputs", "plot_run", "write_artifacts"]
+__all__ = ["CARD", "EXPLORER", "FIGURES", "FINAL_OUTPUTS", "REPORT", "STAGES", "load_inputs", "plot_run",
+           "replaced_outputs", "write_artifacts"]
 
 
 def _stages(which: Iterable[str]) -> list[str]:
@@ -69,8 +72,9 @@ def write_artifacts(run_dir: str | os.PathLike, *, splits: Splits | None = None,
                     data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Write the artifacts of the finished run in ``run_dir``; returns the paths written, in order.
 
-    ``which`` picks among ``"figures"`` (the five PNGs of ``FIGURES``), ``"explorer"`` (``explorer.html``)
-    and ``"report"`` (``report.html``, which links the explorer, so it comes last). ``splits`` is the
+    ``which`` picks among ``"figures"`` (the five PNGs of ``FIGURES``), ``"explorer"`` (``explorer.html``),
+    ``"report"`` (``report.html``, which links the explorer) and ``"card"`` (``README.md``, the model card,
+    left out where the folder holds a README.md vaekit did not write). ``splits`` is the
     run's data (only its test arrays are read); without it the data is found as training found it, in
     ``data_dir`` if given. ``grid_size`` and ``spacing`` override the run's latent-grid settings.
     """
@@ -94,7 +98,20 @@ def write_artifacts(run_dir: str | os.PathLike, *, splits: Splits | None = None,
         from vaekit.artifacts.report import write_report
 
         paths.append(write_report(run))
+    if "card" in stages:
+        from vaekit.artifacts.card import write_card
+
+        card = write_card(run)
+        paths += [card] if card is not None else []
     return paths
+
+
+def replaced_outputs(run_dir: str | os.PathLike) -> tuple[str, ...]:
+    """The final outputs a run trained into ``run_dir`` again replaces: all but a README.md that is not vaekit's."""
+    from vaekit.artifacts.card import is_vaekit_card
+
+    keep = os.path.lexists(Path(run_dir) / CARD) and not is_vaekit_card(Path(run_dir) / CARD)
+    return tuple(name for name in FINAL_OUTPUTS if not (keep and name == CARD))
 
 
 def plot_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = None, grid_size: int | None = None,

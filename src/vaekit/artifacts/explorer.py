@@ -1,14 +1,16 @@
-"""The latent explorer: one self-contained HTML page that runs a run's decoder in the browser.
+"""The latent explorer: one self-contained HTML page that runs a run's decoder and encoder in the browser.
 
 With zdim 2 every point of the latent plane decodes to an image; a static grid shows that once, the page
-lets you move through the space. Everything it needs is embedded in the file (the decoder's weights as
-base64 little-endian float32, the test set's posterior means and labels as JSON), so it works from disk
-with no server and no network. The decoder is described layer by layer from the model's ``decoder``
-``nn.Sequential`` rather than from assumed sizes, so every preset (MLP or convolutional), image size,
-latent size and activation runs in the page exactly as in PyTorch (including the seed preset's missing
-activation between its first two layers, the conv presets' transposed convolutions, nearest upsampling and
-residual blocks).
-:func:`make_server` serves a page from memory on localhost (``vaekit explore --serve``).
+lets you move through the space, and images the user drops on it are encoded to points of that space.
+Everything it needs is embedded in the file (both networks' weights as base64 little-endian float32, the
+test set's posterior means and labels as JSON), so it works from disk with no server and no network. The
+decoder and the encoder are described layer by layer from the model's ``nn.Sequential`` bodies, by the same
+code, rather than from assumed sizes, so every preset (MLP or convolutional), image size, latent size and
+activation runs in the page exactly as in PyTorch (including the seed preset's missing activation between
+its first two layers, the conv presets' strided and transposed convolutions, nearest upsampling and residual
+blocks).
+:func:`make_server` serves a page from memory on localhost (``vaekit explore --serve``), with PyTorch
+decoding and encoding behind it for a model the page cannot run.
 """
 
 from __future__ import annotations
@@ -33,12 +35,15 @@ from vaekit.artifacts import EXPLORER
 from vaekit.artifacts.figures import label_classes, latent_means
 from vaekit.errors import VaekitError
 from vaekit.model import VAE
-from vaekit.model.conv import Residual, ToRows
+from vaekit.model.conv import Residual, ToImage, ToRows
 from vaekit.text import printable
 
 MAX_POINTS = 10_000  # test means embedded in the page (MNIST's whole test set)
 DECODE_PATH = "/decode"  # where `vaekit explore --serve` decodes latents in PyTorch for a page that cannot
 MAX_DECODE_BODY = 1 << 20  # bytes of one decode request: a latent as JSON, far below this
+ENCODE_PATH = "/encode"  # where it encodes one image the page prepared, for the same pages
+MAX_ENCODE_BODY = 16 << 20  # bytes of one encode request: a 256x256 colour image as JSON takes about 4 MB
+_NO_REQUESTS = "default-src 'none';"  # the page's content policy, which forbids every request
 
 
 class ExplorerError(VaekitError):
@@ -47,12 +52,13 @@ class ExplorerError(VaekitError):
 
 _ACTIVATION_NAMES: dict[type, str] = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
                                       nn.Identity: "identity"}
-SUPPORTED = ("Linear, Unflatten, Conv2d, ConvTranspose2d (zero padding, no groups or dilation), Upsample (nearest), "
-             "Residual (of these), ToRows, ELU, ReLU, LeakyReLU, Tanh, GELU, SiLU, Sigmoid")
+SUPPORTED = ("Linear, Unflatten, Flatten, Conv2d, ConvTranspose2d (zero padding, no groups or dilation), "
+             "Upsample (nearest), Residual (of these), ToImage, ToRows, ELU, ReLU, LeakyReLU, Tanh, GELU, SiLU, "
+             "Sigmoid")
 
 
 class _Weights:
-    """The decoder's parameters as one little-endian float32 buffer, each array referred to by its offset."""
+    """The networks' parameters as one little-endian float32 buffer, each array referred to by its offset."""
 
     def __init__(self) -> None:
         self.chunks: list[np.ndarray] = []
@@ -81,7 +87,8 @@ def _activation(module: nn.Module) -> dict[str, Any] | None:
     return {"type": name} if name is not None else None
 
 
-def _conv(module: nn.Conv2d | nn.ConvTranspose2d, shape: tuple[int, ...], weights: _Weights) -> dict[str, Any]:
+def _conv(module: nn.Conv2d | nn.ConvTranspose2d, shape: tuple[int, ...], weights: _Weights,
+          part: str = "decoder") -> dict[str, Any]:
     """A 2-d convolution or transposed convolution of an image of ``shape`` (C, H, W), as the page runs it.
 
     The weight goes into the buffer as (out channels, kernel rows, kernel columns, in channels) for both
@@ -92,10 +99,10 @@ def _conv(module: nn.Conv2d | nn.ConvTranspose2d, shape: tuple[int, ...], weight
     name = type(module).__name__
     if (isinstance(module.padding, str) or module.groups != 1 or tuple(module.dilation) != (1, 1)
             or module.padding_mode != "zeros"):
-        raise ExplorerError(f"the decoder has a {name} with groups, dilation or padding the explorer page cannot "
+        raise ExplorerError(f"the {part} has a {name} with groups, dilation or padding the explorer page cannot "
                             "run (it runs numeric zero padding, groups 1, dilation 1)")
     if len(shape) != 3 or shape[0] != module.in_channels:
-        raise ExplorerError(f"the decoder's {name} expects {module.in_channels} channels of an image but gets "
+        raise ExplorerError(f"the {part}'s {name} expects {module.in_channels} channels of an image but gets "
                             f"values of shape {shape}; the explorer cannot run it")
     (kh, kw), (sh, sw), (ph, pw) = module.kernel_size, module.stride, module.padding
     _, h, w = shape
@@ -107,21 +114,21 @@ def _conv(module: nn.Conv2d | nn.ConvTranspose2d, shape: tuple[int, ...], weight
         size = [(h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1]
         wt = module.weight.detach().permute(0, 2, 3, 1)
     if min(size) < 1:
-        raise ExplorerError(f"the decoder's {name} makes an empty image from {shape}")
+        raise ExplorerError(f"the {part}'s {name} makes an empty image from {shape}")
     bias = module.bias if module.bias is not None else torch.zeros(module.out_channels)
     return {"type": "conv_transpose2d" if transposed else "conv2d", "in": module.in_channels,
             "out": module.out_channels, "kernel": [kh, kw], "stride": [sh, sw], "padding": [ph, pw],
             "inSize": [h, w], "outSize": size, "w": weights.add(wt), "b": weights.add(bias)}
 
 
-def _upsample(module: nn.Upsample, shape: tuple[int, ...]) -> dict[str, Any]:
+def _upsample(module: nn.Upsample, shape: tuple[int, ...], part: str = "decoder") -> dict[str, Any]:
     """Nearest-neighbour upsampling of a (C, H, W) image, as the source row and column of every output pixel.
 
     The indices are computed by PyTorch's own kernel on an image of row (column) numbers, so the page copies
     exactly the pixels PyTorch copies, whatever rounding its scale factors use for odd sizes.
     """
     if module.mode != "nearest" or len(shape) != 3:
-        raise ExplorerError(f"the decoder has an Upsample ({module.mode}) of values of shape {shape}; the explorer "
+        raise ExplorerError(f"the {part} has an Upsample ({module.mode}) of values of shape {shape}; the explorer "
                             "runs only nearest-neighbour upsampling of an image")
     c, h, w = shape
     grid = torch.stack(torch.meshgrid(torch.arange(h, dtype=torch.float64),
@@ -132,50 +139,96 @@ def _upsample(module: nn.Upsample, shape: tuple[int, ...]) -> dict[str, Any]:
             "rows": rows, "cols": cols}
 
 
-def _residual(module: Residual, shape: tuple[int, ...], weights: _Weights) -> dict[str, Any]:
+def _reshape(module: nn.Module, shape: tuple[int, ...], part: str) -> tuple[dict[str, Any], tuple[int, ...]] | None:
+    """A module that only lays values out anew (between a row and a (C, H, W) image), or None for another.
+
+    The page keeps images channels last, as the data are stored: ``to_image`` (a row of the data to an
+    image) and ``to_rows`` (back) cost nothing there, while ``unflatten`` and ``flatten`` reorder between
+    that and PyTorch's (C, H, W) order.
+    """
+    if isinstance(module, ToImage):
+        h, w, c = module.shape
+        if shape != (h * w * c,):
+            raise ExplorerError(f"the {part} lays {shape} out as a {h}x{w}x{c} image; the explorer cannot run it")
+        return {"type": "to_image"}, (c, h, w)
+    if isinstance(module, (ToRows, nn.Flatten)):
+        if len(shape) != 3 or (isinstance(module, nn.Flatten) and (module.start_dim, module.end_dim) != (1, -1)):
+            raise ExplorerError(f"the {part} flattens {shape}, which is not one image; the explorer cannot run it")
+        desc = {"type": "to_rows"} if isinstance(module, ToRows) else {"type": "flatten", "shape": list(shape)}
+        return desc, (math.prod(shape),)
+    if isinstance(module, nn.Unflatten):
+        size = tuple(int(s) for s in module.unflattened_size)
+        if module.dim not in (-1, 1) or len(size) != 3 or len(shape) != 1 or math.prod(size) != shape[0]:
+            raise ExplorerError(f"the {part} unflattens {shape} into {size}; the explorer page runs only the "
+                                "unflattening of a row of values into one (C, H, W) image")
+        return {"type": "unflatten", "shape": list(size)}, size
+    return None
+
+
+def _residual(module: Residual, shape: tuple[int, ...], weights: _Weights, part: str) -> dict[str, Any]:
     """A residual block as the layers of its body, which the page runs on a copy of the image and adds back."""
     body: list[dict[str, Any]] = []
     out = shape
     for inner in module.body:
-        layer, out = _layer(inner, out, weights)
+        layer, out = _layer(inner, out, weights, part)
         body.append(layer)
     if out != shape:
-        raise ExplorerError(f"the decoder has a residual block whose body maps {shape} to {out}; the sum needs "
+        raise ExplorerError(f"the {part} has a residual block whose body maps {shape} to {out}; the sum needs "
                             "the same shape")
     return {"type": "residual", "size": math.prod(shape), "layers": body}
 
 
-def _layer(module: nn.Module, shape: tuple[int, ...], weights: _Weights) -> tuple[dict[str, Any], tuple[int, ...]]:
-    """One decoder module's description and the shape of what it outputs: (n,) values or a (C, H, W) image."""
+def _layer(module: nn.Module, shape: tuple[int, ...], weights: _Weights,
+           part: str = "decoder") -> tuple[dict[str, Any], tuple[int, ...]]:
+    """One module of the ``part`` network and the shape of what it outputs: (n,) values or a (C, H, W) image."""
     act = _activation(module)
     if act is not None:
         return act, shape
+    reshaped = _reshape(module, shape, part)
+    if reshaped is not None:
+        return reshaped
     if isinstance(module, nn.Linear):
         if shape != (module.in_features,):
-            raise ExplorerError(f"the decoder's Linear layer expects {module.in_features} values but gets {shape}")
+            raise ExplorerError(f"the {part}'s Linear layer expects {module.in_features} values but gets {shape}")
         bias = module.bias if module.bias is not None else torch.zeros(module.out_features)
         return ({"type": "linear", "in": module.in_features, "out": module.out_features,
                  "w": weights.add(module.weight), "b": weights.add(bias)}, (module.out_features,))
-    if isinstance(module, nn.Unflatten):
-        size = tuple(int(s) for s in module.unflattened_size)
-        if module.dim not in (-1, 1) or len(size) != 3 or len(shape) != 1 or math.prod(size) != shape[0]:
-            raise ExplorerError(f"the decoder unflattens {shape} into {size}; the explorer page runs only the "
-                                "unflattening of a row of values into one (C, H, W) image")
-        return {"type": "unflatten", "shape": list(size)}, size
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-        desc = _conv(module, shape, weights)
+        desc = _conv(module, shape, weights, part)
         return desc, (desc["out"], *desc["outSize"])
     if isinstance(module, nn.Upsample):
-        desc = _upsample(module, shape)
+        desc = _upsample(module, shape, part)
         return desc, (desc["channels"], *desc["outSize"])
     if isinstance(module, Residual):
-        return _residual(module, shape, weights), shape
-    if isinstance(module, ToRows):
-        if len(shape) != 3:
-            raise ExplorerError(f"the decoder flattens {shape}, which is not an image")
-        return {"type": "to_rows"}, (math.prod(shape),)
-    raise ExplorerError(f"the decoder has a {type(module).__name__} layer, which the explorer page cannot run; "
+        return _residual(module, shape, weights, part), shape
+    raise ExplorerError(f"the {part} has a {type(module).__name__} layer, which the explorer page cannot run; "
                         f"supported: {SUPPORTED}")
+
+
+def _network(body: nn.Sequential, n_in: int, n_out: int, part: str,
+             weights: _Weights) -> list[dict[str, Any]]:
+    """The layers of ``body``, a map from rows of ``n_in`` values to rows of ``n_out``, with their parameters
+    added to ``weights``. Its output must be a row in the data's channels-last layout (``linear`` or
+    ``to_rows``): a ``flatten`` of an image would hand the page its values in (C, H, W) order."""
+    layers: list[dict[str, Any]] = []
+    shape: tuple[int, ...] = (n_in,)
+    for module in body:
+        layer, shape = _layer(module, shape, weights, part)
+        layers.append(layer)
+    if shape != (n_out,) or not layers or layers[-1]["type"] not in ("linear", "to_rows"):
+        how = " (it ends in a Flatten, in (C, H, W) order)" if layers and layers[-1]["type"] == "flatten" else ""
+        raise ExplorerError(f"the {part} does not map {n_in} values to {n_out} values (its output has shape "
+                            f"{shape}){how}; the explorer cannot run it")
+    return layers
+
+
+def _decoder(model: VAE, weights: _Weights) -> list[dict[str, Any]]:
+    npix = model.config.input_dim // model.channels * model.params_per_pixel
+    return _network(model.decoder, model.zdim, npix, "decoder", weights)
+
+
+def _encoder(model: VAE, weights: _Weights) -> list[dict[str, Any]]:
+    return _network(model.encoder, model.config.input_dim, 2 * model.zdim, "encoder", weights)
 
 
 def decoder_layers(model: VAE) -> tuple[list[dict[str, Any]], bytes]:
@@ -188,17 +241,16 @@ def decoder_layers(model: VAE) -> tuple[list[dict[str, Any]], bytes]:
     ``unflatten`` reorders a row of (C, H, W) values and ``to_rows`` (channels last, flattened) is free. The
     decoder's output is ``model.params_per_pixel`` values per pixel (see :mod:`vaekit.heads`).
     """
-    layers: list[dict[str, Any]] = []
     weights = _Weights()
-    shape: tuple[int, ...] = (model.zdim,)
-    for module in model.decoder:
-        layer, shape = _layer(module, shape, weights)
-        layers.append(layer)
-    npix = model.config.input_dim // model.channels * model.params_per_pixel
-    if shape != (npix,) or layers[-1]["type"] not in ("linear", "to_rows"):
-        raise ExplorerError(f"the decoder does not map {model.zdim} latent dimensions to {npix} values "
-                            f"(its output has shape {shape}); the explorer cannot run it")
-    return layers, weights.tobytes()
+    return _decoder(model, weights), weights.tobytes()
+
+
+def encoder_layers(model: VAE) -> tuple[list[dict[str, Any]], bytes]:
+    """The encoder as :func:`decoder_layers` describes the decoder: from a row of the data (H*W*C values in
+    [0, 1], channels last) to the ``2 * zdim`` values whose first half is the posterior mean (``VAE.encode``).
+    The conv encoders' ``to_image`` is free in the page and their ``flatten`` reorders to (C, H, W)."""
+    weights = _Weights()
+    return _encoder(model, weights), weights.tobytes()
 
 
 def plane_range(means: np.ndarray) -> float:
@@ -218,15 +270,16 @@ def class_names(dataset: str | None, known: list[str] | tuple[str, ...] | None =
 
 
 def runs_in_page(model: VAE) -> bool:
-    """Whether the page can run ``model``'s decoder itself: a sequential one (MLP, conv), not a hierarchy's,
-    whose residual top-down pass `vaekit explore --serve` runs in PyTorch instead."""
+    """Whether the page can run ``model``'s decoder and encoder itself: sequential ones (MLP, conv), not a
+    hierarchy's, whose residual passes `vaekit explore --serve` runs in PyTorch instead."""
     return not model.hierarchical
 
 
 def remote_note(run_dir: str | os.PathLike) -> str:
-    """The one line that says where a decoder the page cannot run is run."""
-    return (f"The hierarchical decoder of this run cannot run inside the page: `vaekit explore {run_dir} --serve` "
-            "serves it, decoding in PyTorch (the first group's latent, the others at their prior means).")
+    """The one line that says where a decoder and encoder the page cannot run are run."""
+    return (f"The hierarchical decoder and encoder of this run cannot run inside the page: `vaekit explore {run_dir} "
+            "--serve` serves them, decoding and encoding in PyTorch (the first group's latent, the others at their "
+            "prior means).")
 
 
 def explorer_html(model: VAE, means: np.ndarray, labels: np.ndarray, *, title: str = "", meta: str = "",
@@ -234,10 +287,12 @@ def explorer_html(model: VAE, means: np.ndarray, labels: np.ndarray, *, title: s
                   note: str = "") -> str:
     """The page for ``model`` with ``means`` (N, zdim) and their ``labels`` (N,) drawn on the plane.
 
-    A decoder the page cannot run (:func:`runs_in_page`) is left out: the page posts each latent to
-    ``DECODE_PATH`` of the server that serves it, and from disk shows ``note`` instead.
+    The decoder and the encoder share one buffer of weights. Networks the page cannot run (:func:`runs_in_page`)
+    are left out: the page posts each latent to ``DECODE_PATH`` and each of the user's images to
+    ``ENCODE_PATH`` of the server that serves it, and from disk shows ``note`` instead.
     """
-    layers, weights = decoder_layers(model) if runs_in_page(model) else ([], b"")
+    buffer = _Weights()
+    layers, encoder = (_decoder(model, buffer), _encoder(model, buffer)) if runs_in_page(model) else ([], [])
     means = np.asarray(means, dtype=np.float64)[:MAX_POINTS]
     labels = np.asarray(labels).astype(np.int64)[:MAX_POINTS]
     if means.ndim != 2 or means.shape[1] != model.zdim or len(means) != len(labels):
@@ -251,20 +306,23 @@ def explorer_html(model: VAE, means: np.ndarray, labels: np.ndarray, *, title: s
         "zdim": model.zdim,
         "imageShape": [int(s) for s in model.config.image_shape],
         "layers": layers,
+        "encoder": encoder,
         # What the decoder's outputs are: the page computes the displayed image from them as VAE.mean_image does.
         "head": {"type": model.config.head, "perPixel": model.params_per_pixel, "mixtures": model.config.mixtures},
-        "weights": base64.b64encode(weights).decode("ascii"),
+        "weights": base64.b64encode(buffer.tobytes()).decode("ascii"),
         "range": plane_range(means),
         "classes": names,
         # 4 decimals is far finer than a pixel of the plane and keeps the page small
         "points": {"means": [round(float(v), 4) for v in means.ravel()], "labels": index.tolist()},
     }
     if not runs_in_page(model):
-        data.update(decodeUrl=DECODE_PATH, remoteNote=printable(note))
+        data.update(decodeUrl=DECODE_PATH, encodeUrl=ENCODE_PATH, remoteNote=printable(note))
     # "<" only occurs inside JSON strings, where \u003c is the same character; the page's script block
     # then can never be closed early by a title such as "</script>".
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     template = (resources.files("vaekit") / "assets" / "explorer.html").read_text(encoding="utf-8")
+    if not runs_in_page(model):  # its requests go to the server that served it, and nowhere else
+        template = template.replace(_NO_REQUESTS, _NO_REQUESTS + " connect-src 'self';", 1)
     page_title = html.escape(printable(f"vaekit latent explorer: {title}" if title else "vaekit latent explorer"))
     return template.replace("__VAEKIT_TITLE__", page_title, 1).replace("__VAEKIT_DATA__", payload, 1)
 
@@ -308,23 +366,39 @@ def write_explorer(run: runs.Run, splits: Any, out: str | os.PathLike | None = N
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Answers ``/`` (and ``/index.html``, ``/explorer.html``) with the page and, with a ``decoder``, POSTs
-    to ``DECODE_PATH`` with the decoded means of the posted latent; everything else is 404."""
+    """Answers ``/`` (and ``/index.html``, ``/explorer.html``) with the page; with a ``decoder``, POSTs to
+    ``DECODE_PATH`` with the decoded means of the posted latent, and with an ``encoder``, POSTs to
+    ``ENCODE_PATH`` with the posterior mean of the posted image; everything else is 404. A refused POST
+    is answered with one line of JSON, ``{"error": "..."}``, that the page shows as it is."""
 
     page = b""
     decoder: Any = None  # latent (list of floats) -> decoder means (list of floats), or None
+    encoder: Any = None  # image (list of floats in [0, 1]) -> posterior mean (list of floats), or None
 
     def do_POST(self) -> None:  # noqa: N802 (the name http.server calls)
-        length = int(self.headers.get("Content-Length") or 0)
-        if self.decoder is None or self.path != DECODE_PATH or not 0 < length <= MAX_DECODE_BODY:
-            self.send_error(404 if self.decoder is None or self.path != DECODE_PATH else 400)
+        route = {DECODE_PATH: (self.decoder, MAX_DECODE_BODY), ENCODE_PATH: (self.encoder, MAX_ENCODE_BODY)}
+        answer, limit = route.get(self.path, (None, 0))
+        if answer is None:
+            self._json(404, {"error": f"this server answers no POST to {printable(self.path)[:80]}"})
             return
         try:
-            body = json.dumps(self.decoder(json.loads(self.rfile.read(length)))).encode()
-        except (ValueError, TypeError):
-            self.send_error(400)
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 < length <= limit:
+            self._json(413 if length > limit else 400,
+                       {"error": f"a request to {self.path} must have a body of 1 to {limit} bytes"})
             return
-        self.send_response(200)
+        try:
+            result = answer(json.loads(self.rfile.read(length)))
+        except (ValueError, TypeError) as e:
+            self._json(400, {"error": " ".join(str(e).split())})
+            return
+        self._json(200, result)
+
+    def _json(self, status: int, value: Any) -> None:
+        body = json.dumps(value, allow_nan=False).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -382,14 +456,36 @@ def torch_decoder(model: VAE) -> Any:
     return decode
 
 
-def make_server(page: bytes, port: int, host: str = "127.0.0.1", decoder: Any = None) -> PageServer:
+def torch_encoder(model: VAE) -> Any:
+    """A function from one image (a list of the ``input_dim`` values the model reads, in [0, 1], channels last:
+    an image as the page prepares it) to its posterior mean, ``model.encode``'s first output, in PyTorch."""
+    model = model.eval()
+    n = model.config.input_dim
+
+    def encode(x: Any) -> list[float]:
+        if (not isinstance(x, list) or len(x) != n
+                or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in x)):
+            shape = "x".join(str(s) for s in model.config.image_shape)
+            raise ValueError(f"expected a list of {n} pixel values in [0, 1] (one {shape} image, channels last)")
+        param = next(model.parameters())
+        with torch.inference_mode():
+            mu, _ = model.encode(torch.tensor([x], dtype=param.dtype, device=param.device))
+        return [float(v) for v in mu[0].tolist()]
+
+    return encode
+
+
+def make_server(page: bytes, port: int, host: str = "127.0.0.1", decoder: Any = None,
+                encoder: Any = None) -> PageServer:
     """A server on ``host:port`` answering with ``page``; port 0 picks a free one. ``decoder``
-    (:func:`torch_decoder`) answers the page's decode requests when its model does not run in the page.
+    (:func:`torch_decoder`) and ``encoder`` (:func:`torch_encoder`) answer the page's decode and encode
+    requests when its model does not run in the page.
 
     Run it with ``serve_forever()`` (in a thread of its own to keep a notebook responsive); it answers
     until ``shutdown()``.
     """
-    handler = type("PageHandler", (_Handler,), {"page": page, "decoder": staticmethod(decoder) if decoder else None})
+    handler = type("PageHandler", (_Handler,), {"page": page, "decoder": staticmethod(decoder) if decoder else None,
+                                                 "encoder": staticmethod(encoder) if encoder else None})
     try:
         return PageServer((host, port), handler)
     except OSError as e:

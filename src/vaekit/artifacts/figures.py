@@ -122,7 +122,7 @@ def latent_grid(model: VAE, n: int = 20, spacing: str = "linear", bound: float =
     return imgs.reshape(n, n, h, w, *c).swapaxes(1, 2).reshape(n * h, n * w, *c)
 
 
-def _tile(imgs: np.ndarray, cols: int) -> np.ndarray:
+def tile_images(imgs: np.ndarray, cols: int) -> np.ndarray:
     """Images (N, H, W[, 3]) side by side, ``cols`` to a row; white where a row has fewer."""
     rows = -(-len(imgs) // cols)
     h, w, *c = imgs.shape[1:]
@@ -269,7 +269,7 @@ def reconstructions_figure(model: VAE, images: np.ndarray, n: int = 16) -> Figur
     orig = x.reshape(rec.shape).cpu().numpy()
     fig = new_figure(max(n, 4) * 0.6, 1.5)
     ax = fig.add_subplot()
-    ax.imshow(np.vstack([_tile(orig, n), _tile(rec, n)]), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(np.vstack([tile_images(orig, n), tile_images(rec, n)]), cmap="gray", vmin=0, vmax=1)
     ax.set_axis_off()
     ax.set_title("Test images (top) and reconstructions from their posterior means (bottom)")
     return fig
@@ -280,7 +280,7 @@ def samples_figure(model: VAE, n: int = 64, seed: int = 0) -> Figure:
     z = torch.randn(n, model.zdim, generator=torch.Generator().manual_seed(seed))
     fig = new_figure(6, 6)
     ax = fig.add_subplot()
-    ax.imshow(_tile(decode_images(model, z), 8), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(tile_images(decode_images(model, z), 8), cmap="gray", vmin=0, vmax=1)
     ax.set_axis_off()
     ax.set_title("Decoder means of z drawn from the prior N(0, I)")
     return fig

@@ -1,10 +1,12 @@
 """The run report: one self-contained HTML page with everything a run folder records.
 
-``RUN/report.html`` shows the configuration, the data and evaluation protocol, the metrics of every
-epoch, the loss curves, all figures (embedded as PNG data URIs, so the file can be mailed or archived
-alone), the log-likelihood that ``vaekit evaluate --nll`` stored in ``summary.json`` when the run has
-been evaluated, and a link to the latent explorer. Every piece of text from the run folder is escaped,
-so a run folder cannot inject markup into the page.
+``RUN/report.html`` leads with what a reader looks for: the headline numbers (test -ELBO, and the
+importance-sampled log-likelihood and bits/dim once ``vaekit evaluate --nll`` stored them in
+``summary.json``), each with how it was measured in words, then the loss curves and every figure (embedded
+as PNG data URIs, so the file can be mailed or archived alone), the model, data and protocol in words, the
+metrics of every epoch, and last, folded away, every raw value of ``summary.json`` and ``config.json``. It
+links the latent explorer. Every piece of text from the run folder is escaped, so a run folder cannot
+inject markup into the page.
 """
 
 from __future__ import annotations
@@ -22,22 +24,23 @@ from urllib.parse import quote
 from vaekit import __version__
 from vaekit import run as runs
 from vaekit.artifacts import EXPLORER, FIGURES, REPORT
-from vaekit.config import ModelConfig, TrainConfig
-from vaekit.eval.run import NLL_KEYS
+from vaekit.artifacts.describe import (
+    CAPTIONS,
+    NLL_HOW,
+    Headline,
+    dataset_text,
+    headline,
+    likelihood_text,
+    model_text,
+    split_text,
+)
 from vaekit.text import printable
+
+__all__ = ["build_report", "likelihood_text", "loss_curves_svg", "model_text", "write_report"]
 
 RESULT_ORDER = ("test_loss", "test_recon", "test_kl", "val_loss", "best_val_loss", "best_val_epoch", "n_val",
                 "train_loss", "epochs", "dataset", "model", "zdim",
                 "likelihood", "n_params", "train_samples_per_s", "train_seconds", "device")
-
-CAPTIONS = {
-    "latent_grid.png": "Decoder means over a grid of the latent square (the blog post's figure); for zdim > 2, over "
-                       "the test means' first two principal directions, \u00b12 standard deviations.",
-    "latent_scatter.png": "Posterior means of the test set coloured by label (PCA when zdim > 2).",
-    "reconstructions.png": "Test images (top) and their reconstructions from the posterior means (bottom).",
-    "samples.png": "Decoder means of latents drawn from the prior N(0, I).",
-    "loss_curve.png": "Negative ELBO per image over the epochs.",
-}
 
 STYLE = """
 body { margin: 0 auto; max-width: 1080px; padding: 20px 24px 40px; color: #1d2126; background: #fff;
@@ -56,6 +59,9 @@ figcaption { color: #5c6670; font-size: 13px; }
             text-decoration: none; font-weight: 600; }
 .note { background: #fff7e0; border: 1px solid #f0dca0; padding: 6px 10px; border-radius: 4px; }
 svg text { font: 11px system-ui, sans-serif; fill: #5c6670; }
+.headline th, .headline td.value { white-space: nowrap; } .headline td.value { font-weight: 600; }
+.headline tr.absent td { color: #5c6670; }
+details { margin: 8px 0; } summary { cursor: pointer; font-weight: 600; }
 """
 
 
@@ -189,81 +195,18 @@ def _figures(run_dir: Path) -> str:
     return "".join(out)
 
 
-def _log_likelihood(summary: dict[str, Any]) -> str:
-    """The section of the numbers ``vaekit evaluate --nll`` merges into ``summary.json`` (``NLL_KEYS``)."""
-    values = {k: summary[k] for k in NLL_KEYS if k in summary}
-    parts = []
-    nll = values.get("nll")
-    if _is_num(nll):
-        line = f"log p(x) \u2248 {-nll:.2f}"
-        if _is_num(values.get("nll_stderr")):
-            line += f" \u00b1 {values['nll_stderr']:.2f}"
-        line += " nats per test image"
-        if _is_num(values.get("bits_per_dim")):
-            line += f" ({values['bits_per_dim']:.4f} bits per dimension)"
-        if "nll_samples" in values:
-            ns = values["nll_samples"]
-            line += f", importance sampled with {f'{ns:,}' if _is_num(ns) else ns} samples per image"
-        parts.append(f"<p><b>{_e(line)}</b></p>")
-    if values:
-        parts.append(_kv_table(_flat(values)))
-    if not parts:
-        parts.append('<p class="muted">Not evaluated yet: the test loss above is the ELBO bound; the '
-                     "importance-sampled log-likelihood appears here once the run is evaluated.</p>")
-    return "".join(parts)
-
-
-def likelihood_text(t: TrainConfig, m: ModelConfig) -> str:
-    """The decoder's likelihood in words, as the run trained it (a learned sigma is a weight, not a setting)."""
-    if t.likelihood == "gaussian":
-        if t.learn_sigma or m.learn_sigma:
-            return f"Gaussian with a learned per-pixel sigma (from {m.sigma_init:g}), constants included"
-        return f"Gaussian with sigma {t.sigma:g}, constants included"
-    if t.likelihood == "discretized-logistic" and m.head == "logits":
-        return f"discretized logistic over 256 levels with learned per-pixel scales (from {m.sigma_init:g})"
-    if t.likelihood == "discretized-logistic":
-        return "discretized logistic over 256 levels, location and scale of every pixel from z"
-    if t.likelihood == "logistic-mixture":
-        return (f"mixture of {m.mixtures} discretized logistics over 256 levels per pixel from z, colour channels "
-                "coupled linearly (PixelCNN++)")
-    return {"bernoulli": "Bernoulli (binary cross-entropy on the logits, the blog post's loss)",
-            "continuous-bernoulli": "continuous Bernoulli (the normalized density on [0, 1])"}.get(t.likelihood,
-                                                                                                   t.likelihood)
-
-
-_UPSAMPLING = {"transposed": "transposed convolutions",
-               "nearest": "nearest-neighbour upsampling and 3x3 convolutions"}
-
-
-def model_text(m: ModelConfig) -> str:
-    """The architecture in one sentence: layer widths of an MLP, channels of a convolutional model."""
-    shape = "x".join(map(str, m.image_shape))
-    if getattr(m, "architecture", "mlp") == "hierarchical":
-        return (f"Model: {m.preset} preset for {shape} images, hierarchical: residual blocks bottom-up and top-down "
-                f"over {len(m.encoder_hidden)} resolutions with channels {'-'.join(map(str, m.encoder_hidden))}, "
-                f"latent groups of {m.zdim} channels per position ({'-'.join(map(str, m.latent_groups))} per "
-                f"resolution, coarsest first), {m.activation} activations.")
-    if getattr(m, "architecture", "mlp") == "conv":
-        return (f"Model: {m.preset} preset for {shape} images, convolutional: encoder channels "
-                f"{'-'.join(map(str, m.encoder_hidden))} (3x3, stride 2) to 2x{m.zdim}, decoder mirrored with "
-                f"{_UPSAMPLING.get(getattr(m, 'upsample', 'transposed'), 'transposed convolutions')}, "
-                f"{m.activation} activations.")
-    return (f"Model: {m.preset} preset for {shape} images, encoder {m.input_dim}-{'-'.join(map(str, m.encoder_hidden))}"
-            f"-2x{m.zdim}, decoder {m.zdim}-{'-'.join(map(str, m.decoder_hidden))}-{m.input_dim}, {m.activation} "
-            "activations" + (", none between the decoder's first two layers" if m.skip_first_decoder_activation
-                             else "") + ".")
-
-
 # Settings that change the blog post's objective, with the post's values; shown only where a run differs.
 POST_OBJECTIVE = {"objective": "elbo", "k": 1, "beta": 1.0, "kl_warmup": 0, "binarize": "none"}
 
 
 def _protocol(run: runs.Run) -> str:
+    """The model, its data and how it was trained and tested, in words."""
     t, m = run.train_config, run.model_config
     changed = ", ".join(f"{k} {getattr(t, k)}" for k, v in POST_OBJECTIVE.items() if getattr(t, k) != v)
     items = [
         model_text(m),
         f"Likelihood: {likelihood_text(t, m)}; prior N(0, I); diagonal Gaussian posterior; closed-form KL.",
+        f"Data: {dataset_text(run.data)}; {split_text(run.data)}.",
         f"Optimisation: Adam, learning rate {t.lr:g}, batch {t.batch_size}, {t.epochs} epochs, seed {t.seed}; "
         "the loss is the negative ELBO summed over the batch, reported per image"
         + (f" (changed from the post's objective: {changed})." if changed else "."),
@@ -285,28 +228,48 @@ def _explorer_link(run_dir: Path, page_dir: Path) -> str:
             f'<a href="{href}">{EXPLORER}</a> next to this report.</p>')
 
 
+def _results(run: runs.Run, summary: dict[str, Any]) -> str:
+    """The headline numbers, each with its protocol in words; the absent ones said so, with how to add them."""
+    rows: list[Headline] = headline(summary)
+    body = "".join(f"<tr{'' if h.present else ' class=absent'}><th>{_e(h.name)}</th><td class=value>"
+                   f"{_e(h.value)}</td><td>{_e(h.protocol)}</td></tr>" for h in rows)
+    table = ('<table class="headline"><thead><tr><th>number</th><th>value</th><th>how it was measured</th></tr>'
+             f"</thead><tbody>{body}</tbody></table>")
+    if all(h.present for h in rows):
+        return table
+    how = _e(NLL_HOW.replace("RUN", str(run.path)))
+    return table + (f'<p class="muted">Not measured yet: {_e(", ".join(h.name for h in rows if not h.present))}. '
+                    f"<code>{how}</code> estimates the log-likelihood by importance sampling; "
+                    "<code>vaekit report</code> then shows it here.</p>")
+
+
+def _configuration(run: runs.Run, summary: dict[str, Any]) -> str:
+    """Every raw value of summary.json and config.json, folded away: for a reader who wants the exact keys."""
+    shown = _flat(summary)
+    ordered = {k: shown.pop(k) for k in RESULT_ORDER if k in shown} | shown
+    parts = [("summary.json", ordered), ("config.json: data", _flat(run.data)),
+             ("config.json: model", asdict(run.model_config)), ("config.json: training", asdict(run.train_config))]
+    tables = "".join(f"<h3>{_e(title)}</h3>{_kv_table(rows)}" for title, rows in parts if rows)
+    return f"<details><summary>Every recorded value, key by key</summary>{tables}</details>"
+
+
 def build_report(run: runs.Run | str | os.PathLike, page_dir: str | os.PathLike | None = None) -> str:
     """The report page of a run (loaded, or its folder) as HTML text; ``page_dir``: where it will be written."""
     run = run if isinstance(run, runs.Run) else runs.load_run(run)
     run_dir = run.path
     summary = run.summary if isinstance(run.summary, dict) else {}
     name = run_dir.resolve().name
-    shown = _flat({k: v for k, v in summary.items() if k not in NLL_KEYS})
-    results = {k: shown.pop(k) for k in RESULT_ORDER if k in shown} | shown  # the headline numbers first
-    data = _flat(run.data)
     sections = [
         f"<h1>vaekit run report: {_e(name)}</h1>",
         f'<p class="muted">{_e(run_dir.resolve())} \u00b7 written {_e(time.strftime("%Y-%m-%d %H:%M"))} '
         f"by vaekit {_e(__version__)}</p>",
         _explorer_link(run_dir, Path(page_dir) if page_dir is not None else run_dir),
-        "<h2>Results</h2>", _kv_table(results) if results else '<p class="muted">No summary.json yet.</p>',
-        "<h2>Log-likelihood</h2>", _log_likelihood(summary),
-        "<h2>Data and protocol</h2>", _kv_table(data) if data else "", _protocol(run),
+        "<h2>Results</h2>", _results(run, summary),
+        "<h2>Figures</h2>", loss_curves_svg(run.metrics) if run.metrics else '<p class="muted">No epochs.</p>',
+        _figures(run_dir),
+        "<h2>Model, data and protocol</h2>", _protocol(run),
         "<h2>Metrics per epoch</h2>", _metrics_table(run.metrics),
-        "<h2>Loss curves</h2>", loss_curves_svg(run.metrics) if run.metrics else '<p class="muted">No epochs.</p>',
-        "<h2>Figures</h2>", _figures(run_dir),
-        "<h2>Configuration</h2>", "<h3>Model</h3>", _kv_table(asdict(run.model_config)),
-        "<h3>Training</h3>", _kv_table(asdict(run.train_config)),
+        "<h2>Configuration</h2>", _configuration(run, summary),
     ]
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'

@@ -1,4 +1,5 @@
-"""The ``vaekit`` command line: one module per command (train, evaluate and plot, explore, report, data).
+"""The ``vaekit`` command line: one module per command (train, evaluate and plot, explore, report, data, export;
+encode, reconstruct and interpolate in :mod:`.use`).
 
 Every error a user can cause ends as one line on stderr and exit code 2 (bad input), 1 (the run failed)
 or 130 (interrupted); tracebacks are for bugs only.
@@ -16,8 +17,12 @@ from vaekit.cli.common import Parser
 from vaekit.cli.data import add_data_parser
 from vaekit.cli.evaluate import add_evaluate_parser, add_plot_parser
 from vaekit.cli.explore import add_explore_parser
+from vaekit.cli.export import add_export_parser
 from vaekit.cli.report import add_report_parser
+from vaekit.cli.sample import add_sample_parser
+from vaekit.cli.score import add_score_parser
 from vaekit.cli.train import add_train_parser
+from vaekit.cli.use import add_use_parsers
 from vaekit.config import ConfigError
 from vaekit.errors import VaekitError
 from vaekit.text import printable
@@ -38,6 +43,10 @@ def build_parser() -> Parser:
     add_data_parser(sub)
     add_explore_parser(sub)
     add_report_parser(sub)
+    add_export_parser(sub)
+    add_use_parsers(sub)
+    add_sample_parser(sub)
+    add_score_parser(sub)
     return parser
 
 

@@ -36,7 +36,8 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop(signum)
 
 
-def serve(page: bytes, port: int = DEFAULT_PORT, open_browser: bool = False, decoder: Any = None) -> int:
+def serve(page: bytes, port: int = DEFAULT_PORT, open_browser: bool = False, decoder: Any = None,
+          encoder: Any = None) -> int:
     """Serve ``page`` on localhost until SIGINT or SIGTERM; returns the exit status (128 + the signal).
 
     The handlers are installed for the time of serving only (the main thread's previous ones come back
@@ -46,7 +47,7 @@ def serve(page: bytes, port: int = DEFAULT_PORT, open_browser: bool = False, dec
 
     from vaekit.artifacts.explorer import make_server
 
-    server = make_server(page, port, decoder=decoder)
+    server = make_server(page, port, decoder=decoder, encoder=encoder)
     previous = {s: signal.signal(s, _raise_stop) for s in STOP_SIGNALS}
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
@@ -78,7 +79,8 @@ def add_explore_parser(sub: Any) -> argparse.ArgumentParser:
     """The ``explore`` subcommand."""
     p = sub.add_parser("explore", help="write the interactive latent explorer page of a run",
                        description="Write RUN/explorer.html: one self-contained page (no server, no network) "
-                                   "with the decoder running in the browser over the latent plane.")
+                                   "with the decoder running in the browser over the latent plane, and the encoder "
+                                   "for the image files you drop on it.")
     p.add_argument("run", help="run folder written by vaekit train")
     p.add_argument("--out", help=f"file to write (default RUN/{EXPLORER})")
     p.add_argument("--serve", action="store_true",
@@ -96,7 +98,14 @@ def cmd_explore(args: argparse.Namespace) -> int:
     import webbrowser
 
     from vaekit.artifacts import load_inputs, write_artifacts
-    from vaekit.artifacts.explorer import ExplorerError, build_explorer, remote_note, runs_in_page, torch_decoder
+    from vaekit.artifacts.explorer import (
+        ExplorerError,
+        build_explorer,
+        remote_note,
+        runs_in_page,
+        torch_decoder,
+        torch_encoder,
+    )
     from vaekit.run import write_bytes
 
     if args.port is not None and not args.serve:
@@ -111,10 +120,11 @@ def cmd_explore(args: argparse.Namespace) -> int:
         if args.out is not None:
             write_bytes(args.out, page)
         if args.serve:
-            decoder = None if in_page else torch_decoder(run.model)
-            if decoder is not None:
-                print("vaekit explore: the hierarchical decoder runs in PyTorch behind this server", file=sys.stderr)
-            return serve(page, DEFAULT_PORT if args.port is None else args.port, args.open, decoder)
+            decoder, encoder = (None, None) if in_page else (torch_decoder(run.model), torch_encoder(run.model))
+            if not in_page:
+                print("vaekit explore: the hierarchical decoder and encoder run in PyTorch behind this server",
+                      file=sys.stderr)
+            return serve(page, DEFAULT_PORT if args.port is None else args.port, args.open, decoder, encoder)
         path = Path(args.out)
     if not in_page:
         print(printable(f"vaekit explore: {remote_note(args.run)}"), file=sys.stderr)

@@ -37,7 +37,7 @@ from .memory import check_fits
 from .pixels import composite_on_white, luma
 from .splits import RawData, content_digest
 
-__all__ = ["read_array_file", "read_array_source"]
+__all__ = ["convert_chunk", "read_array_file", "read_array_source"]
 
 _CHUNK_BYTES = 1 << 24
 _IMAGE_KEYS = ("x", "images")
@@ -54,8 +54,11 @@ def _fail(where: str, problem: str) -> BadInputError:
     return BadInputError(f"{where}: {problem}")
 
 
-def _check_images(x: np.ndarray, where: str) -> None:
-    """Refuse anything that is not a stack of at least 2 uint8 or [0, 1] float images, with the fix."""
+def _check_images(x: np.ndarray, where: str, min_images: int = 2) -> None:
+    """Refuse anything that is not a stack of at least ``min_images`` uint8 or [0, 1] float images, with the fix.
+
+    Training needs 2 (one to train on, one to test); a trained model takes any number from 1.
+    """
     if x.dtype != np.uint8 and x.dtype.kind in "iub":
         raise _fail(where, f"images have dtype {x.dtype}; use uint8 (0-255) or float in [0, 1], e.g. "
                     "x.astype(np.uint8) for integer pixel values 0-255")
@@ -69,9 +72,9 @@ def _check_images(x: np.ndarray, where: str) -> None:
                     f"(N, H, W) or (N, H, W, C) with C = 1, 3 or 4{hint}")
     if x.shape[1] == 0 or x.shape[2] == 0:
         raise _fail(where, f"images have shape {x.shape}, with no pixels")
-    if x.shape[0] < 2:
-        raise _fail(where, f"holds {x.shape[0]} image{'s' if x.shape[0] != 1 else ''}; at least 2 are needed "
-                    "(one to train on, one to test)")
+    if x.shape[0] < min_images:
+        need = "at least 2 are needed (one to train on, one to test)" if min_images == 2 else "give at least one"
+        raise _fail(where, f"holds {x.shape[0]} image{'s' if x.shape[0] != 1 else ''}; {need}")
 
 
 def _chunks(x: np.ndarray) -> range:
@@ -95,8 +98,9 @@ def _check_floats(x: np.ndarray, where: str) -> None:
                     "0-255 data by 255, or undo any normalisation")
 
 
-def _convert(chunk: np.ndarray, channels: int, image_size: int | None) -> np.ndarray:
-    """One chunk of checked images to ``uint8`` with ``channels`` channels (and resized)."""
+def convert_chunk(chunk: np.ndarray, channels: int, image_size: int | None) -> np.ndarray:
+    """One chunk of checked images to ``uint8`` with ``channels`` channels (and resized): the one conversion of
+    arrays, so images a trained model is given later are prepared as its training images were."""
     if chunk.dtype != np.uint8:
         values = np.asarray(chunk, dtype=np.float32 if chunk.dtype.itemsize < 4 else chunk.dtype)
         chunk = np.rint(values * 255).astype(np.uint8)
@@ -113,10 +117,11 @@ def _convert(chunk: np.ndarray, channels: int, image_size: int | None) -> np.nda
     return chunk
 
 
-def normalise_images(x: Any, where: str, *, channels: int | None, image_size: int | None) -> np.ndarray:
+def normalise_images(x: Any, where: str, *, channels: int | None, image_size: int | None,
+                     min_images: int = 2) -> np.ndarray:
     """Check ``x`` and return it as ``uint8`` (N, H, W) or (N, H, W, 3); a view of ``x`` when nothing changes."""
     x = _as_numpy(x, where)
-    _check_images(x, where)
+    _check_images(x, where, min_images)
     if x.dtype.kind == "f":
         _check_floats(x, where)
     natural = 3 if x.ndim == 4 and x.shape[3] in (3, 4) else 1
@@ -131,7 +136,7 @@ def normalise_images(x: Any, where: str, *, channels: int | None, image_size: in
     out = np.empty(shape, dtype=np.uint8)
     chunks = _chunks(x)
     for start in chunks:
-        out[start : start + chunks.step] = _convert(x[start : start + chunks.step], channels, image_size)
+        out[start : start + chunks.step] = convert_chunk(x[start : start + chunks.step], channels, image_size)
     return out
 
 
@@ -204,7 +209,8 @@ def _from_split_keys(data: Mapping[str, Any], where: str, channels: int | None, 
     return np.concatenate([train, test]), labels, len(train)
 
 
-def _from_mapping(data: Mapping[str, Any], where: str, channels: int | None, image_size: int | None) -> Triple:
+def _from_mapping(data: Mapping[str, Any], where: str, channels: int | None, image_size: int | None,
+                  min_images: int = 2) -> Triple:
     """(images, labels or None, n_given_train) from ``.npz``-style keys."""
     keys = list(data.keys())
     if all(k in data for k in _SPLIT_KEYS):
@@ -216,7 +222,7 @@ def _from_mapping(data: Mapping[str, Any], where: str, channels: int | None, ima
         raise _fail(where, f"holds arrays {', '.join(map(repr, keys)) or 'none'}; put the images under 'x' "
                     "(or 'images') and any labels under 'y' (or 'labels')")
     images = normalise_images(_get(data, image_key, where), f"{where}[{image_key}]", channels=channels,
-                              image_size=image_size)
+                              image_size=image_size, min_images=min_images)
     label_key = _pick(data, _LABEL_KEYS, where, "labels")
     labels = None
     if label_key is not None:
@@ -345,29 +351,32 @@ def _load(path: Path, where: str) -> Any:
     raise _fail(where, _not_numpy(head, path.suffix.lower() if path.suffix.lower() in (".npy", ".npz") else ".npy"))
 
 
-def read_array_file(path: Path, *, channels: int | None = None, image_size: int | None = None) -> RawData:
+def read_array_file(path: Path, *, channels: int | None = None, image_size: int | None = None,
+                    min_images: int = 2) -> RawData:
     """Read a ``.npy`` (memory-mapped) or ``.npz`` file of images (see the module docstring)."""
     where = str(path)
     loaded = _load(path, where)
     if isinstance(loaded, np.ndarray):
-        images = normalise_images(loaded, where, channels=channels, image_size=image_size)
+        images = normalise_images(loaded, where, channels=channels, image_size=image_size, min_images=min_images)
         return _raw("array", path.stem, str(path.resolve()), images, None, None)
     with loaded:
-        images, labels, n_given_train = _from_mapping(loaded, where, channels, image_size)
+        images, labels, n_given_train = _from_mapping(loaded, where, channels, image_size, min_images)
     return _raw("array", path.stem, str(path.resolve()), images, labels, n_given_train)
 
 
-def read_array_source(source: Any, *, channels: int | None = None, image_size: int | None = None) -> RawData:
+def read_array_source(source: Any, *, channels: int | None = None, image_size: int | None = None,
+                      min_images: int = 2) -> RawData:
     """Read images given in memory: an array or tensor, an ``(images, labels)`` tuple, or a mapping of arrays."""
     where = "the array given as data"
     if isinstance(source, Mapping):
-        images, labels, n_given_train = _from_mapping(source, where, channels, image_size)
+        images, labels, n_given_train = _from_mapping(source, where, channels, image_size, min_images)
     elif isinstance(source, tuple):
         if len(source) != 2:
             raise _fail(where, f"a tuple must be (images, labels), got {len(source)} items")
-        images = normalise_images(source[0], f"{where} (images)", channels=channels, image_size=image_size)
+        images = normalise_images(source[0], f"{where} (images)", channels=channels, image_size=image_size,
+                                  min_images=min_images)
         labels, n_given_train = normalise_labels(source[1], len(images), f"{where} (labels)"), None
     else:
-        images, labels, n_given_train = normalise_images(source, where, channels=channels, image_size=image_size), \
-            None, None
+        images = normalise_images(source, where, channels=channels, image_size=image_size, min_images=min_images)
+        labels, n_given_train = None, None
     return _raw("array", "array", None, images, labels, n_given_train)

@@ -35,7 +35,7 @@ from .resolve import warn
 from .splits import RawData, content_digest
 from .walk import Entry
 
-__all__ = ["FolderPlan", "bad_files_error", "plan_folder", "read_folder"]
+__all__ = ["FolderPlan", "bad_files_error", "parallel_map", "plan_folder", "read_folder", "warn_ignored"]
 
 _BATCH = 32
 T = TypeVar("T")
@@ -63,7 +63,7 @@ def _digest_key(plan: FolderPlan, image_size: int | None, channels: int | None) 
     return digest.hexdigest()[:32], identity.hexdigest()[:32]
 
 
-def _parallel(work: Callable[[Sequence[T]], list[R]], items: Sequence[T], desc: str, progress: bool) -> list[R]:
+def parallel_map(work: Callable[[Sequence[T]], list[R]], items: Sequence[T], desc: str, progress: bool) -> list[R]:
     """``work`` over ``items`` in batches on a thread pool, in order, with a progress bar; Ctrl-C stops it."""
     from tqdm.auto import tqdm
 
@@ -116,7 +116,7 @@ def _probe_all(plan: FolderPlan, progress: bool) -> tuple[list[Probe | None], li
                 out.append(str(exc))
         return out
 
-    found = _parallel(work, plan.entries, "checking images", progress)
+    found = parallel_map(work, plan.entries, "checking images", progress)
     bad = [(e.rel, r) for e, r in zip(plan.entries, found, strict=True) if isinstance(r, str)]
     return [r if isinstance(r, Probe) else None for r in found], bad
 
@@ -156,7 +156,7 @@ def _decode_all(
             out[slot] = array
         return failed
 
-    return _parallel(work, range(len(rows)), "decoding images", progress)
+    return parallel_map(work, range(len(rows)), "decoding images", progress)
 
 
 def bad_files_error(root: Path | str, bad: list[tuple[str, str]]) -> BadInputError:
@@ -186,7 +186,7 @@ def _empty_error(plan: FolderPlan) -> BadInputError:
     )
 
 
-def _warn_ignored(plan: FolderPlan) -> None:
+def warn_ignored(plan: FolderPlan) -> None:
     """One line counting the files left out for their extension (``.heic``, none), so none vanishes unnoticed."""
     if plan.ignored:
         warn(f"{plan.root}: ignored {plan.ignored:,} other file(s) such as {', '.join(plan.ignored_examples)}; "
@@ -274,7 +274,7 @@ def read_folder(
     for note in plan.notes:
         warn(note)
     if plan.entries:
-        _warn_ignored(plan)
+        warn_ignored(plan)
     if not plan.entries and not plan.bad:
         raise _empty_error(plan)
     key, identity = _digest_key(plan, image_size, channels)

@@ -42,15 +42,16 @@ def evaluate_elbo(
     for i in range(0, n, batch_size):
         x = to_unit(images[i : i + batch_size].to(device, non_blocking=True))
         eps = torch.randn((x.shape[0], model.latent_size), generator=gen, dtype=x.dtype).to(device, non_blocking=True)
-        t = _terms(model, x, eps, likelihood, sigma)
+        t = image_terms(model, x, eps, likelihood, sigma)
         totals += torch.stack([t.loss.sum(), t.recon.sum(), t.kl.sum()]).double()
     model.train(was_training)
     loss, recon, kl = (totals / n).tolist()
     return {"test_loss": loss, "test_recon": recon, "test_kl": kl}
 
 
-def _terms(model: VAE, x: Tensor, eps: Tensor, likelihood: str, sigma: float) -> ELBOTerms:
-    """One draw's ELBO terms per image; a hierarchy's KL is the sum of its groups' given their sampled parents."""
+def image_terms(model: VAE, x: Tensor, eps: Tensor, likelihood: str, sigma: float) -> ELBOTerms:
+    """One draw's ELBO terms per image (``eps``: the standard normals, (batch, latent_size)); a hierarchy's KL is
+    the sum of its groups' given their sampled parents. Scoring images one by one reads the same terms."""
     if model.hierarchical:
         p = model.latent_pass(x, eps)
         recon = -model.log_px_z(likelihood, x, p.logits, sigma)

@@ -9,56 +9,17 @@ from typing import Any
 
 from vaekit import run as runs
 from vaekit.config import BINARIZE, EIGHT_BIT_LIKELIHOODS, ConfigError
-from vaekit.data import Splits, load_splits
-from vaekit.data.binarize import binarize_splits, bits_per_dim_scale, protocol
+from vaekit.data.binarize import bits_per_dim_scale, protocol
 from vaekit.data.tensors import as_rows
 from vaekit.devices import resolve_device
-from vaekit.errors import RunFolderError, VaekitError
+from vaekit.errors import VaekitError
 from vaekit.eval.elbo import evaluate_elbo
-from vaekit.run import Run, load_run
+from vaekit.run import load_run
+from vaekit.run.dataset import load_run_data
 
 # The keys an importance-sampled evaluation adds to the evaluate output and merges into summary.json.
 NLL_KEYS = ("nll", "nll_stderr", "nll_test_set_stderr", "bits_per_dim", "nll_samples", "nll_neg_elbo", "active_units",
             "kl_per_dim", "nll_protocol")
-
-
-def load_run_data(run: Run, data_dir: str | os.PathLike | None = None, binarize: str | None = None,
-                  data: Any = None) -> Splits:
-    """The dataset a run was trained on, found the same way training found it (``data_dir`` overrides).
-
-    For your own images the run's record rebuilds exactly the same images and split, and checks it did;
-    ``data_dir`` (or ``data``: a path or the same in-memory array) names where the images are now. The test
-    images are those the run is evaluated on: the binarized copy (drawn with the run's recorded
-    ``binarize_seed``) when the run was trained with ``--binarize`` dynamic or static, or when ``binarize``
-    asks for one; the training images are left as found.
-    """
-    own = run.data.get("own")
-    if own is not None or run.train_config.data is not None:
-        from vaekit.data import load_own_data_from_info
-
-        splits, _ = load_own_data_from_info(own, data if data is not None else data_dir)
-    else:
-        name = run.data.get("dataset") or run.train_config.dataset
-        splits = load_splits(name, data_dir or run.train_config.data_dir, progress=False)
-    if tuple(splits.test_images.shape[1:]) != tuple(run.model_config.image_shape):
-        raise RunFolderError(f"the data found for {run.path} has images of shape {splits.test_images.shape[1:]}, "
-                             f"but the model expects {tuple(run.model_config.image_shape)}")
-    _check_validation(run, splits)
-    mode = binarize or run.train_config.binarize
-    return binarize_splits(splits, mode, run.train_config.binarize_seed, train=False)
-
-
-def _check_validation(run: Run, splits: Splits) -> None:
-    """The data found must carve the validation split the run recorded: the same training images, so the
-    test numbers are those of the run that chose its epochs on that split."""
-    if run.data.get("val_indices_sha256") is None:
-        return
-    from vaekit.data.validation import carve_validation, validation_problem
-
-    _, val = carve_validation(splits, run.data.get("val_fraction") or 0.0)
-    problem = validation_problem(run.data, val)
-    if problem is not None:
-        raise RunFolderError(f"the data found for {run.path} is not what the run was trained on: {problem}")
 
 
 def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = None, device: str = "auto", *,
@@ -112,13 +73,28 @@ def evaluate_run(path: str | os.PathLike, data_dir: str | os.PathLike | None = N
 
 
 def _store(run_dir: Path, extra: dict[str, Any]) -> None:
-    """Merge an evaluation into ``summary.json`` (atomically, under the run's lock); a failure is a warning."""
+    """Merge an evaluation into ``summary.json`` (atomically, under the run's lock) and rewrite the run's model
+    card with it, so the README.md beside the weights shows the new numbers; a failure is a warning."""
     try:
         with runs.RunLock(run_dir):
             path = run_dir / runs.SUMMARY
             summary = runs.read_json(path) if path.exists() else {}
             runs.write_json(path, {**(summary if isinstance(summary, dict) else {}), **extra})
+            _refresh_card(run_dir)
     except VaekitError as e:
-        message = " ".join(str(e).split())
-        print(f"vaekit: warning: the evaluation was not stored in {run_dir / runs.SUMMARY}: {message}",
-              file=sys.stderr, flush=True)
+        _warn(f"the evaluation was not stored in {run_dir / runs.SUMMARY}", e)
+
+
+def _refresh_card(run_dir: Path) -> None:
+    """The model card rewritten with the numbers just stored (only where vaekit wrote one)."""
+    from vaekit.artifacts.card import refresh_card
+
+    try:
+        refresh_card(run_dir)
+    except VaekitError as e:
+        _warn(f"the model card in {run_dir} was not updated", e)
+
+
+def _warn(what: str, error: Exception) -> None:
+    message = " ".join(str(error).split())
+    print(f"vaekit: warning: {what}: {message}", file=sys.stderr, flush=True)

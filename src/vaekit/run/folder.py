@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, ModelConfig, TrainConfig
+from ..config import USE_BATCH_SIZE, ConfigError, ModelConfig, TrainConfig
 from ..errors import RunFolderError
 from ..model import VAE
 from .io import (
@@ -259,6 +259,47 @@ class Run:
     data: dict[str, Any]
     summary: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict[str, float]] = field(default_factory=list)
+
+    # Using the model (vaekit.use, imported here so that loading a run does not load it). Images: a folder, an
+    # image file, a .npy/.npz file, an array or tensor; prepared as this run's data were. See docs/use.md.
+
+    def encode(self, images: Any = None, *, split: str | None = None, logvar: bool = False,
+               batch_size: int = USE_BATCH_SIZE, skip_bad: bool = False) -> Any:
+        """Posterior means (n, zdim) of ``images`` or of the run's ``split`` ("train"/"test"); with ``logvar``,
+        ``(means, log-variances)``. A hierarchical model's are those of its top group."""
+        from vaekit.use.latent import encode
+
+        return encode(self, images, split=split, logvar=logvar, batch_size=batch_size, skip_bad=skip_bad)
+
+    def reconstruct(self, images: Any = None, *, split: str | None = None, batch_size: int = USE_BATCH_SIZE,
+                    skip_bad: bool = False) -> Any:
+        """The decoder's mean image at each image's posterior mean: floats in [0, 1], (n, H, W) or (n, H, W, 3)."""
+        from vaekit.use.latent import reconstruct
+
+        return reconstruct(self, images, split=split, batch_size=batch_size, skip_bad=skip_bad)
+
+    def interpolate(self, a: Any, b: Any, steps: int = 10, *, spherical: bool = False, batch_size: int = USE_BATCH_SIZE,
+                    latents: bool = False) -> Any:
+        """``steps`` images decoded from ``a`` to ``b`` (each one image or a latent vector), straight or spherical;
+        with ``latents``, ``(latents, images)``."""
+        from vaekit.use.latent import interpolate
+
+        return interpolate(self, a, b, steps, spherical=spherical, batch_size=batch_size, latents=latents)
+
+    def sample(self, n: int, **options: Any) -> Any:
+        """``n`` new images as a uint8 array (n, H, W[, 3]); ``options`` are :func:`vaekit.use.sample.sample`'s
+        (``sampler="prior"|"gmm"``, ``temperature``, ``seed``, ``mode``, ``components``)."""
+        from vaekit.use.sample import sample
+
+        return sample(self, n, **options)
+
+    def score(self, images: Any = None, **options: Any) -> dict[str, Any]:
+        """Per-image -ELBO (or ``nll=K``: importance-sampled NLL) and bits/dim of ``images`` (a folder, file, array)
+        or of ``split="test"``, as columns in the images' order; with ``normal=[...]`` also their ``auroc``. See
+        :func:`vaekit.use.score.score`."""
+        from vaekit.use.score import score
+
+        return score(self, images, **options)
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

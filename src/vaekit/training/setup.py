@@ -89,7 +89,9 @@ def folder_held(run_dir: Path, config: TrainConfig, resume: bool, ctx: distribut
         return
     with runs.RunLock(run_dir), anomaly_as_error(config, run_dir):
         if not resume:  # --force: no file of the replaced run may be mistaken for one of this run
-            runs.remove_run_files(run_dir, final_outputs())
+            from vaekit.artifacts import replaced_outputs  # all but a README.md the user wrote
+
+            runs.remove_run_files(run_dir, replaced_outputs(run_dir))
         ctx.barrier()
         yield
 

@@ -1,0 +1,172 @@
+"""Files the commands that use a run write: encodings as tables, and images as PNG files and grids.
+
+Every file is written atomically (:func:`vaekit.run.io.atomic_write`), and none that exists is replaced
+without ``force`` (``--force``): :func:`check_output` is called before any work, so a refusal costs nothing.
+
+An encoding is one row per image: its ``name`` (file path, or ``test:3``), its ``label`` (-1 in ``.npy``,
+empty in ``.csv``, null in ``.parquet`` when the images have none), then its posterior mean ``mu`` (and
+``logvar``). In ``.npy`` that is a structured array (``np.load(path)["mu"]`` is the (n, zdim) matrix; no
+pickle), in ``.csv`` and ``.parquet`` the columns ``mu_0 ... mu_{d-1}`` (and ``logvar_0 ...``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+from PIL import Image
+
+from vaekit.config import ENCODING_FORMATS, ConfigError
+from vaekit.errors import VaekitError
+from vaekit.run.io import atomic_write, write_bytes
+from vaekit.text import printable
+from vaekit.use.latent import Encoding
+
+__all__ = ["OutputExistsError", "PngWriter", "check_output", "encoding_format", "image_stem", "to_uint8",
+           "write_encoding", "write_png"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_STEM_CHARS = 60
+_WRITERS = 8  # PNG files written at once
+_PENDING = 256  # images waiting to be written, at most
+
+
+class OutputExistsError(VaekitError):
+    """The output named already exists, and replacing it was not asked for."""
+
+
+def check_output(path: Path, force: bool, *, folder: bool = False) -> None:
+    """Refuse to replace what ``path`` holds without ``force``: a file, or for ``folder`` a folder with files."""
+    if folder and path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path} is a file, not a folder; choose another --out")
+    if not folder and path.is_dir():
+        raise OutputExistsError(f"{path} is a folder; give a file name for --out")
+    taken = path.is_dir() and any(path.iterdir()) if folder else path.exists()
+    if taken and not force:
+        what = "folder already holds files" if folder else "file already exists"
+        raise OutputExistsError(f"{path}: the {what}; pass --force to replace them, or choose another --out")
+
+
+def encoding_format(path: Path) -> str:
+    """The table format ``path``'s extension asks for; parquet only where pyarrow is installed."""
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in ENCODING_FORMATS:
+        raise ConfigError(f"--out {path}: cannot tell the format from its extension; end it with "
+                          f"{', '.join('.' + f for f in ENCODING_FORMATS)}")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ConfigError("writing .parquet needs pyarrow, which is not installed: pip install pyarrow "
+                              "(or 'vaekit[parquet]'), or write .csv or .npy") from None
+    return fmt
+
+
+def _columns(enc: Encoding) -> list[tuple[str, np.ndarray]]:
+    """The numeric columns of an encoding: ``mu_0 ...``, then ``logvar_0 ...`` when it has them."""
+    blocks = [("mu", enc.mu)] + ([("logvar", enc.logvar)] if enc.logvar is not None else [])
+    return [(f"{key}_{j}", values[:, j]) for key, values in blocks for j in range(values.shape[1])]
+
+
+def write_encoding(path: Path, enc: Encoding) -> None:
+    """``enc`` as a table at ``path``, in the format of its extension (see the module docstring)."""
+    fmt = encoding_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "npy":
+        write_bytes(path, _npy_bytes(enc))
+    elif fmt == "csv":
+        write_bytes(path, _csv_text(enc).encode("utf-8", "surrogateescape"))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        labels = None if enc.labels is None else pa.array(enc.labels.astype(np.int64))
+        # a file name that is not UTF-8 is written with its odd bytes as \xNN, as vaekit prints it
+        table = pa.table({"name": pa.array([printable(n) for n in enc.names], pa.string()),
+                          "label": labels if labels is not None else pa.nulls(len(enc.names), pa.int64()),
+                          **dict(_columns(enc))})
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _npy_bytes(enc: Encoding) -> bytes:
+    width = enc.mu.shape[1]
+    fields = [("name", f"U{max((len(n) for n in enc.names), default=1)}"), ("label", "<i8"), ("mu", "<f4", (width,))]
+    if enc.logvar is not None:
+        fields.append(("logvar", "<f4", (width,)))
+    table = np.zeros(len(enc.names), dtype=fields)
+    table["name"] = enc.names
+    table["label"] = -1 if enc.labels is None else enc.labels
+    table["mu"] = enc.mu
+    if enc.logvar is not None:
+        table["logvar"] = enc.logvar
+    buffer = io.BytesIO()
+    np.save(buffer, table, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _csv_text(enc: Encoding) -> str:
+    """Floats with 9 significant digits: each float32 reads back exactly."""
+    columns = _columns(enc)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["name", "label", *(name for name, _ in columns)])
+    for i, name in enumerate(enc.names):
+        label = "" if enc.labels is None else int(enc.labels[i])
+        writer.writerow([name, label, *(f"{values[i]:.9g}" for _, values in columns)])
+    return buffer.getvalue()
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [0, 1] as 8-bit pixels (rounded to the nearest level)."""
+    return np.rint(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """One image (H, W) grey or (H, W, 3) colour, uint8 or float in [0, 1], as a PNG file written atomically."""
+    pixels = image if image.dtype == np.uint8 else to_uint8(image)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, "PNG")
+    write_bytes(path, buffer.getvalue())
+
+
+def image_stem(index: int, name: str, digits: int) -> str:
+    """A file name stem for image ``index`` named ``name``: its position first (so the files sort in input order
+    and never collide), then its own name's stem made safe for any file system."""
+    stem = _UNSAFE.sub("_", Path(name).stem.replace(":", "_")).strip("._")[:_STEM_CHARS]
+    return f"{index:0{digits}d}_{stem}" if stem else f"{index:0{digits}d}"
+
+
+class PngWriter:
+    """Writes many PNG files on a few threads, in a ``with`` block, at most ``_PENDING`` images held at a time.
+
+    Each atomic write ends with an fsync that waits for the disk (14 ms a file on a virtual disk, measured), while
+    encoding a small PNG takes 0.4 ms: one file after another, 10,000 reconstructions took 168 s. Eight writes in
+    flight overlap those waits. The first failure is raised (by :meth:`write` or on leaving the block), and the
+    files not yet written are dropped.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="vaekit-png")
+        self._pending: deque[Future[None]] = deque()
+
+    def write(self, path: Path, image: np.ndarray) -> None:
+        while len(self._pending) >= _PENDING:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(write_png, path, image))
+
+    def __enter__(self) -> PngWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        try:
+            while self._pending and kind is None:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
