@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import vaekit
-from vaekit.config import ConfigError, TrainConfig
+from vaekit.config import ConfigError, ModelConfig, TrainConfig
 from vaekit.model import VAE, model_config, n_params
-from vaekit.model.conv import conv_decoder
+from vaekit.model.conv import Residual, conv_decoder
 from vaekit.objectives import LOG_SCALE_MIN, discretized_logistic_log_likelihood, log_likelihood
 from vaekit.run import save_weights
 from vaekit.run.folder import FORMAT_VERSION
@@ -139,6 +139,41 @@ def test_conv_preset_sizes_and_width() -> None:
     assert vanilla.zdim == 128 and n_params(vanilla) == 3_934_627  # the figure docs/models.md gives
 
 
+@pytest.mark.parametrize("shape", [(28, 28), (32, 32, 3), (33, 17, 3)])
+def test_residual_blocks_follow_every_level_and_start_as_the_identity(shape: tuple[int, ...]) -> None:
+    """N blocks after each level of the encoder and of the decoder, at that level's size and channels; each
+    adds nothing at the start, so the model computes what the same levels compute without them."""
+    torch.manual_seed(0)
+    plain = VAE(model_config("conv", image_shape=shape)).eval()
+    deep = VAE(model_config("conv", image_shape=shape, res_blocks=2)).eval()
+    levels = len(plain.config.encoder_hidden)
+    for body in (deep.encoder, deep.decoder):
+        assert sum(isinstance(m, Residual) for m in body) == 2 * levels
+    ours = {k: v for k, v in deep.state_dict().items() if ".body." not in k}
+    # The same level weights in both: the blocks sit between the level modules, shifting their indices.
+    plain_keys = [k for k in plain.state_dict()]
+    assert len(ours) == len(plain_keys)
+    plain.load_state_dict(dict(zip(plain_keys, ours.values(), strict=True)))
+    x, z = torch.rand(3, math.prod(shape)), torch.randn(3, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(deep.decode(z), plain.decode(z))
+        torch.testing.assert_close(deep.encode(x)[0], plain.encode(x)[0])
+    block = next(m for m in deep.decoder if isinstance(m, Residual))
+    assert block.body[0].in_channels == block.body[-1].out_channels
+
+
+def test_residual_blocks_are_for_conv_models_and_old_configs_load_without_them() -> None:
+    with pytest.raises(ConfigError, match="res_blocks must be one of 0, 1, 2, 3, 4 for a conv model, 0 for any"):
+        model_config("mlp", res_blocks=1)
+    with pytest.raises(ConfigError, match="res_blocks"):
+        model_config("conv", image_shape=(28, 28), res_blocks=5)
+    with pytest.raises(ConfigError, match="res_blocks"):
+        TrainConfig(res_blocks=True).validate()
+    stored = dataclasses.asdict(model_config("conv", image_shape=(28, 28)))
+    del stored["res_blocks"]
+    assert ModelConfig.from_dict(stored).res_blocks == 0
+
+
 def test_conv_evaluation_does_not_depend_on_the_batch() -> None:
     torch.manual_seed(0)
     model = VAE(model_config("conv", image_shape=(16, 16, 3))).eval()
@@ -224,3 +259,27 @@ def test_every_likelihood_scores_colour_conv_output(likelihood: str) -> None:
     logits, _, _ = model(x, torch.randn(4, model.zdim))
     lp = log_likelihood(likelihood, x, logits, 1.0, model.log_sigma)
     assert lp.shape == (4,) and torch.isfinite(lp).all()
+
+
+def test_res_blocks_flag_trains_reloads_and_refuses_what_it_cannot_build(tmp_path, capsys) -> None:
+    """--res-blocks N reaches the model and its config.json, the run reloads with its blocks, and a model that has
+    no levels for them, or an N outside RES_BLOCKS, is one line and exit code 2."""
+    import numpy as np
+
+    from vaekit.cli import main
+
+    data = tmp_path / "tiny.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8))
+    flags = ["train", "--data", str(data), "--epochs", "1", "--device", "cpu", "--no-artifacts", "--quiet"]
+    assert main([*flags, "--res-blocks", "2", "--out", str(tmp_path / "run")]) == 0
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["model"]["res_blocks"] == 2 and stored["train"]["res_blocks"] == 2
+    model = vaekit.load_model(tmp_path / "run")
+    assert sum(isinstance(m, Residual) for m in model.decoder) == 2 * len(model.config.encoder_hidden)
+    capsys.readouterr()
+    assert main([*flags, "--model", "mlp", "--res-blocks", "1", "--out", str(tmp_path / "mlp")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "res_blocks must be one of 0, 1, 2, 3, 4 for a conv model" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*flags, "--res-blocks", "5", "--out", str(tmp_path / "five")])
+    assert exit_info.value.code == 2

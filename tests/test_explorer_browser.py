@@ -26,7 +26,7 @@ from vaekit.artifacts import EXPLORER, FIGURES, REPORT, write_artifacts
 from vaekit.artifacts.explorer import ExplorerError, decoder_layers, explorer_html
 from vaekit.data import Splits
 from vaekit.model import VAE, model_config
-from vaekit.model.conv import ToRows
+from vaekit.model.conv import Residual, ToRows
 from vaekit.run import save_weights
 
 from .artifact_runs import Html, make_run
@@ -456,10 +456,11 @@ def _odd_decoder() -> VAE:
     return model
 
 
-CONV_CASES = {"grey-28": ((28, 28), 1.0, "nearest"), "colour-20x28-narrow": ((20, 28, 3), 0.25, "nearest"),
-              "colour-33x17-narrow": ((33, 17, 3), 0.25, "nearest"),
-              "transposed-grey-28": ((28, 28), 1.0, "transposed"),
-              "transposed-colour-33x17": ((33, 17, 3), 0.25, "transposed")}
+CONV_CASES = {"grey-28": ((28, 28), 1.0, "nearest", 0), "colour-20x28-narrow": ((20, 28, 3), 0.25, "nearest", 0),
+              "colour-33x17-narrow": ((33, 17, 3), 0.25, "nearest", 0),
+              "transposed-grey-28": ((28, 28), 1.0, "transposed", 0),
+              "transposed-colour-33x17": ((33, 17, 3), 0.25, "transposed", 0),
+              "residual-colour-20x28-narrow": ((20, 28, 3), 0.25, "nearest", 2)}
 
 
 @pytest.mark.parametrize("case", [*CONV_CASES, "odd-kernels"])
@@ -469,14 +470,17 @@ def test_other_conv_decoders_match_pytorch(open_page: Any, tmp_path: Path, case:
     if case == "odd-kernels":
         model = _odd_decoder()
     else:
-        shape, width, upsample = CONV_CASES[case]
+        shape, width, upsample, res_blocks = CONV_CASES[case]
         torch.manual_seed(5)
-        cfg = model_config("conv", zdim=8, image_shape=shape, width=width)
+        cfg = model_config("conv", zdim=8, image_shape=shape, width=width, res_blocks=res_blocks)
         cfg.upsample = upsample
         model = VAE(cfg).eval()
         with torch.no_grad():
+            for block in (m for m in model.decoder if isinstance(m, Residual)):  # not the identity they start as
+                nn.init.normal_(block.body[-1].weight, std=0.05)
+                nn.init.normal_(block.body[-1].bias, std=0.05)
             for p in model.decoder.parameters():
-                p.mul_(3.0)
+                p.mul_(2.0 if res_blocks else 3.0)  # the blocks' sums grow faster: logits of about +-20 either way
     page = open_page(_write_page(model, tmp_path / "page.html"))
     z = torch.randn(40, model.zdim, generator=torch.Generator().manual_seed(6)) * 1.5
     want = _reference(model, z)

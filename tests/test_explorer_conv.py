@@ -28,7 +28,7 @@ from vaekit.artifacts.figures import (
 )
 from vaekit.data import Splits
 from vaekit.model import VAE, model_config
-from vaekit.model.conv import ToRows
+from vaekit.model.conv import Residual, ToRows
 
 from .artifact_runs import make_run
 
@@ -75,6 +75,21 @@ def test_conv_preset_layers_sizes_and_weight_layout(upsample: str) -> None:
     described = [la for la in layers if la["type"].startswith("conv")]
     assert [la["outSize"] for la in described] == [[7, 7], [14, 14], [28, 28], [28, 28]]
     assert buf.size == sum(p.numel() for p in model.decoder.parameters())
+
+
+def test_residual_blocks_go_to_the_page_as_their_body() -> None:
+    """Each block is one "residual" layer holding its body's layers (their weights in the same buffer, in module
+    order) and the size of the image it adds back to; the page runs them (tests/test_explorer_browser.py)."""
+    model = VAE(model_config("conv", image_shape=(32, 32, 3), res_blocks=1)).eval()
+    layers, raw = decoder_layers(model)
+    blocks = [la for la in layers if la["type"] == "residual"]
+    assert [[b["type"] for b in block["layers"]] for block in blocks] == [["conv2d", "leaky_relu", "conv2d"]] * 3
+    assert [block["size"] for block in blocks] == [64 * 8 * 8, 32 * 16 * 16, 32 * 32 * 32]
+    assert np.frombuffer(raw, dtype="<f4").size == sum(p.numel() for p in model.decoder.parameters())
+    block = Residual(4, nn.ReLU)
+    block.body[-1] = nn.Conv2d(4, 3, 3, padding=1)  # a body that changes the channels cannot be added back
+    with pytest.raises(ExplorerError, match="residual block"):
+        decoder_layers(_decoder(nn.Linear(4, 256), nn.Unflatten(-1, (4, 8, 8)), block, ToRows()))
 
 
 def test_an_upsampling_the_page_cannot_run_is_refused() -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from vaekit.artifacts.explorer import (
     ENCODE_PATH,
@@ -33,18 +34,25 @@ from vaekit.artifacts.explorer import (
 from vaekit.data.images import decode_image
 from vaekit.data.tensors import to_unit
 from vaekit.model import VAE, model_config
+from vaekit.model.conv import Residual
 
 from .test_explorer_browser import Page, browser, open_page  # noqa: F401 - the shared Chromium fixtures
 
-FAMILIES = [("mlp", (12, 10)), ("mlp", (8, 6, 3)), ("conv", (16, 16)), ("conv", (16, 16, 3))]
+FAMILIES = [("mlp", (12, 10)), ("mlp", (8, 6, 3)), ("conv", (16, 16)), ("conv", (16, 16, 3)),
+            ("conv+res", (16, 16, 3))]
 
 
 def _model(preset: str, shape: tuple[int, ...]) -> VAE:
     """A random model with its weights scaled up, so the activations' non-linear ranges matter, different
-    images land far apart and their means decode to different images."""
+    images land far apart and their means decode to different images. ``conv+res``: a residual block per level,
+    whose second convolution is drawn too (a block starts as the identity)."""
     torch.manual_seed(len(shape))
-    model = VAE(model_config(preset, zdim=3, hidden=[24] if preset == "mlp" else [8, 16], image_shape=shape)).eval()
+    name, _, res = preset.partition("+")
+    model = VAE(model_config(name, zdim=3, hidden=[24] if name == "mlp" else [8, 16], image_shape=shape,
+                             res_blocks=1 if res else 0)).eval()
     with torch.no_grad():
+        for block in (m for m in [*model.encoder, *model.decoder] if isinstance(m, Residual)):
+            nn.init.normal_(block.body[-1].weight, std=0.05)
         for p in model.parameters():
             p.mul_(3.0)
     return model

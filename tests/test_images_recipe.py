@@ -90,17 +90,32 @@ def test_a_small_folder_gets_epochs_for_its_steps_said_in_one_line(array_file: P
     flags = ["--data", str(array_file), "--steps", "20", "--batch-size", "16", "--device", "cpu", "--no-artifacts"]
     assert main(["train", *flags, "--out", str(run)]) == 0
     n_train = json.loads((run / "config.json").read_text())["data"]["n_train"]
-    epochs = -(-20 // -(-n_train // 16))
-    line = (f"vaekit train: {n_train:,} training images, batch 16: {epochs} epochs for about 20 steps "
-            "(--epochs overrides)")
+    per_epoch = -(-n_train // 16)
+    epochs, patience = -(-20 // per_epoch), -(-RECIPES["images"]["patience_steps"] // per_epoch)
+    line = (f"vaekit train: {n_train:,} training images, batch 16: {epochs} epochs for about 20 steps; early stopping "
+            f"after {patience} epochs ({patience * per_epoch} steps) without a better val_loss (--epochs and "
+            "--patience override)")
     assert line in capsys.readouterr().err.splitlines()
     stored = json.loads((run / "config.json").read_text())["train"]
     assert (stored["epochs"], stored["steps"], stored["recipe"]) == (epochs, 20, "images") and epochs > 1
+    assert stored["patience"] == patience > RECIPES["images"]["patience"]  # stored, so a resumed run keeps it
     assert len((run / "metrics.csv").read_text().splitlines()) == 1 + epochs
 
-    assert main(["train", *flags, "--epochs", "1", "--out", str(tmp_path / "one")]) == 0
-    assert "steps (--epochs overrides)" not in capsys.readouterr().err
-    assert json.loads((tmp_path / "one" / "config.json").read_text())["train"]["epochs"] == 1
+    assert main(["train", *flags, "--epochs", "1", "--patience", "3", "--out", str(tmp_path / "one")]) == 0
+    assert "vaekit train: " not in capsys.readouterr().err  # neither budget said: both given
+    stored = json.loads((tmp_path / "one" / "config.json").read_text())["train"]
+    assert (stored["epochs"], stored["patience"], stored["patience_steps"]) == (1, 3, 0)
+
+
+def test_a_large_data_set_keeps_the_recipes_patience_in_epochs() -> None:
+    from vaekit.training.budget import settle_budget
+
+    config = recipe_config("images", {"data": "x/"})
+    big = settle_budget(config, 54_000, True, True, False)  # Fashion-MNIST: 844 steps an epoch
+    assert (big.epochs, big.patience) == (4, 10)
+    small = settle_budget(config, 238, True, True, False)  # a folder of 300 images: 4 steps an epoch
+    assert (small.epochs, small.patience) == (750, 125)
+    assert settle_budget(config, 238, True, False, False) == config, "a resumed run keeps what it stored"
 
 
 # --- early stopping -----------------------------------------------------------------------------------------------
@@ -144,6 +159,20 @@ def test_early_stopping_stops_and_keeps_the_best_epochs_weights(array_file: Path
     assert _equal(_weights(tmp_path / "stopped", "best.safetensors"), _weights(tmp_path / "two"))
     # Its test numbers are those of the kept weights.
     assert run.summary["test_loss"] == json.loads((tmp_path / "two" / "summary.json").read_text())["test_loss"]
+
+
+@pytest.mark.usefixtures("scripted_val")
+def test_a_small_folder_waits_its_patience_in_steps_and_stops_early(array_file: Path, tmp_path: Path) -> None:
+    """About 96 training images in batches of 32 are 3 steps an epoch: patience_steps 9 waits 3 epochs where the
+    patience of 2 would wait 2, so the run stops after epoch 5 (best at epoch 2) with epoch 2's weights."""
+    from dataclasses import replace
+
+    config = replace(_config(), patience=2, patience_steps=9)
+    run = vaekit.train(config, tmp_path / "stopped", data=array_file)
+    assert run.train_config.patience == 3 and len(run.metrics) == 5 < config.epochs
+    assert run.summary["best_val_epoch"] == 2
+    vaekit.train(_config(epochs=2, patience=0), tmp_path / "two", data=array_file)
+    assert _equal(_weights(tmp_path / "stopped"), _weights(tmp_path / "two"))
 
 
 class KillAfter(Callback):

@@ -95,6 +95,8 @@ ARCHITECTURES = ("mlp", "conv", "hierarchical")
 # How a conv decoder doubles its size: 3x3 transposed convolutions with stride 2 (PyTorch-VAE's, and the conv
 # preset's before it changed), or nearest-neighbour upsampling followed by a 3x3 convolution.
 UPSAMPLING = ("transposed", "nearest")
+# Residual blocks a conv model may add after each level of its encoder and decoder (model/conv.py).
+RES_BLOCKS = (0, 1, 2, 3, 4)
 
 
 @dataclass
@@ -127,6 +129,7 @@ class ModelConfig:
     # whose parameters it outputs instead; configs stored before heads existed load as "logits".
     head: str = "logits"
     mixtures: int = 0  # components of the logistic-mixture head (0 for every other head)
+    res_blocks: int = 0  # conv only: residual blocks after each level (one of RES_BLOCKS); stored configs load as 0
 
     @property
     def input_dim(self) -> int:
@@ -163,6 +166,10 @@ class ModelConfig:
         if self.learn_sigma and self.head != "logits":
             raise ConfigError(f"learn_sigma adds one scale per pixel for every image; the {self.head} head takes its "
                               "scales from z: set learn_sigma to false")
+        if not _int_between(self.res_blocks, RES_BLOCKS[0], RES_BLOCKS[-1]) or (
+                self.res_blocks and self.architecture != "conv"):
+            raise ConfigError(f"res_blocks must be one of {_listed(RES_BLOCKS)} for a conv model, 0 for any other "
+                              f"(got {_short(self.res_blocks)} for a {self.architecture} model)")
         if self.architecture == "hierarchical":
             self._validate_groups()
 
@@ -253,6 +260,7 @@ class TrainConfig:
     zdim: int | None = None  # None: the preset's own latent size (2 for `seed`)
     model: str | None = None  # None: seed (the post's) for 28x28 grey images, else conv
     width: float = 1.0  # channel multiplier of the conv presets
+    res_blocks: int | None = None  # residual blocks after each level of a conv preset (None: 0, or the recipe's)
     hidden: list[int] | None = None  # hidden sizes of the `mlp` preset (encoder order)
     activation: str | None = None
     likelihood: str = "bernoulli"
@@ -288,6 +296,9 @@ class TrainConfig:
     # Stop once val_loss has not improved for this many epochs, and keep the best epoch's weights (0: never;
     # needs a validation split).
     patience: int = 0
+    # The least optimizer steps that patience spans: a run whose epochs are a few steps waits more epochs, decided
+    # with the step budget (0: patience is exactly its epochs; an explicit patience clears it).
+    patience_steps: int = 0
     progress: bool = True
     artifacts: bool = True  # draw the figures and write the explorer and report at the end
     tensorboard: bool = False  # also log per-epoch scalars to RUN/tensorboard/ (needs the tensorboard package)
@@ -336,6 +347,8 @@ class TrainConfig:
             _positive_int("steps", self.steps, MAX_EPOCHS)
         if not _int_between(self.patience, 0, MAX_EPOCHS):
             raise ConfigError(f"patience must be an integer number of epochs >= 0 (got {_short(self.patience)})")
+        if not _int_between(self.patience_steps, 0, MAX_EPOCHS):
+            raise ConfigError(f"patience_steps must be an integer >= 0 (got {_short(self.patience_steps)})")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         self._validate_stabilisers()
@@ -394,6 +407,8 @@ class TrainConfig:
             raise ConfigError(f"width must be a positive number up to 64 (got {self.width!r})")
         if self.model is not None and self.model not in PRESETS:
             raise ConfigError(f"unknown model preset {self.model!r}; choose one of {', '.join(PRESETS)}")
+        if self.res_blocks is not None and not _int_between(self.res_blocks, RES_BLOCKS[0], RES_BLOCKS[-1]):
+            raise ConfigError(f"res_blocks must be one of {_listed(RES_BLOCKS)} (got {_short(self.res_blocks)})")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -417,6 +432,10 @@ def _short(value: Any) -> str:
         return f"a {value.bit_length()}-bit integer"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _listed(values: tuple[int, ...]) -> str:
+    return ", ".join(map(str, values))
 
 
 def _int_between(value: Any, low: int, high: int) -> bool:
@@ -459,9 +478,11 @@ def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
 #   and a cosine decay to 0, batch 64: twice the post's steps per epoch, which small folders need;
 # * a budget in steps, not epochs: 3,000 optimizer steps whatever the folder's size (2,000 training images
 #   get 94 epochs, Fashion-MNIST's 54,000 get 4), ``--epochs`` overriding;
-# * 10% of the training images for validation, early stopping after 10 epochs without a better val_loss,
-#   and the best epoch's weights kept.
-# A weight average (--ema) is not in the recipe until it is measured with it: IMAGES_EMA is its place.
+# * 10% of the training images for validation, early stopping after 10 epochs without a better val_loss, or
+#   500 steps where 10 epochs are fewer (a folder of 300 images: 125 epochs of 4 noisy steps, where 10 stopped it
+#   1.25 bits/dim short of its best), and the best epoch's weights kept.
+# A weight average (--ema 0.995) did not pay on a small folder or on Fashion-MNIST (docs/results-images.md), nor
+# did residual blocks (--res-blocks 1) at their cost: IMAGES_EMA is the average's place once one does.
 IMAGES_EMA: dict[str, Any] = {}
 RECIPES: dict[str, dict[str, Any]] = {
     "post": {},
@@ -484,6 +505,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "steps": 3000,
         "val_fraction": 0.1,
         "patience": 10,
+        "patience_steps": 500,
         **IMAGES_EMA,
     },
 }
@@ -516,6 +538,8 @@ def recipe_config(name: str | None, given: dict[str, Any] | None = None) -> Trai
         settings.pop("mixtures", None)  # the recipe's mixture size goes with its likelihood, not with another
     if "epochs" in given:
         settings["steps"] = None
+    if "patience" in given:  # the patience asked for, in epochs, whatever their length
+        settings["patience_steps"] = 0
     if given.get("val_fraction") == 0 and "patience" not in given:  # early stopping goes with its validation split
         settings["patience"] = 0
     return TrainConfig(**settings)

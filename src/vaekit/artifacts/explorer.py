@@ -7,7 +7,8 @@ test set's posterior means and labels as JSON), so it works from disk with no se
 decoder and the encoder are described layer by layer from the model's ``nn.Sequential`` bodies, by the same
 code, rather than from assumed sizes, so every preset (MLP or convolutional), image size, latent size and
 activation runs in the page exactly as in PyTorch (including the seed preset's missing activation between
-its first two layers, the conv presets' strided and transposed convolutions and nearest upsampling).
+its first two layers, the conv presets' strided and transposed convolutions, nearest upsampling and residual
+blocks).
 :func:`make_server` serves a page from memory on localhost (``vaekit explore --serve``), with PyTorch
 decoding and encoding behind it for a model the page cannot run.
 """
@@ -34,7 +35,7 @@ from vaekit.artifacts import EXPLORER
 from vaekit.artifacts.figures import label_classes, latent_means
 from vaekit.errors import VaekitError
 from vaekit.model import VAE
-from vaekit.model.conv import ToImage, ToRows
+from vaekit.model.conv import Residual, ToImage, ToRows
 from vaekit.text import printable
 
 MAX_POINTS = 10_000  # test means embedded in the page (MNIST's whole test set)
@@ -52,7 +53,8 @@ class ExplorerError(VaekitError):
 _ACTIVATION_NAMES: dict[type, str] = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
                                       nn.Identity: "identity"}
 SUPPORTED = ("Linear, Unflatten, Flatten, Conv2d, ConvTranspose2d (zero padding, no groups or dilation), "
-             "Upsample (nearest), ToImage, ToRows, ELU, ReLU, LeakyReLU, Tanh, GELU, SiLU, Sigmoid")
+             "Upsample (nearest), Residual (of these), ToImage, ToRows, ELU, ReLU, LeakyReLU, Tanh, GELU, SiLU, "
+             "Sigmoid")
 
 
 class _Weights:
@@ -163,6 +165,19 @@ def _reshape(module: nn.Module, shape: tuple[int, ...], part: str) -> tuple[dict
     return None
 
 
+def _residual(module: Residual, shape: tuple[int, ...], weights: _Weights, part: str) -> dict[str, Any]:
+    """A residual block as the layers of its body, which the page runs on a copy of the image and adds back."""
+    body: list[dict[str, Any]] = []
+    out = shape
+    for inner in module.body:
+        layer, out = _layer(inner, out, weights, part)
+        body.append(layer)
+    if out != shape:
+        raise ExplorerError(f"the {part} has a residual block whose body maps {shape} to {out}; the sum needs "
+                            "the same shape")
+    return {"type": "residual", "size": math.prod(shape), "layers": body}
+
+
 def _layer(module: nn.Module, shape: tuple[int, ...], weights: _Weights,
            part: str = "decoder") -> tuple[dict[str, Any], tuple[int, ...]]:
     """One module of the ``part`` network and the shape of what it outputs: (n,) values or a (C, H, W) image."""
@@ -184,6 +199,8 @@ def _layer(module: nn.Module, shape: tuple[int, ...], weights: _Weights,
     if isinstance(module, nn.Upsample):
         desc = _upsample(module, shape, part)
         return desc, (desc["channels"], *desc["outSize"])
+    if isinstance(module, Residual):
+        return _residual(module, shape, weights, part), shape
     raise ExplorerError(f"the {part} has a {type(module).__name__} layer, which the explorer page cannot run; "
                         f"supported: {SUPPORTED}")
 

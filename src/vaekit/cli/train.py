@@ -19,6 +19,7 @@ from vaekit.config import (
     PRECISIONS,
     PRESETS,
     RECIPES,
+    RES_BLOCKS,
     ConfigError,
     TrainConfig,
     default_recipe,
@@ -111,6 +112,9 @@ def _model_flags(g: argparse._ArgumentGroup) -> None:
                    "latent groups at several resolutions, zdim channels per group)")
     g.add_argument("--zdim", type=positive_int, help="latent dimensions (default: the preset's, 2 for seed)")
     g.add_argument("--width", type=positive_float, help="channel multiplier of the conv presets (default 1)")
+    g.add_argument("--res-blocks", type=int, choices=RES_BLOCKS, metavar="N",
+                   help=f"residual blocks after each level of a conv preset's encoder and decoder, one of "
+                        f"{', '.join(map(str, RES_BLOCKS))} (default 0)")
     g.add_argument("--hidden", type=_hidden, help="hidden sizes in encoder order, e.g. 512,256, mirrored by the "
                    "decoder: the layer widths of an MLP preset or the channels per level of a conv preset (not seed)")
     g.add_argument("--activation", choices=ACTIVATIONS, help="activation of the preset's hidden layers, MLP or conv "
@@ -197,7 +201,8 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
 # The TrainConfig fields set by flags of the same name (dashes for underscores).
 _FIELDS = (
     "dataset", "data_dir", "data", "image_size", "channels", "test_fraction", "skip_bad", "epochs", "batch_size",
-    "lr", "zdim", "model", "width", "hidden", "activation", "likelihood", "mixtures", "sigma", "learn_sigma",
+    "lr", "zdim", "model", "width", "res_blocks", "hidden", "activation", "likelihood", "mixtures", "sigma",
+    "learn_sigma",
     "device", "seed", "checkpoint_every", "grid_size", "grid_spacing", "detect_anomaly", "objective", "k", "beta",
     "kl_warmup", "binarize", "precision", "compile", "fused_step", "cuda_graph", "lr_schedule", "lr_warmup", "recipe",
     "artifacts", "tensorboard", "val_fraction", "steps", "patience", "grad_clip", "skip_threshold", "ema",

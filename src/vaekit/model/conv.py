@@ -10,6 +10,10 @@ upsampling to exactly the encoder's size followed by a 3x3 convolution (the ``co
 artefacts) or a 3x3 transposed convolution whose ``output_padding`` (0 or 1) lands on that size
 (``pytorch-vae-vanilla``, and ``conv`` runs stored before it changed), then one 3x3 convolution to the image's
 channels. No batch norm: evaluation never depends on the batch.
+
+``res_blocks`` adds that many residual blocks (:class:`Residual`, x + conv(act(conv(x))) at constant size and
+channels) after every level of both the encoder and the decoder: more depth per resolution without a longer
+path for the gradient, each block starting as the identity.
 """
 
 from __future__ import annotations
@@ -38,6 +42,25 @@ class ToRows(nn.Module):
         return x.movedim(-3, -1).flatten(-3)
 
 
+class Residual(nn.Module):
+    """``x + conv(act(conv(x)))`` with 3x3 convolutions that keep the size and channels of ``x``.
+
+    The second convolution starts at zero, so a block starts as the identity: adding blocks does not change the
+    function a fresh model computes, nor the scale of its activations, and the first steps train the levels
+    as if the blocks were not there (SkipInit; De and Smith, 2020).
+    """
+
+    def __init__(self, channels: int, act: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), act(),
+                                  nn.Conv2d(channels, channels, 3, padding=1))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
 def level_sizes(height: int, width: int, levels: int) -> list[tuple[int, int]]:
     """The (H, W) of the image and of every encoder level after it."""
     sizes = [(height, width)]
@@ -48,13 +71,15 @@ def level_sizes(height: int, width: int, levels: int) -> list[tuple[int, int]]:
 
 
 def conv_encoder(shape: tuple[int, int, int], channels: list[int], zdim: int,
-                 act: Callable[[], nn.Module]) -> nn.Sequential:
-    """Strided 3x3 convolutions through ``channels``, then one linear map to (mu, logvar)."""
+                 act: Callable[[], nn.Module], res_blocks: int = 0) -> nn.Sequential:
+    """Strided 3x3 convolutions through ``channels`` (each followed by ``res_blocks`` residual blocks), then one
+    linear map to (mu, logvar)."""
     h, w, c = shape
     layers: list[nn.Module] = [ToImage(h, w, c)]
     c_in = c
     for c_out in channels:
         layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), act()]
+        layers += [Residual(c_out, act) for _ in range(res_blocks)]
         c_in = c_out
     h_last, w_last = level_sizes(h, w, len(channels))[-1]
     layers += [nn.Flatten(), nn.Linear(c_in * h_last * w_last, 2 * zdim)]
@@ -63,13 +88,14 @@ def conv_encoder(shape: tuple[int, int, int], channels: list[int], zdim: int,
 
 def conv_decoder(shape: tuple[int, int, int], channels: list[int], zdim: int,
                  act: Callable[[], nn.Module], upsample: str = "transposed",
-                 out_channels: int | None = None) -> nn.Sequential:
+                 out_channels: int | None = None, res_blocks: int = 0) -> nn.Sequential:
     """The encoder mirrored: a linear map to the last level, one level up at a time, a 3x3 conv out.
 
     ``channels`` are in encoder order; level l (from the last) goes from ``channels[l]`` to
     ``channels[l - 1]`` (the first level to ``channels[0]`` again), as in PyTorch-VAE's VanillaVAE.
     ``upsample`` says how a level goes up (:func:`up_level`); ``out_channels`` is the final convolution's
     output channels (default: the image's), so a likelihood with several parameters per pixel can widen it.
+    Every level ends with ``res_blocks`` residual blocks, the full-size level included.
     """
     h, w, c = shape
     sizes = level_sizes(h, w, len(channels))
@@ -79,6 +105,7 @@ def conv_decoder(shape: tuple[int, int, int], channels: list[int], zdim: int,
     for level in range(len(channels), 0, -1):
         c_in, c_out = channels[level - 1], channels[max(level - 2, 0)]
         layers += [*up_level(c_in, c_out, sizes[level], sizes[level - 1], upsample), act()]
+        layers += [Residual(c_out, act) for _ in range(res_blocks)]
     layers += [nn.Conv2d(channels[0], c if out_channels is None else out_channels, 3, padding=1), ToRows()]
     return nn.Sequential(*layers)
 

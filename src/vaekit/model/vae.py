@@ -65,9 +65,9 @@ class VAE(nn.Module):
         elif config.architecture == "conv":
             h, w, *c = config.image_shape
             shape, act = (h, w, c[0] if c else 1), _ACTIVATIONS[config.activation]
-            self.encoder = conv_encoder(shape, config.encoder_hidden, config.zdim, act)
+            self.encoder = conv_encoder(shape, config.encoder_hidden, config.zdim, act, config.res_blocks)
             self.decoder = conv_decoder(shape, config.encoder_hidden, config.zdim, act, config.upsample,
-                                        self.params_per_pixel)
+                                        self.params_per_pixel, config.res_blocks)
         else:
             self.encoder = _mlp([d, *config.encoder_hidden, 2 * config.zdim], config.activation)
             self.decoder = _mlp(

@@ -65,12 +65,14 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
             config = replace(config, progress=False)  # one progress bar and one log: rank 0's
         device = ctx.device or resolve_device(config.device)
         precision.resolve(config.precision, device)  # fp16 away from CUDA fails here, before the data is read
-        extra = default_callbacks(config.progress, config.tensorboard, run_dir, config.patience) + list(callbacks)
+        default_callbacks(config.progress, config.tensorboard, run_dir)  # and so does a missing tensorboard package
         splits, own, val = read_data(config, run_dir, ctx, data, stored, device)
         config = replace(config, model=config.model or default_model(splits, ctx.is_main),
                          val_fraction=val.fraction if val is not None else 0.0)
         config = settle_budget(config, len(splits.train_images), val is not None, stored is None,
                                ctx.is_main and config.progress)
+        extra = default_callbacks(config.progress, config.tensorboard, run_dir, config.patience)  # settled patience
+        extra += list(callbacks)
         mcfg = model_config_for(config, tuple(splits.train_images.shape[1:]))
         with folder_held(run_dir, config, resume, ctx):
             t = build_trainer(config, mcfg, splits, run_dir, device, ctx,
