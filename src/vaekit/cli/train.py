@@ -59,6 +59,13 @@ def _val_fraction(text: str) -> float:
     return value
 
 
+def _seed_list(text: str) -> list[int]:
+    """--seeds, parsed by the module that trains them (imported only when the flag is given: it loads torch)."""
+    from vaekit.experiments.seeds import parse_seeds
+
+    return parse_seeds(text)
+
+
 def _sigma(text: str) -> float | str:
     """A positive number, or ``learned`` for a per-pixel standard deviation learned with the weights."""
     if text.strip().lower() == "learned":
@@ -160,6 +167,9 @@ def _optimization_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--lr-warmup", type=_number(float, 0.0, what="a number of epochs >= 0"),
                    help="epochs of linear learning-rate warm-up (default 0)")
     g.add_argument("--seed", type=seed_int, help="random seed; same seed, same weights on CPU (default 0)")
+    g.add_argument("--seeds", type=_seed_list, metavar="LIST",
+                   help="train one run per seed, such as 0,1,2 or 0-4, one after another into OUT/seed-N/, then "
+                        "write OUT/summary.json and print each number's mean \u00b1 standard error (not with --seed)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     g.add_argument("--precision", choices=PRECISIONS,
                    help="auto (default: bf16 for conv models where bf16 is native, else fp32), fp32, bf16 (autocast; "
@@ -222,31 +232,68 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, A
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vaekit.run import CONFIG, read_config
-    from vaekit.training import RESUMABLE, train
+    from vaekit.training import train
 
     config, given = config_from_args(args)
     if args.resume and args.force:
         raise ConfigError("--resume and --force contradict each other: pick one")
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out RUN_FOLDER")
+    if args.seeds is not None:
+        return _train_seeds(args, config, given)
     if args.resume:
-        if not args.out:
-            raise ConfigError("--resume needs --out RUN_FOLDER")
-        if (Path(args.out) / CONFIG).exists():
-            _, stored, _ = read_config(Path(args.out))
-            def same(field: str, value: object) -> bool:
-                old = getattr(stored, field)
-                return (old == value or (field == "recipe" and {old, value} <= {None, "post"})  # post: the default
-                        or (field == "val_fraction" and old is None and value == 0))  # a run from before: none
-
-            clash = [f for f, v in given.items() if f not in (*RESUMABLE, "data") and not same(f, v)]
-            if clash:
-                flags = ", ".join("--" + f.replace("_", "-") for f in clash)
-                verb = "differs" if len(clash) == 1 else "differ"
-                raise ConfigError(f"{flags} {verb} from the run being resumed; resume with the same settings "
-                                  "or start a new run with another --out")
-            for f in RESUMABLE:  # keep the stored value unless the flag was given
-                if f not in given and f != "progress":
-                    setattr(config, f, getattr(stored, f))
+        config = _resumed_config(config, given, Path(args.out))
     config.validate()
     train(config, args.out, resume=args.resume, force=args.force)
+    return 0
+
+
+def _resumed_config(config: TrainConfig, given: dict[str, Any], out: Path) -> TrainConfig:
+    """The config to resume ``out`` with: the flags given must match its stored settings but for RESUMABLE ones,
+    whose stored values are kept unless given."""
+    from vaekit.run import CONFIG, read_config
+    from vaekit.training import RESUMABLE
+
+    if not (out / CONFIG).exists():
+        return config
+    _, stored, _ = read_config(out)
+
+    def same(field: str, value: object) -> bool:
+        old = getattr(stored, field)
+        return (old == value or (field == "recipe" and {old, value} <= {None, "post"})  # post: the default
+                or (field == "val_fraction" and old is None and value == 0))  # a run from before: none
+
+    clash = [f for f, v in given.items() if f not in (*RESUMABLE, "data") and not same(f, v)]
+    if clash:
+        flags = ", ".join("--" + f.replace("_", "-") for f in clash)
+        verb = "differs" if len(clash) == 1 else "differ"
+        raise ConfigError(f"{flags} {verb} from the run being resumed; resume with the same settings "
+                          "or start a new run with another --out")
+    for f in RESUMABLE:  # keep the stored value unless the flag was given
+        if f not in given and f != "progress":
+            setattr(config, f, getattr(stored, f))
+    return config
+
+
+def _train_seeds(args: argparse.Namespace, config: TrainConfig, given: dict[str, Any]) -> int:
+    """``--seeds``: one run per seed into OUT/seed-N, each exactly the run ``--seed N --out OUT/seed-N`` is."""
+    from dataclasses import replace
+
+    from vaekit.experiments.seeds import out_folder, summary_lines, train_seeds
+
+    if args.seed is not None:
+        raise ConfigError("--seed and --seeds exclude each other: give --seeds for several seeds, --seed for one")
+    out = out_folder(args.out)
+
+    def config_for(seed: int, run_dir: Path, resume: bool) -> TrainConfig:
+        seeded = replace(config, seed=seed)
+        if resume:
+            seeded = _resumed_config(seeded, {**given, "seed": seed}, run_dir)
+        seeded.validate()
+        return seeded
+
+    seeds = ",".join(map(str, args.seeds))
+    summary = train_seeds(config_for, args.seeds, out, resume=args.resume, force=args.force,
+                          again=f"vaekit train --seeds {seeds} --out {out}")
+    print("\n".join(summary_lines(summary)))
     return 0
