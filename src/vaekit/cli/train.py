@@ -285,10 +285,18 @@ def _train_seeds(args: argparse.Namespace, config: TrainConfig, given: dict[str,
         raise ConfigError("--seed and --seeds exclude each other: give --seeds for several seeds, --seed for one")
     out = out_folder(args.out)
 
-    def config_for(seed: int, run_dir: Path, resume: bool) -> TrainConfig:
+    def config_for(seed: int, run_dir: Path, stored: Path | None) -> TrainConfig:
         seeded = replace(config, seed=seed)
-        if resume:
+        if stored == run_dir:  # a started seed: resumed like a single run
             seeded = _resumed_config(seeded, {**given, "seed": seed}, run_dir)
+        elif stored is not None:  # not started yet: the settings the started seeds were trained with
+            from vaekit.run import read_config
+            from vaekit.training import RESUMABLE
+
+            seeded = _resumed_config(seeded, given, stored)
+            settings = read_config(stored)[1]
+            seeded = replace(settings, seed=seed, data=seeded.data or settings.data,
+                             **{f: getattr(seeded, f) for f in RESUMABLE})
         seeded.validate()
         return seeded
 

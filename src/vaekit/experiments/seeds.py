@@ -32,9 +32,10 @@ from vaekit.text import printable
 SEEDS_SUMMARY = "summary.json"  # DIR/summary.json, beside the seed folders
 _ITEM = re.compile(r"^(\d{1,19})(?:-(\d{1,19}))?$")  # "3" or "0-4"
 
-# (seed, its run folder, resume it) -> the config to train that seed with; ``vaekit train`` checks a resumed
-# folder's stored settings against the flags given here, as it does for a single run.
-ConfigFor = Callable[[int, Path, bool], TrainConfig]
+# (seed, its run folder, the run folder whose stored settings it continues or None) -> the config to train that seed
+# with: its own folder when resuming a started seed, a started sibling's for a seed not started yet (so it trains
+# with the settings of the seeds before it, not the defaults), None for a fresh start.
+ConfigFor = Callable[[int, Path, Path | None], TrainConfig]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -98,18 +99,19 @@ def train_seeds(config_for: ConfigFor, seeds: list[int], out: Path, *, resume: b
     from vaekit.training import train
 
     check_out(out, seeds, resume, force)
+    started = [seed_folder(out, s) for s in seeds if resume and (seed_folder(out, s) / runs.CONFIG).exists()]
     for seed in seeds:
         run_dir = seed_folder(out, seed)
-        started = resume and (run_dir / runs.CONFIG).exists()
-        config = config_for(seed, run_dir, started)
-        if started and is_finished(run_dir, config):
+        own = run_dir in started
+        config = config_for(seed, run_dir, run_dir if own else (started[0] if started else None))
+        if own and is_finished(run_dir, config):
             if config.progress:
                 print(f"seed {seed}: {printable(run_dir)} is finished; left as it is", flush=True)
             continue
         if config.progress:
             print(f"seed {seed} of {printable(out)} ({seeds.index(seed) + 1}/{len(seeds)})", flush=True)
         try:
-            train(config, run_dir, resume=started, force=force and not resume)
+            train(config, run_dir, resume=own, force=force and not resume)
         except Interrupted as e:
             hint = f"; to continue every seed: {again} --resume" if again else ""
             raise Interrupted(f"seed {seed}: {e}{hint}", e.exit_code - 128) from e
