@@ -124,6 +124,8 @@ def test_an_existing_seeds_folder_is_refused_without_force(tiny_data: Path, trai
 @pytest.mark.parametrize(("flags", "says"), [
     (["--seeds", "0,1", "--seed", "3"], "--seed and --seeds"),
     (["--seeds", "0,0"], "given twice"),
+    (["--seeds", "0-3,2"], "seed 2 is given twice"),
+    (["--seeds", "0-5000"], "at most 1000 seeds"),
     (["--seeds", "1-0"], "ranges"),
     (["--seeds", "a,1"], "comma list"),
     (["--seeds", "-1"], "comma list"),

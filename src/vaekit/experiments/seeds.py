@@ -52,14 +52,16 @@ def parse_seeds(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(f"expected seeds from 0 to {MAX_SEED} and ranges low-high, got {shown}")
         if last - first + len(seeds) >= MAX_RUNS:
             raise argparse.ArgumentTypeError(f"at most {MAX_RUNS} seeds, got {shown}")
-        seeds.extend(range(first, last + 1))
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise argparse.ArgumentTypeError(f"seed {repeated[0]} is given twice in {shown}; name each seed once")
+        span = range(first, last + 1)
+        twice = set(seeds).intersection(span)
+        if twice:
+            raise argparse.ArgumentTypeError(f"seed {min(twice)} is given twice in {shown}; name each seed once")
+        seeds.extend(span)
     return seeds
 
 
 def seed_folder(out: Path, seed: int) -> Path:
+    """``OUT/seed-N``: the name ``vaekit compare`` reads as one run of a seed group."""
     return out / f"seed-{seed}"
 
 
