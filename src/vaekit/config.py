@@ -95,6 +95,10 @@ ARCHITECTURES = ("mlp", "conv", "hierarchical")
 # How a conv decoder doubles its size: 3x3 transposed convolutions with stride 2 (PyTorch-VAE's, and the conv
 # preset's before it changed), or nearest-neighbour upsampling followed by a 3x3 convolution.
 UPSAMPLING = ("transposed", "nearest")
+# The causal context of an 8-bit head (model/context.py): 0 for none (each pixel's distribution from z alone), or
+# the radius N of the window of earlier pixels each pixel's distribution also reads: the N rows above it and the
+# N pixels either side of it in those rows, and the N pixels before it in its own row (a (2N+1)^2 masked kernel).
+CONTEXTS = (0, 1, 2, 3)
 
 
 @dataclass
@@ -127,6 +131,7 @@ class ModelConfig:
     # whose parameters it outputs instead; configs stored before heads existed load as "logits".
     head: str = "logits"
     mixtures: int = 0  # components of the logistic-mixture head (0 for every other head)
+    context: int = 0  # radius of the causal window of earlier pixels the head also reads (one of CONTEXTS; 0: none)
 
     @property
     def input_dim(self) -> int:
@@ -165,6 +170,18 @@ class ModelConfig:
                               "scales from z: set learn_sigma to false")
         if self.architecture == "hierarchical":
             self._validate_groups()
+        self._validate_context()
+
+    def _validate_context(self) -> None:
+        """A causal context needs an 8-bit head (its log p(x|z) reads the image's own 8-bit values) and a flat
+        model (a hierarchy's sampling and in-page decoding have no place for the pixel-by-pixel pass)."""
+        _check_context(self.context)
+        if self.context and self.head not in EIGHT_BIT_LIKELIHOODS:
+            raise ConfigError(f"--context reads the earlier 8-bit pixels for an 8-bit likelihood; the {self.head} head "
+                              f"has none: use --likelihood {' or '.join(EIGHT_BIT_LIKELIHOODS)}, or drop --context")
+        if self.context and self.architecture == "hierarchical":
+            raise ConfigError("--context is for the flat models (conv, MLP presets), not the hierarchical one: "
+                              "drop --context, or choose another --model")
 
     def _validate_groups(self) -> None:
         """A hierarchy's latent groups: one count per level, the coarsest level holding the first group."""
@@ -283,6 +300,8 @@ class TrainConfig:
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: no clipping)
     skip_threshold: float = 0.0  # skip an update whose gradient norm exceeds this (0: never skip)
     ema: float = 0.0  # rate of an exponential moving average of the weights used for evaluation (0: none)
+    # Radius of the causal window of earlier pixels an 8-bit head also reads (ModelConfig.context; 0: none).
+    context: int = 0
 
     def validate(self) -> None:
         _positive_int("epochs", self.epochs, MAX_EPOCHS)
@@ -358,6 +377,10 @@ class TrainConfig:
         if self.likelihood in EIGHT_BIT_LIKELIHOODS and self.binarize != "none":
             raise ConfigError(f"--likelihood {self.likelihood} models 8-bit pixels, not the binary ones of "
                               f"--binarize {self.binarize}: drop --binarize, or use --likelihood bernoulli")
+        _check_context(self.context)
+        if self.context and self.likelihood not in EIGHT_BIT_LIKELIHOODS:
+            raise ConfigError(f"--context reads the earlier 8-bit pixels; --likelihood {self.likelihood} has none: use "
+                              f"--likelihood {' or '.join(EIGHT_BIT_LIKELIHOODS)}, or drop --context")
         if self.likelihood != "gaussian" and (self.learn_sigma or self.sigma != 1.0):
             flag = "--learn-sigma" if self.learn_sigma else "--sigma"
             has = ("takes its scales from the decoder" if self.likelihood in EIGHT_BIT_LIKELIHOODS
@@ -397,6 +420,11 @@ def _positive_int(name: str, value: Any, most: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (most is not None and value > most):
         bound = f" up to {most:,}" if most is not None else ""
         raise ConfigError(f"{name} must be a positive integer{bound} (got {_short(value)})")
+
+
+def _check_context(value: Any) -> None:
+    if isinstance(value, bool) or value not in CONTEXTS:
+        raise ConfigError(f"context must be one of {', '.join(map(str, CONTEXTS))} (got {_short(value)})")
 
 
 def _short(value: Any) -> str:

@@ -17,13 +17,15 @@ def model_config(
     width: float = 1.0,
     head: str = "logits",
     mixtures: int = 0,
+    context: int = 0,
 ) -> ModelConfig:
     """Resolve a preset name and optional overrides into a validated :class:`ModelConfig`.
 
     ``learn_sigma`` adds a per-pixel decoder log standard deviation starting at ``log(sigma_init)``. For
     the ``conv`` preset the number of levels follows the image size (down to about 4 x 4) and ``width``
     multiplies the channels of a conv preset. ``head`` is what the decoder outputs per sub-pixel (one of
-    ``HEADS``: logits, or an 8-bit likelihood's parameters), ``mixtures`` the logistic mixture's components.
+    ``HEADS``: logits, or an 8-bit likelihood's parameters), ``mixtures`` the logistic mixture's components,
+    ``context`` the radius of an 8-bit head's causal window of earlier pixels (0: none; :mod:`vaekit.model.context`).
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown model preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
@@ -50,6 +52,6 @@ def model_config(
         spec["decoder_hidden"] = spec["encoder_hidden"][::-1]
     cfg = ModelConfig(preset=preset, image_shape=tuple(image_shape), learn_sigma=learn_sigma,
                       sigma_init=float(sigma_init) if learn_sigma else 1.0, head=head,
-                      mixtures=mixtures, **spec)
+                      mixtures=mixtures, context=context, **spec)
     cfg.validate()
     return cfg
