@@ -377,16 +377,23 @@ class TrainConfig:
         if self.likelihood in EIGHT_BIT_LIKELIHOODS and self.binarize != "none":
             raise ConfigError(f"--likelihood {self.likelihood} models 8-bit pixels, not the binary ones of "
                               f"--binarize {self.binarize}: drop --binarize, or use --likelihood bernoulli")
-        _check_context(self.context)
-        if self.context and self.likelihood not in EIGHT_BIT_LIKELIHOODS:
-            raise ConfigError(f"--context reads the earlier 8-bit pixels; --likelihood {self.likelihood} has none: use "
-                              f"--likelihood {' or '.join(EIGHT_BIT_LIKELIHOODS)}, or drop --context")
+        self._validate_context()
         if self.likelihood != "gaussian" and (self.learn_sigma or self.sigma != 1.0):
             flag = "--learn-sigma" if self.learn_sigma else "--sigma"
             has = ("takes its scales from the decoder" if self.likelihood in EIGHT_BIT_LIKELIHOODS
                    else "has no sigma")
             raise ConfigError(f"{flag} sets the gaussian likelihood's sigma; --likelihood {self.likelihood} {has}: "
                               f"drop {flag}, or use --likelihood gaussian")
+
+    def _validate_context(self) -> None:
+        """The causal context's combinations, refused before any data is read (ModelConfig checks them again)."""
+        _check_context(self.context)
+        if self.context and self.likelihood not in EIGHT_BIT_LIKELIHOODS:
+            raise ConfigError(f"--context reads the earlier 8-bit pixels; --likelihood {self.likelihood} has none: use "
+                              f"--likelihood {' or '.join(EIGHT_BIT_LIKELIHOODS)}, or drop --context")
+        if self.context and PRESETS.get(str(self.model), {}).get("architecture") == "hierarchical":
+            raise ConfigError(f"--context is for the flat models (conv, MLP presets), not the hierarchical "
+                              f"{self.model}: drop --context, or choose another --model")
 
     def _validate_data(self) -> None:
         if self.data is not None and (self.dataset is not None or self.data_dir is not None):

@@ -96,28 +96,36 @@ def cmd_explore(args: argparse.Namespace) -> int:
     import webbrowser
 
     from vaekit.artifacts import load_inputs, write_artifacts
-    from vaekit.artifacts.explorer import ExplorerError, build_explorer, remote_note, runs_in_page, torch_decoder
+    from vaekit.artifacts.explorer import (
+        ExplorerError,
+        build_explorer,
+        remote_decoder,
+        remote_note,
+        runs_in_page,
+        torch_decoder,
+    )
     from vaekit.run import write_bytes
 
     if args.port is not None and not args.serve:
         raise ExplorerError("--port needs --serve")
     if not args.serve and args.out is None:
         path = write_artifacts(args.run, which=("explorer",), data_dir=args.data_dir, device=args.device)[0]
-        in_page = runs_in_page(load_inputs(args.run, device=args.device, need_data=False)[0].model)
+        model = load_inputs(args.run, device=args.device, need_data=False)[0].model
     else:
         run, splits = load_inputs(args.run, data_dir=args.data_dir, device=args.device)
         page = build_explorer(run, splits).encode("utf-8")
-        in_page = runs_in_page(run.model)
+        model = run.model
         if args.out is not None:
             write_bytes(args.out, page)
         if args.serve:
-            decoder = None if in_page else torch_decoder(run.model)
+            decoder = None if runs_in_page(model) else torch_decoder(model)
             if decoder is not None:
-                print("vaekit explore: the hierarchical decoder runs in PyTorch behind this server", file=sys.stderr)
+                print(f"vaekit explore: the {remote_decoder(model)} runs in PyTorch behind this server",
+                      file=sys.stderr)
             return serve(page, DEFAULT_PORT if args.port is None else args.port, args.open, decoder)
         path = Path(args.out)
-    if not in_page:
-        print(printable(f"vaekit explore: {remote_note(args.run)}"), file=sys.stderr)
+    if not runs_in_page(model):
+        print(printable(f"vaekit explore: {remote_note(args.run, model)}"), file=sys.stderr)
     print(printable(path))
     if args.open:
         webbrowser.open(path.resolve().as_uri())
