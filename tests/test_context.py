@@ -16,7 +16,7 @@ import vaekit
 from vaekit import run as runs
 from vaekit.artifacts.explorer import runs_in_page
 from vaekit.cli import main
-from vaekit.config import CONTEXTS, ConfigError, ModelConfig, TrainConfig
+from vaekit.config import CONTEXTS, RECIPES, ConfigError, ModelConfig, TrainConfig, recipe_config
 from vaekit.heads import head_mean
 from vaekit.model import VAE, model_config
 from vaekit.model.context import causal_mask
@@ -179,3 +179,14 @@ def test_mean_image_is_not_the_factorized_heads_mean() -> None:
     model = _model((3, 3, 3))
     params = model.decode(torch.randn(2, model.zdim, dtype=torch.float64))
     assert not torch.allclose(model.mean_image(params), head_mean("logistic-mixture", params, 3, 2))
+
+
+def test_a_recipes_context_goes_with_its_8_bit_likelihood_and_flat_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(RECIPES["images"], "context", 2)
+    assert recipe_config("images", {}).context == 2
+    assert recipe_config("images", {"likelihood": "discretized-logistic", "model": "mlp"}).context == 2
+    assert recipe_config("images", {"likelihood": "gaussian"}).context == 0
+    assert recipe_config("images", {"model": "hvae"}).context == 0
+    assert recipe_config("images", {"context": 1}).context == 1
+    with pytest.raises(ConfigError, match="drop --context"):
+        recipe_config("images", {"likelihood": "bernoulli", "context": 1}).validate()

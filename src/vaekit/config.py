@@ -527,7 +527,8 @@ def recipe_config(name: str | None, given: dict[str, Any] | None = None) -> Trai
 
     An explicit ``epochs`` replaces a recipe's step budget (``steps``), so the run trains exactly that many;
     turning the validation split off (``val_fraction`` 0) turns off the recipe's early stopping, which needs it;
-    and another ``likelihood`` drops the recipe's ``mixtures``, which only the logistic mixture has.
+    another ``likelihood`` drops the recipe's ``mixtures``, which only the logistic mixture has, and a likelihood
+    that is not 8-bit or the hierarchical model its ``context``.
     """
     given = dict(given or {})
     if name is None:
@@ -537,6 +538,9 @@ def recipe_config(name: str | None, given: dict[str, Any] | None = None) -> Trai
     settings = {**RECIPES[name], **given, "recipe": name}
     if settings.get("likelihood") != "logistic-mixture" and "mixtures" not in given:
         settings.pop("mixtures", None)  # the recipe's mixture size goes with its likelihood, not with another
+    if "context" not in given and (settings.get("likelihood") not in EIGHT_BIT_LIKELIHOODS or PRESETS.get(
+            str(settings.get("model")), {}).get("architecture") == "hierarchical"):
+        settings.pop("context", None)  # so does its causal context, which only a flat model's 8-bit head has
     if "epochs" in given:
         settings["steps"] = None
     if given.get("val_fraction") == 0 and "patience" not in given:  # early stopping goes with its validation split
