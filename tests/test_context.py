@@ -169,6 +169,7 @@ def test_a_context_run_draws_its_figures_and_points_the_explorer_to_serve(tiny_d
     assert main(["plot", str(run.path)]) == 0 and main(["explore", str(run.path)]) == 0
     err = capsys.readouterr().err
     assert "pixel-by-pixel decoder" in err and "--serve" in err
+    assert '"decodeUrl":"/decode"' in (run.path / "explorer.html").read_text()  # the page asks the server
     for name in ("samples.png", "reconstructions.png", "latent_grid.png", "explorer.html"):
         assert (run.path / name).stat().st_size > 0
     assert main(["report", str(run.path)]) == 0
