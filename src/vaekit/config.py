@@ -487,8 +487,8 @@ def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
 # * a causal context of radius 2 (model/context.py): each pixel's distribution also reads the 12 pixels before it
 #   in a 5x5 window, which a decoder independent per pixel given z cannot, and which PNG and WebP live on. On the
 #   32x32 photo crops of benchmarks/codec_table.py it took the recipe from 4.86 to 3.60 bits/dim in 30 minutes
-#   (PNG 4.05), and to 2.94 after its 3,000 steps (WebP lossless 3.01 on the same crops; benchmarks/RESULTS.md,
-#   2026-12-03), at the price of a latent that carries far less
+#   (PNG 4.05), and to 3.28 after its 3,000 steps (WebP lossless 3.35; benchmarks/RESULTS.md, 2026-12-03),
+#   at the price of a latent that carries far less
 #   (--context 0 for a latent that describes the image: reconstructions, the explorer).
 # A weight average (--ema) is not in the recipe until it is measured with it: IMAGES_EMA is its place.
 IMAGES_EMA: dict[str, Any] = {}
