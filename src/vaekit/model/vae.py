@@ -121,11 +121,15 @@ class VAE(nn.Module):
 
     def _init_head(self) -> None:
         """Start an 8-bit head near the uniform code: its outputs' biases from :func:`init_head_bias`, and the
-        last layer's weights a tenth of their default so that z moves the start only a little."""
+        last layer's weights a tenth of their default so that z moves the start only a little. A model laid out
+        on the meta device (load_model's size check) has no values to start: building the bias there would load
+        torch's compiler, seconds for nothing."""
+        last = [m for m in self.decoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+        if last.weight.is_meta:
+            return
         bias = init_head_bias(self.config.head, self.channels, self.config.mixtures)
         if bias is None:
             return
-        last = [m for m in self.decoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
         with torch.no_grad():
             last.weight.mul_(HEAD_INIT_WEIGHT)
             last.bias.copy_(bias.repeat(last.bias.numel() // bias.numel()))
