@@ -209,7 +209,7 @@ class MLflowTracker(Tracker):
             experiment = client.get_experiment_by_name(name)
             eid = experiment.experiment_id if experiment else client.create_experiment(name)
             self.run_id = client.create_run(eid, run_name=self.run_dir.name,
-                                            tags={"vaekit.run_dir": str(self.run_dir.resolve())}).info.run_id
+                                            tags={"vaekit_run_dir": str(self.run_dir.resolve())}).info.run_id
         items = [mlflow.entities.Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params in one request
             client.log_batch(self.run_id, params=items[i:i + 100])
