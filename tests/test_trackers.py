@@ -84,14 +84,15 @@ def test_mlflow_resume_continues_the_same_run(data: Path, tmp_path: Path, mlflow
     assert client.get_run(first).info.status == "FINISHED"
 
 
-def _wandb_records(path: Path) -> list[dict]:
-    """The records of an offline W&B run, as W&B's own ``wandb leet inspect --json`` prints them."""
-    done = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)],
+def _inspect(path: Path, *flags: str) -> str:
+    """An offline W&B run as W&B's own reader prints it: ``wandb leet inspect --json`` (one record a line;
+    with ``--summary`` one object)."""
+    done = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", *flags, str(path)],
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     if done.returncode != 0 and "No such command" in done.stderr:
         pytest.skip("this wandb has no `wandb leet inspect` to read an offline run with")
     assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    return done.stdout
 
 
 def test_wandb_offline_run_and_its_resume(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,7 +106,7 @@ def test_wandb_offline_run_and_its_resume(data: Path, tmp_path: Path, monkeypatc
     run_id = _tracker_run(run, "wandb")
     folders = sorted((tmp_path / "wandb").glob(f"offline-run-*-{run_id}*"))
     assert len(folders) == 2  # one W&B run, written in two sessions
-    records = [r for folder in folders for r in _wandb_records(folder)]
+    records = [json.loads(line) for folder in folders for line in _inspect(folder).splitlines() if line.strip()]
     assert {r["run"]["run_id"] for r in records if r["type"] == "run"} == {run_id}
     assert {r["run"]["project"] for r in records if r["type"] == "run"} == {"vaekit-tests"}
     history = [r["history"]["item"] for r in records if r["type"] == "history"]
@@ -118,8 +119,7 @@ def test_wandb_offline_run_and_its_resume(data: Path, tmp_path: Path, monkeypatc
         assert [v for _, v in logged] == pytest.approx([v for _, v in series], rel=1e-6, abs=1e-6), column
     summary = json.loads((run / "summary.json").read_text())
     last = folders[-1]  # the resumed session: named by its start time (and -1 within the same second)
-    state = json.loads(subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--summary", "--json",
-                                       str(last)], capture_output=True, text=True, timeout=60).stdout)
+    state = json.loads(_inspect(last, "--summary"))
     assert state["state"] == "finished" and state["summary"]["test_loss"] == pytest.approx(summary["test_loss"])
     assert state["config"]["train"]["epochs"] == 3 and state["config"]["model"]["zdim"] == 2
     assert (last / "files" / "summary.json").read_text() == (run / "summary.json").read_text()
