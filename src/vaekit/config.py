@@ -320,6 +320,10 @@ class TrainConfig:
     progress: bool = True
     artifacts: bool = True  # draw the figures and write the explorer and report at the end
     tensorboard: bool = False  # also log per-epoch scalars to RUN/tensorboard/ (needs the tensorboard package)
+    # Experiment trackers (training/trackers.py): None for none, "" for the tracker's default URI / project.
+    mlflow: str | None = None  # an MLflow tracking URI (needs the mlflow package)
+    wandb: str | None = None  # a W&B project (needs the wandb package)
+    strict_trackers: bool = False  # a failing tracker stops training instead of a warning
     # Stabilisers of deep hierarchies (VDVAE's): all off by default, so a run without them is unchanged.
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: no clipping)
     skip_threshold: float = 0.0  # skip an update whose gradient norm exceeds this (0: never skip)

@@ -200,6 +200,12 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
                    help="skip the figures, explorer and report at the end (vaekit plot/explore/report make them)")
     g.add_argument("--tensorboard", action="store_true", default=None,
                    help="log per-epoch scalars to RUN/tensorboard/ (needs: pip install \"vaekit[tensorboard]\")")
+    g.add_argument("--mlflow", nargs="?", const="", metavar="URI",
+                   help="track the run in MLflow at URI (default $MLFLOW_TRACKING_URI; needs \"vaekit[mlflow]\")")
+    g.add_argument("--wandb", nargs="?", const="", metavar="PROJECT",
+                   help="track the run in W&B PROJECT (default $WANDB_PROJECT or vaekit; needs \"vaekit[wandb]\")")
+    g.add_argument("--strict-trackers", action="store_true", default=None,
+                   help="stop training (checkpointed) when --mlflow or --wandb fails, instead of a warning")
     g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
@@ -211,6 +217,7 @@ _FIELDS = (
     "device", "seed", "checkpoint_every", "grid_size", "grid_spacing", "detect_anomaly", "objective", "k", "beta",
     "kl_warmup", "binarize", "precision", "compile", "fused_step", "cuda_graph", "lr_schedule", "lr_warmup", "recipe",
     "artifacts", "tensorboard", "val_fraction", "steps", "patience", "grad_clip", "skip_threshold", "ema",
+    "mlflow", "wandb", "strict_trackers",
 )
 
 
