@@ -11,6 +11,7 @@ from vaekit.config import (
     ACTIVATIONS,
     BINARIZE,
     CHANNELS,
+    CONTEXTS,
     GRID_SPACINGS,
     LIKELIHOODS,
     LR_SCHEDULES,
@@ -133,6 +134,10 @@ def _model_flags(g: argparse._ArgumentGroup) -> None:
                    "not with --binarize, --sigma or --learn-sigma")
     g.add_argument("--mixtures", type=positive_int, metavar="K",
                    help="components per pixel of --likelihood logistic-mixture (default 10)")
+    g.add_argument("--context", type=int, choices=CONTEXTS, metavar="N",
+                   help="an 8-bit likelihood's causal window: each pixel's distribution also reads the N rows above it "
+                        "and the N pixels before it (PixelVAE-style; 0: none, the default; one of "
+                        f"{', '.join(map(str, CONTEXTS))}); sampling then goes pixel by pixel")
     g.add_argument("--sigma", type=_sigma, help="standard deviation of the gaussian likelihood (default 1), or "
                                                 "'learned' for a learned per-pixel one; gaussian only")
     g.add_argument("--learn-sigma", action="store_true", default=None,
@@ -205,17 +210,24 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
                    help="skip the figures, explorer and report at the end (vaekit plot/explore/report make them)")
     g.add_argument("--tensorboard", action="store_true", default=None,
                    help="log per-epoch scalars to RUN/tensorboard/ (needs: pip install \"vaekit[tensorboard]\")")
+    g.add_argument("--mlflow", nargs="?", const="", metavar="URI",
+                   help="track the run in MLflow at URI (default $MLFLOW_TRACKING_URI; needs \"vaekit[mlflow]\")")
+    g.add_argument("--wandb", nargs="?", const="", metavar="PROJECT",
+                   help="track the run in W&B PROJECT (default $WANDB_PROJECT or vaekit; needs \"vaekit[wandb]\")")
+    g.add_argument("--strict-trackers", action="store_true", default=None,
+                   help="stop training (checkpointed) when --mlflow or --wandb fails, instead of a warning")
     g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
 # The TrainConfig fields set by flags of the same name (dashes for underscores).
 _FIELDS = (
     "dataset", "data_dir", "data", "image_size", "channels", "test_fraction", "skip_bad", "epochs", "batch_size",
-    "lr", "zdim", "model", "width", "res_blocks", "hidden", "activation", "likelihood", "mixtures", "sigma",
-    "learn_sigma",
+    "lr", "zdim", "model", "width", "res_blocks", "hidden", "activation", "likelihood", "mixtures", "context",
+    "sigma", "learn_sigma",
     "device", "seed", "checkpoint_every", "grid_size", "grid_spacing", "detect_anomaly", "objective", "k", "beta",
     "kl_warmup", "binarize", "precision", "compile", "fused_step", "cuda_graph", "lr_schedule", "lr_warmup", "recipe",
     "artifacts", "tensorboard", "val_fraction", "steps", "patience", "grad_clip", "skip_threshold", "ema",
+    "mlflow", "wandb", "strict_trackers",
 )
 
 
