@@ -218,7 +218,9 @@ def test_interpolate_command(runs: dict[str, Path], tmp_path: Path, capsys: pyte
     capsys.readouterr()
     for a, message in (("1,2,3", "A is a latent vector of 3 numbers, but the run's latent has 2 dimensions"),
                        (str(tmp_path / "pngs"), "A holds 2 images; give one image"),
-                       ("nope", "nope: no such file or folder")):
+                       ("nope", "nope: no such file or folder"),
+                       ("nan,0", "A is a latent vector holding NaN, infinite or out-of-range numbers (nan, 0)"),
+                       ("1e39,1", "A is a latent vector holding NaN, infinite or out-of-range numbers (1e+39, 1)")):
         assert main(["interpolate", str(runs["seed"]), a, "0,0", "--out", str(tmp_path / "x.png")]) == 2
         assert message in one_line_error(capsys, "interpolate")
     assert main([*args[:-1], str(tmp_path / "x.jpg")]) == 2

@@ -19,7 +19,8 @@ from vaekit.text import printable
 
 GRID_PAIRS = 64  # reconstruct's grid.png shows the first this many images, 8 pairs to a row
 GRID_COLUMNS = 8
-_NUMBERS = re.compile(r"\s*[-+.\deE]+(\s*,\s*[-+.\deE]+)*\s*,?\s*")
+_NUMBER = r"\s*(?:[-+.\deE]+|[-+]?(?i:nan|inf|infinity))\s*"  # nan and inf are read, then refused by name
+_NUMBERS = re.compile(rf"{_NUMBER}(?:,{_NUMBER})*,?\s*")
 
 
 def load_run_arg(args: argparse.Namespace) -> Any:
@@ -97,8 +98,8 @@ def endpoint(text: str) -> Any:
     import numpy as np
 
     if not Path(text).exists() and _NUMBERS.fullmatch(text):
-        try:
-            return np.array([float(v) for v in text.strip().rstrip(",").split(",")], dtype=np.float32)
+        try:  # float64: the range check of the latent is made before float32 could overflow to inf
+            return np.array([float(v) for v in text.strip().rstrip(",").split(",")], dtype=np.float64)
         except ValueError:
             raise ConfigError(f"{text[:40]!r} is neither an image file nor comma-separated numbers") from None
     return text

@@ -29,6 +29,7 @@ import torch
 
 from vaekit.config import ConfigError
 from vaekit.data.errors import BadInputError
+from vaekit.text import printable
 from vaekit.use.inputs import DEFAULT_BATCH, Batch, Inputs, TrainedRun, check_batch_size, open_inputs
 
 if TYPE_CHECKING:
@@ -146,11 +147,14 @@ def _endpoint(run: TrainedRun, value: Images, which: str) -> np.ndarray:
     """An endpoint as a latent: a 1-D vector as given, an image as its posterior mean."""
     width = run.model.zdim
     if not isinstance(value, (str, os.PathLike)) and np.ndim(_numpy(value)) == 1:
-        vector = np.asarray(_numpy(value), np.float32)
-        if len(vector) != width or not np.isfinite(vector).all():
+        vector = np.asarray(_numpy(value), np.float64)  # checked before float32, where 1e39 would become inf
+        if len(vector) != width:
             raise BadInputError(f"{which} is a latent vector of {len(vector)} numbers, but the run's latent has "
                                 f"{width} dimensions; give {width} finite numbers, or an image")
-        return vector
+        if not (np.isfinite(vector) & (np.abs(vector) <= np.finfo(np.float32).max)).all():
+            raise BadInputError(f"{which} is a latent vector holding NaN, infinite or out-of-range numbers "
+                                f"({printable(', '.join(f'{v:g}' for v in vector[:8]))}); give {width} finite numbers")
+        return vector.astype(np.float32)
     inputs = open_inputs(run, value)
     if inputs.n != 1:
         raise BadInputError(f"{which} holds {inputs.n:,} images; give one image (or a latent vector)")
