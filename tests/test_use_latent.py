@@ -107,6 +107,10 @@ def test_outputs_are_not_replaced_without_force(runs: dict[str, Path], tmp_path:
     (tmp_path / "recs" / "keep.txt").write_text("mine")
     assert main(["reconstruct", str(runs["seed"]), "--split", "test", "--out", str(tmp_path / "recs")]) == 2
     assert "folder already holds files" in one_line_error(capsys, "reconstruct")
+    named = tmp_path / "recs.png"  # a folder is written: a name like an image file is a mistake, refused
+    assert main(["reconstruct", str(runs["seed"]), "--split", "test", "--out", str(named)]) == 2
+    assert "a folder is written here, not a .png file" in one_line_error(capsys, "reconstruct")
+    assert not named.exists()
 
 
 def test_parquet_without_pyarrow_is_one_line(runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

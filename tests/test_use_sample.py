@@ -138,6 +138,9 @@ def test_the_command_writes_a_folder_of_pngs_or_one_grid_and_never_overwrites(ru
         err = capsys.readouterr().err
         assert len([line for line in err.splitlines() if "error" in line]) == 1 and "Traceback" not in err, err
     assert main(["sample", str(run_dir), "-n", "3", "--out", str(folder), "--force", "--seed", "0"]) == 0
+    jpeg = run_dir.parent / "grid.jpg"  # an image name that is not .png: refused, no folder of that name made
+    assert main(["sample", str(run_dir), "-n", "2", "--out", str(jpeg)]) == 2
+    assert "a folder is written here, not a .jpg file" in capsys.readouterr().err and not jpeg.exists()
 
 
 def test_an_eight_bit_head_shows_its_mean_or_draws_its_pixels(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from vaekit.config import ENCODING_FORMATS, ConfigError
+from vaekit.data.images import IMAGE_EXTENSIONS
 from vaekit.errors import VaekitError
 from vaekit.run.io import atomic_write, write_bytes
 from vaekit.text import printable
@@ -41,10 +42,17 @@ class OutputExistsError(VaekitError):
     """The output named already exists, and replacing it was not asked for."""
 
 
-def check_output(path: Path, force: bool, *, folder: bool = False) -> None:
-    """Refuse to replace what ``path`` holds without ``force``: a file, or for ``folder`` a folder with files."""
+def check_output(path: Path, force: bool, *, folder: bool = False, files: str = "") -> None:
+    """Refuse to replace what ``path`` holds without ``force``: a file, or for ``folder`` a folder with files.
+
+    A new folder named like an image (``recs.png``) is refused too: the user meant one image file, and would
+    otherwise find a folder of that name. ``files`` names the image files the command can write instead.
+    """
     if folder and path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path} is a file, not a folder; choose another --out")
+    if folder and not path.exists() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        raise ConfigError(f"--out {path}: a folder is written here, not a {path.suffix} file; give a folder name "
+                          f"without an image extension{files}")
     if not folder and path.is_dir():
         raise OutputExistsError(f"{path} is a folder; give a file name for --out")
     taken = path.is_dir() and any(path.iterdir()) if folder else path.exists()
