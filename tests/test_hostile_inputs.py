@@ -63,6 +63,7 @@ TAMPERS = {
     "config is a link to /dev/urandom": (_replace("config.json", lambda p: p.symlink_to("/dev/urandom")), "device"),
     "config is a FIFO": (_replace("config.json", os.mkfifo), "named pipe"),
     "weights are a FIFO": (_replace("model.safetensors", os.mkfifo), "named pipe"),
+    "config is a folder": (_replace("config.json", lambda p: p.mkdir()), "is a folder, not a regular file"),
     "summary is a FIFO": (_replace("summary.json", os.mkfifo), "named pipe"),
     "metrics are a link to /dev/zero": (_replace("metrics.csv", lambda p: p.symlink_to("/dev/zero")), "device"),
     "config holds a 100,000-digit zdim": (_replace("config.json", lambda p: p.write_text(

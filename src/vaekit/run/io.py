@@ -144,8 +144,12 @@ def read_bytes(path: Path, limit: int, what: str = "any vaekit run file") -> byt
         raise RunFolderError(f"{path} is missing; is {path.parent} a vaekit run folder?") from None
     except OSError as e:
         raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from e
-    with os.fdopen(fd, "rb") as f:
+    try:  # checked before fdopen, which refuses a folder's descriptor with an IsADirectoryError of its own
         check_regular(path, os.fstat(fd).st_mode)
+    except RunFolderError:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise RunFolderError(f"{path} is larger than {limit / 2**20:g} MB, far more than {what}; it is "
