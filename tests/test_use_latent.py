@@ -17,6 +17,7 @@ from PIL import Image
 
 import vaekit
 from vaekit.cli import main
+from vaekit.config import ConfigError
 from vaekit.data.tensors import as_rows, to_unit
 from vaekit.run.dataset import load_run_data
 from vaekit.use.latent import latent_path
@@ -190,6 +191,8 @@ def test_interpolation_endpoints_are_the_endpoints_means(runs: dict[str, Path], 
         np.testing.assert_allclose(decoded[[0, -1]], run.reconstruct(images), atol=1e-6)
     z, _ = run.interpolate(torch.tensor([1.0, 0.0]), np.array([0.0, 3.0]), steps=3, latents=True)
     assert np.allclose(z, [[1, 0], [0.5, 1.5], [0, 3]])
+    with pytest.raises(ConfigError, match="steps must be a whole number from 2 to 1000"):
+        run.interpolate([0.0, 0.0], [1.0, 1.0], steps=1001)  # the bound of --steps: 10**9 would exhaust memory
 
 
 def test_slerp_keeps_norms() -> None:

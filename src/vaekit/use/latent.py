@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from vaekit.config import ConfigError
+from vaekit.config import MAX_STEPS, ConfigError
 from vaekit.data.errors import BadInputError
 from vaekit.text import printable
 from vaekit.use.inputs import DEFAULT_BATCH, Batch, Inputs, TrainedRun, check_batch_size, open_inputs
@@ -127,8 +127,8 @@ def latent_path(a: np.ndarray, b: np.ndarray, steps: int = 10, spherical: bool =
     The first and last are ``a`` and ``b`` exactly. Where a direction is undefined (a zero endpoint) or the two
     are opposite, no great circle is singled out and the spherical path is the straight one.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < MIN_STEPS:
-        raise ConfigError(f"steps must be a whole number of at least {MIN_STEPS} (got {steps!r:.40})")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not MIN_STEPS <= steps <= MAX_STEPS:
+        raise ConfigError(f"steps must be a whole number from {MIN_STEPS} to {MAX_STEPS} (got {steps!r:.40})")
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
     t = np.linspace(0.0, 1.0, steps)[:, None]
     path = (1 - t) * a64 + t * b64
