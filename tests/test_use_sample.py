@@ -49,6 +49,8 @@ def test_a_seed_draws_the_same_images_and_another_seed_others(run_dir: Path) -> 
         assert np.array_equal(a, run.sample(20, sampler=sampler, seed=1))
         assert not np.array_equal(a, run.sample(20, sampler=sampler, seed=2))
     assert not np.array_equal(run.sample(20, seed=1), run.sample(20, sampler="gmm", seed=1))
+    numpy_scalars = run.sample(np.int64(20), seed=np.int64(1), temperature=np.float32(1.0))  # e.g. from arithmetic
+    assert np.array_equal(numpy_scalars, run.sample(20, seed=1, temperature=1.0))
     cold = run.sample(20, seed=1, temperature=0.0)  # temperature 0: every draw is the prior mean
     assert (cold == cold[0]).all()
 
