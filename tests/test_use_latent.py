@@ -18,6 +18,7 @@ from PIL import Image
 import vaekit
 from vaekit.cli import main
 from vaekit.config import ConfigError
+from vaekit.data.errors import BadInputError
 from vaekit.data.tensors import as_rows, to_unit
 from vaekit.run.dataset import load_run_data
 from vaekit.use.latent import latent_path
@@ -193,6 +194,9 @@ def test_interpolation_endpoints_are_the_endpoints_means(runs: dict[str, Path], 
     assert np.allclose(z, [[1, 0], [0.5, 1.5], [0, 3]])
     with pytest.raises(ConfigError, match="steps must be a whole number from 2 to 1000"):
         run.interpolate([0.0, 0.0], [1.0, 1.0], steps=1001)  # the bound of --steps: 10**9 would exhaust memory
+    for wrong in (["a", "b"], np.array([1j, 0])):  # not a ValueError from NumPy, nor the imaginary part dropped
+        with pytest.raises(BadInputError, match="A is a latent vector of .* values; give 2 real numbers"):
+            run.interpolate(wrong, [1.0, 1.0])
 
 
 def test_slerp_keeps_norms() -> None:

@@ -147,7 +147,11 @@ def _endpoint(run: TrainedRun, value: Images, which: str) -> np.ndarray:
     """An endpoint as a latent: a 1-D vector as given, an image as its posterior mean."""
     width = run.model.zdim
     if not isinstance(value, (str, os.PathLike)) and np.ndim(_numpy(value)) == 1:
-        vector = np.asarray(_numpy(value), np.float64)  # checked before float32, where 1e39 would become inf
+        vector = np.asarray(_numpy(value))
+        if vector.dtype.kind not in "biuf":  # strings, complex numbers, objects: no latent to take
+            raise BadInputError(f"{which} is a latent vector of {vector.dtype} values; give {width} real numbers, "
+                                "or an image")
+        vector = vector.astype(np.float64)  # checked before float32, where 1e39 would become inf
         if len(vector) != width:
             raise BadInputError(f"{which} is a latent vector of {len(vector)} numbers, but the run's latent has "
                                 f"{width} dimensions; give {width} finite numbers, or an image")
