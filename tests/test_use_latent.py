@@ -248,3 +248,27 @@ def test_each_command_has_help(command: str, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert stopped.value.code == 0 and out.startswith(f"usage: vaekit {command}")
     assert all(flag in out for flag in ("--device", "--batch-size", "--force", "--out"))
+
+
+def test_an_interrupted_reconstruct_leaves_no_half_filled_folder(runs: dict[str, Path], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (KeyboardInterrupt, as the terminal delivers it) after a few files: the folder does not appear,
+    so the same command can be run again without --force."""
+    import vaekit.use.outputs as outputs
+
+    written, real = [], outputs.write_png
+
+    def interrupted(path: Path, image: np.ndarray) -> None:
+        if len(written) >= 3:
+            raise KeyboardInterrupt
+        real(path, image)
+        written.append(path)
+
+    monkeypatch.setattr(outputs, "write_png", interrupted)
+    np.save(tmp_path / "digits.npy", make_digits(40, seed=6)[0])
+    args = ["reconstruct", str(runs["seed"]), str(tmp_path / "digits.npy"), "--out", str(tmp_path / "recs"),
+            "--batch-size", "8"]
+    assert main(args) == 130
+    assert len(written) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["digits.npy"]
+    monkeypatch.setattr(outputs, "write_png", real)
+    assert main(args) == 0 and len(list((tmp_path / "recs").iterdir())) == 41

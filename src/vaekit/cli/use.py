@@ -69,25 +69,24 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     from vaekit.artifacts.figures import tile_images
     from vaekit.use.latent import reconstructed_batches
-    from vaekit.use.outputs import PngWriter, check_output, image_stem, to_uint8, write_png
+    from vaekit.use.outputs import PngWriter, check_output, image_stem, staged_folder, to_uint8
 
     out = Path(args.out)
     check_images(args)
     check_output(out, args.force, folder=True)
     run = load_run_arg(args)
     inputs = open_images(args, run)
-    out.mkdir(parents=True, exist_ok=True)
     digits, index, shown = max(5, len(str(inputs.n - 1))), 0, []
-    with PngWriter() as writer:
+    with staged_folder(out) as folder, PngWriter() as writer:
         for batch, rec in reconstructed_batches(run.model, inputs, batch_size=args.batch_size, progress=True):
             for original, reconstruction, name in zip(batch.pixels, to_uint8(rec), batch.names, strict=True):
                 pair = np.concatenate([original, reconstruction], axis=1)  # the original on the left
-                writer.write(out / f"{image_stem(index, name, digits)}.png", pair)
+                writer.write(folder / f"{image_stem(index, name, digits)}.png", pair)
                 if len(shown) < GRID_PAIRS:
                     shown.append(pair)
                 index += 1
-    grid = tile_images(np.stack(shown).astype(np.float32) / 255, min(GRID_COLUMNS, len(shown)))
-    write_png(out / "grid.png", grid)
+        grid = tile_images(np.stack(shown).astype(np.float32) / 255, min(GRID_COLUMNS, len(shown)))
+        writer.write(folder / "grid.png", grid)
     print(printable(f"wrote {index:,} originals beside their reconstructions to {out}, and the first {len(shown)} "
                     f"in {out / 'grid.png'}"))
     return 0

@@ -11,10 +11,14 @@ pickle), in ``.csv`` and ``.parquet`` the columns ``mu_0 ... mu_{d-1}`` (and ``l
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import os
 import re
+import shutil
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -29,8 +33,8 @@ from vaekit.run.io import atomic_write, write_bytes
 from vaekit.text import printable
 from vaekit.use.latent import Encoding
 
-__all__ = ["OutputExistsError", "PngWriter", "check_output", "encoding_format", "image_stem", "to_uint8",
-           "write_encoding", "write_png"]
+__all__ = ["OutputExistsError", "PngWriter", "check_output", "encoding_format", "image_stem", "staged_folder",
+           "to_uint8", "write_encoding", "write_png"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _STEM_CHARS = 60
@@ -59,6 +63,29 @@ def check_output(path: Path, force: bool, *, folder: bool = False, files: str = 
     if taken and not force:
         what = "folder already holds files" if folder else "file already exists"
         raise OutputExistsError(f"{path}: the {what}; pass --force to replace them, or choose another --out")
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """The folder to write a command's many files into, such that a new ``out`` appears whole or not at all.
+
+    Files written one by one (thousands of reconstructions) would leave a half-filled folder after Ctrl-C or a
+    failed write, which the next call then refuses to replace without ``--force``. A new folder is filled under a
+    temporary name (``.NAME.tmp-PID``, as :func:`vaekit.run.io.atomic_write` names its files) and renamed when
+    complete; an existing one (empty, or replaced into with ``--force``) is written into directly.
+    """
+    if out.is_dir():
+        yield out
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    staging.mkdir()
+    try:
+        yield staging
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # only the files this call wrote; the error itself goes on
+        raise
 
 
 def encoding_format(path: Path) -> str:
