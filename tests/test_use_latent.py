@@ -109,6 +109,12 @@ def test_outputs_are_not_replaced_without_force(runs: dict[str, Path], tmp_path:
     (tmp_path / "recs" / "keep.txt").write_text("mine")
     assert main(["reconstruct", str(runs["seed"]), "--split", "test", "--out", str(tmp_path / "recs")]) == 2
     assert "folder already holds files" in one_line_error(capsys, "reconstruct")
+    run = runs["seed"]  # the run's own files and folder are no output, even with --force
+    assert main(["encode", str(run), "--split", "test", "--out", str(run / "metrics.csv"), "--force"]) == 2
+    assert "would replace metrics.csv in the run folder" in one_line_error(capsys, "encode")
+    assert main(["reconstruct", str(run), "--split", "test", "--out", str(run), "--force"]) == 2
+    assert "is the run folder itself" in one_line_error(capsys, "reconstruct")
+    assert (run / "metrics.csv").read_text().startswith("epoch") and not list(run.glob("0*.png"))
     named = tmp_path / "recs.png"  # a folder is written: a name like an image file is a mistake, refused
     assert main(["reconstruct", str(runs["seed"]), "--split", "test", "--out", str(named)]) == 2
     assert "a folder is written here, not a .png file" in one_line_error(capsys, "reconstruct")

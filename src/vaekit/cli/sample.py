@@ -29,7 +29,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from vaekit.use.sample import check_sample_options, new_seed, sample
 
     out, grid = Path(args.out), Path(args.out).suffix.lower() == ".png"
-    check_output(out, args.force, folder=not grid, files=", or a .png file for one grid")
+    check_output(out, args.force, folder=not grid, files=", or a .png file for one grid",
+                 run=args.run)
     if grid and not out.parent.is_dir():
         raise ConfigError(f"the folder of --out {out} does not exist; create it first")
     run = load_run_arg(args)

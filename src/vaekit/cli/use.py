@@ -54,7 +54,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_images(args)
     encoding_format(out)
-    check_output(out, args.force)
+    check_output(out, args.force, run=args.run)
     run = load_run_arg(args)
     enc = encode_inputs(run.model, open_images(args, run), batch_size=args.batch_size, logvar=args.logvar,
                         progress=True)
@@ -73,7 +73,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_images(args)
-    check_output(out, args.force, folder=True)
+    check_output(out, args.force, folder=True, run=args.run)
     run = load_run_arg(args)
     inputs = open_images(args, run)
     digits, index, shown = max(5, len(str(inputs.n - 1))), 0, []
@@ -112,7 +112,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: interpolate writes one PNG image; end the name with .png")
-    check_output(out, args.force)
+    check_output(out, args.force, run=args.run)
     run = load_run_arg(args)
     images = interpolate(run, endpoint(args.a), endpoint(args.b), args.steps, spherical=args.spherical,
                          batch_size=args.batch_size)

@@ -46,12 +46,17 @@ class OutputExistsError(VaekitError):
     """The output named already exists, and replacing it was not asked for."""
 
 
-def check_output(path: Path, force: bool, *, folder: bool = False, files: str = "") -> None:
+def check_output(path: Path, force: bool, *, folder: bool = False, files: str = "",
+                 run: str | os.PathLike | None = None) -> None:
     """Refuse to replace what ``path`` holds without ``force``: a file, or for ``folder`` a folder with files.
 
     A new folder named like an image (``recs.png``) is refused too: the user meant one image file, and would
     otherwise find a folder of that name. ``files`` names the image files the command can write instead.
+    ``run``: the run folder read, whose own files (and the folder itself) are never an output, ``force`` or not:
+    ``--out RUN/metrics.csv --force`` would leave a run that no command can read.
     """
+    if run is not None:
+        _check_outside_run(path, Path(run))
     if folder and path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path} is a file, not a folder; choose another --out")
     if folder and not path.exists() and path.suffix.lower() in IMAGE_EXTENSIONS:
@@ -86,6 +91,15 @@ def staged_folder(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # only the files this call wrote; the error itself goes on
         raise
+
+
+def _check_outside_run(path: Path, run: Path) -> None:
+    target, run = path.resolve(), run.resolve()
+    if target == run:
+        raise ConfigError(f"--out {path} is the run folder itself; choose a new name (inside it or elsewhere)")
+    if target.parent == run and target.exists():
+        raise ConfigError(f"--out {path} would replace {target.name} in the run folder, which --force never does to "
+                          "a run's files; choose a new name, or delete that file first")
 
 
 def encoding_format(path: Path) -> str:
