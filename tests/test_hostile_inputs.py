@@ -138,6 +138,11 @@ def test_resume_with_a_fifo_checkpoint_is_one_line(finished: Path, tmp_path: Pat
     _one_line_exit_2(_run(["train", "--resume", "--out", str(run), "--epochs", "2", "--quiet"], capsys), "named pipe")
 
 
+def test_a_file_given_as_the_run_folder_is_named_as_a_file(finished: Path, capsys) -> None:
+    _one_line_exit_2(_run(["sample", str(finished / "config.json"), "--out", str(finished.parent / "s.png")], capsys),
+                     "config.json is a file, not a run folder")
+
+
 def test_load_run_raises_the_run_folder_error_for_huge_numbers(finished: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished, run)
