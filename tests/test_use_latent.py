@@ -102,7 +102,8 @@ def test_outputs_are_not_replaced_without_force(runs: dict[str, Path], tmp_path:
     out.write_text("mine")
     args = ["encode", str(runs["seed"]), "--split", "test", "--out", str(out)]
     assert main(args) == 2
-    assert "already exists; pass --force" in one_line_error(capsys, "encode") and out.read_text() == "mine"
+    assert "already exists; pass --force to replace it," in one_line_error(capsys, "encode")
+    assert out.read_text() == "mine"
     assert main([*args, "--force"]) == 0 and out.read_text().startswith("name,label,mu_0")
     capsys.readouterr()
     (tmp_path / "recs").mkdir()

@@ -66,8 +66,9 @@ def check_output(path: Path, force: bool, *, folder: bool = False, files: str = 
         raise OutputExistsError(f"{path} is a folder; give a file name for --out")
     taken = path.is_dir() and any(path.iterdir()) if folder else path.exists()
     if taken and not force:
-        what = "folder already holds files" if folder else "file already exists"
-        raise OutputExistsError(f"{path}: the {what}; pass --force to replace them, or choose another --out")
+        what = "folder already holds files; pass --force to replace them" if folder else \
+            "file already exists; pass --force to replace it"
+        raise OutputExistsError(f"{path}: the {what}, or choose another --out")
 
 
 @contextlib.contextmanager
