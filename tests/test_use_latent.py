@@ -255,6 +255,8 @@ def test_each_command_has_help(command: str, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert stopped.value.code == 0 and out.startswith(f"usage: vaekit {command}")
     assert all(flag in out for flag in ("--device", "--batch-size", "--force", "--out"))
+    if command == "interpolate":  # argparse takes -1,0 for an option: the help says how to give it
+        assert "RUN --out z.png -- -1,0 1,0" in " ".join(out.split())
 
 
 def test_an_interrupted_reconstruct_leaves_no_half_filled_folder(runs: dict[str, Path], tmp_path: Path,

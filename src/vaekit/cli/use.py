@@ -148,7 +148,9 @@ def add_use_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("interpolate", help="decoded images between two images or latents",
                        description="Images decoded along a path between A and B: each an image file (its posterior "
-                                   "mean) or a latent vector given as comma-separated numbers.")
+                                   "mean) or a latent vector given as comma-separated numbers. A vector that starts "
+                                   "with a minus sign goes after '--', the options before it: vaekit interpolate "
+                                   "RUN --out z.png -- -1,0 1,0")
     add_run_options(p)
     p.add_argument("a", metavar="A", help="an image file, or a latent vector such as 0.5,-1.2")
     p.add_argument("b", metavar="B", help="an image file, or a latent vector")
