@@ -116,6 +116,11 @@ def test_outputs_are_not_replaced_without_force(runs: dict[str, Path], tmp_path:
     assert main(["reconstruct", str(run), "--split", "test", "--out", str(run), "--force"]) == 2
     assert "is the run folder itself" in one_line_error(capsys, "reconstruct")
     assert (run / "metrics.csv").read_text().startswith("epoch") and not list(run.glob("0*.png"))
+    (tmp_path / "taken").write_text("mine")  # a file where a folder of --out must go: one line, not a traceback
+    np.save(tmp_path / "two.npy", make_digits(2, seed=3)[0])
+    for command, out in (("encode", "taken/z.csv"), ("reconstruct", "taken/recs")):
+        assert main([command, str(run), str(tmp_path / "two.npy"), "--out", str(tmp_path / out)]) == 1
+        assert "could not create the folder" in one_line_error(capsys, command)
     named = tmp_path / "recs.png"  # a folder is written: a name like an image file is a mistake, refused
     assert main(["reconstruct", str(runs["seed"]), "--split", "test", "--out", str(named)]) == 2
     assert "a folder is written here, not a .png file" in one_line_error(capsys, "reconstruct")

@@ -107,7 +107,7 @@ def endpoint(text: str) -> Any:
 def cmd_interpolate(args: argparse.Namespace) -> int:
     from vaekit.artifacts.figures import tile_images
     from vaekit.use.latent import interpolate
-    from vaekit.use.outputs import check_output, write_png
+    from vaekit.use.outputs import check_output, make_folder, write_png
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
@@ -116,7 +116,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     run = load_run_arg(args)
     images = interpolate(run, endpoint(args.a), endpoint(args.b), args.steps, spherical=args.spherical,
                          batch_size=args.batch_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     write_png(out, tile_images(images, len(images)))
     kind = "spherical" if args.spherical else "linear"
     print(printable(f"wrote {out}: {len(images)} images along the {kind} path from A to B"))

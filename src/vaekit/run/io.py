@@ -40,13 +40,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         reason = e.strerror or str(e)
         raise WriteError(f"could not write {path}: {reason}; the previous version is intact "
                          "(free some disk space or choose another --out)") from e
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a failed write's temporary file. On a read-only file system even that unlink fails (EROFS, though
+    no file was made): the write's own error is the one to report, so this one is dropped."""
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -28,13 +28,13 @@ from PIL import Image
 
 from vaekit.config import ENCODING_FORMATS, ConfigError
 from vaekit.data.images import IMAGE_EXTENSIONS
-from vaekit.errors import VaekitError
+from vaekit.errors import VaekitError, WriteError
 from vaekit.run.io import atomic_write, write_bytes
 from vaekit.text import printable
 from vaekit.use.latent import Encoding
 
-__all__ = ["OutputExistsError", "PngWriter", "check_output", "encoding_format", "image_stem", "staged_folder",
-           "to_uint8", "write_encoding", "write_png"]
+__all__ = ["OutputExistsError", "PngWriter", "check_output", "encoding_format", "image_stem", "make_folder",
+           "staged_folder", "to_uint8", "write_encoding", "write_png"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _STEM_CHARS = 60
@@ -71,6 +71,16 @@ def check_output(path: Path, force: bool, *, folder: bool = False, files: str = 
         raise OutputExistsError(f"{path}: the {what}, or choose another --out")
 
 
+def make_folder(folder: Path, shown: Path | None = None) -> None:
+    """``folder`` and its parents, or one :class:`WriteError` line naming ``shown`` (default ``folder``): a
+    read-only disk, a file in the way."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"could not create the folder {shown or folder}: {e.strerror or e}; choose another "
+                         "--out") from e
+
+
 @contextlib.contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """The folder to write a command's many files into, such that a new ``out`` appears whole or not at all.
@@ -83,9 +93,9 @@ def staged_folder(out: Path) -> Iterator[Path]:
     if out.is_dir():
         yield out
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    staging.mkdir()
+    make_folder(out.parent)
+    make_folder(staging, out)
     try:
         yield staging
         os.rename(staging, out)
@@ -127,7 +137,7 @@ def _columns(enc: Encoding) -> list[tuple[str, np.ndarray]]:
 def write_encoding(path: Path, enc: Encoding) -> None:
     """``enc`` as a table at ``path``, in the format of its extension (see the module docstring)."""
     fmt = encoding_format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     if fmt == "npy":
         write_bytes(path, _npy_bytes(enc))
     elif fmt == "csv":
