@@ -98,6 +98,7 @@ def test_a_broken_run_among_good_ones_is_one_warning(runs: Path, tmp_path: Path,
     broken = tmp_path / "group" / "seed-2"
     broken.mkdir()
     (broken / "config.json").write_text('{"format": 1, "model": [')
+    (tmp_path / "group" / "loop").symlink_to("loop")  # a link to itself beside the runs is passed over
     code, out, err = _compare(capsys, tmp_path / "group")
     assert code == 0 and "(2 seeds)" in out
     assert len(err.splitlines()) == 1 and "warning" in err and str(broken) in err

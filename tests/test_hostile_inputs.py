@@ -63,6 +63,7 @@ TAMPERS = {
     "config is a link to /dev/urandom": (_replace("config.json", lambda p: p.symlink_to("/dev/urandom")), "device"),
     "config is a FIFO": (_replace("config.json", os.mkfifo), "named pipe"),
     "weights are a FIFO": (_replace("model.safetensors", os.mkfifo), "named pipe"),
+    "config is a folder": (_replace("config.json", lambda p: p.mkdir()), "is a folder, not a regular file"),
     "summary is a FIFO": (_replace("summary.json", os.mkfifo), "named pipe"),
     "metrics are a link to /dev/zero": (_replace("metrics.csv", lambda p: p.symlink_to("/dev/zero")), "device"),
     "config holds a 100,000-digit zdim": (_replace("config.json", lambda p: p.write_text(
@@ -135,6 +136,11 @@ def test_resume_with_a_fifo_checkpoint_is_one_line(finished: Path, tmp_path: Pat
     (run / "checkpoint.safetensors").unlink()
     os.mkfifo(run / "checkpoint.safetensors")
     _one_line_exit_2(_run(["train", "--resume", "--out", str(run), "--epochs", "2", "--quiet"], capsys), "named pipe")
+
+
+def test_a_file_given_as_the_run_folder_is_named_as_a_file(finished: Path, capsys) -> None:
+    _one_line_exit_2(_run(["sample", str(finished / "config.json"), "--out", str(finished.parent / "s.png")], capsys),
+                     "config.json is a file, not a run folder")
 
 
 def test_load_run_raises_the_run_folder_error_for_huge_numbers(finished: Path, tmp_path: Path) -> None:

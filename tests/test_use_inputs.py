@@ -96,6 +96,8 @@ def test_arrays_and_tensors_are_converted_as_training_converts_them(mnist_run: v
     (np.zeros((3, 28, 28, 3), np.uint8), "images are colour, shape (3, 28, 28, 3), but the run was trained on grey"),
     (np.zeros((3, 28, 28, 5), np.uint8), "5 channels on the last axis"),
     (np.full((2, 28, 28), 2.0, np.float32), "float images must be in [0, 1]"),
+    (np.zeros((2, 784), np.uint8), "shape (2, 784) looks like 2 flattened images, one a row; reshape them to images "
+                                   "first: x.reshape(-1, 28, 28)"),
 ])
 def test_arrays_the_model_cannot_take_are_one_line(mnist_run: vaekit.Run, source: np.ndarray, message: str) -> None:
     with pytest.raises(DataError, match="^the array given") as info:

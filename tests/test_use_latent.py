@@ -17,6 +17,8 @@ from PIL import Image
 
 import vaekit
 from vaekit.cli import main
+from vaekit.config import ConfigError
+from vaekit.data.errors import BadInputError
 from vaekit.data.tensors import as_rows, to_unit
 from vaekit.run.dataset import load_run_data
 from vaekit.use.latent import latent_path
@@ -100,13 +102,29 @@ def test_outputs_are_not_replaced_without_force(runs: dict[str, Path], tmp_path:
     out.write_text("mine")
     args = ["encode", str(runs["seed"]), "--split", "test", "--out", str(out)]
     assert main(args) == 2
-    assert "already exists; pass --force" in one_line_error(capsys, "encode") and out.read_text() == "mine"
+    assert "already exists; pass --force to replace it," in one_line_error(capsys, "encode")
+    assert out.read_text() == "mine"
     assert main([*args, "--force"]) == 0 and out.read_text().startswith("name,label,mu_0")
     capsys.readouterr()
     (tmp_path / "recs").mkdir()
     (tmp_path / "recs" / "keep.txt").write_text("mine")
     assert main(["reconstruct", str(runs["seed"]), "--split", "test", "--out", str(tmp_path / "recs")]) == 2
     assert "folder already holds files" in one_line_error(capsys, "reconstruct")
+    run = runs["seed"]  # the run's own files and folder are no output, even with --force
+    assert main(["encode", str(run), "--split", "test", "--out", str(run / "metrics.csv"), "--force"]) == 2
+    assert "would replace metrics.csv in the run folder" in one_line_error(capsys, "encode")
+    assert main(["reconstruct", str(run), "--split", "test", "--out", str(run), "--force"]) == 2
+    assert "is the run folder itself" in one_line_error(capsys, "reconstruct")
+    assert (run / "metrics.csv").read_text().startswith("epoch") and not list(run.glob("0*.png"))
+    (tmp_path / "taken").write_text("mine")  # a file where a folder of --out must go: one line, not a traceback
+    np.save(tmp_path / "two.npy", make_digits(2, seed=3)[0])
+    for command, out in (("encode", "taken/z.csv"), ("reconstruct", "taken/recs")):
+        assert main([command, str(run), str(tmp_path / "two.npy"), "--out", str(tmp_path / out)]) == 1
+        assert "could not create the folder" in one_line_error(capsys, command)
+    named = tmp_path / "recs.png"  # a folder is written: a name like an image file is a mistake, refused
+    assert main(["reconstruct", str(runs["seed"]), "--split", "test", "--out", str(named)]) == 2
+    assert "a folder is written here, not a .png file" in one_line_error(capsys, "reconstruct")
+    assert not named.exists()
 
 
 def test_parquet_without_pyarrow_is_one_line(runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -186,6 +204,11 @@ def test_interpolation_endpoints_are_the_endpoints_means(runs: dict[str, Path], 
         np.testing.assert_allclose(decoded[[0, -1]], run.reconstruct(images), atol=1e-6)
     z, _ = run.interpolate(torch.tensor([1.0, 0.0]), np.array([0.0, 3.0]), steps=3, latents=True)
     assert np.allclose(z, [[1, 0], [0.5, 1.5], [0, 3]])
+    with pytest.raises(ConfigError, match="steps must be a whole number from 2 to 1000"):
+        run.interpolate([0.0, 0.0], [1.0, 1.0], steps=1001)  # the bound of --steps: 10**9 would exhaust memory
+    for wrong in (["a", "b"], np.array([1j, 0])):  # not a ValueError from NumPy, nor the imaginary part dropped
+        with pytest.raises(BadInputError, match="A is a latent vector of .* values; give 2 real numbers"):
+            run.interpolate(wrong, [1.0, 1.0])
 
 
 def test_slerp_keeps_norms() -> None:
@@ -218,7 +241,9 @@ def test_interpolate_command(runs: dict[str, Path], tmp_path: Path, capsys: pyte
     capsys.readouterr()
     for a, message in (("1,2,3", "A is a latent vector of 3 numbers, but the run's latent has 2 dimensions"),
                        (str(tmp_path / "pngs"), "A holds 2 images; give one image"),
-                       ("nope", "nope: no such file or folder")):
+                       ("nope", "nope: no such file or folder"),
+                       ("nan,0", "A is a latent vector holding NaN, infinite or out-of-range numbers (nan, 0)"),
+                       ("1e39,1", "A is a latent vector holding NaN, infinite or out-of-range numbers (1e+39, 1)")):
         assert main(["interpolate", str(runs["seed"]), a, "0,0", "--out", str(tmp_path / "x.png")]) == 2
         assert message in one_line_error(capsys, "interpolate")
     assert main([*args[:-1], str(tmp_path / "x.jpg")]) == 2
@@ -235,3 +260,29 @@ def test_each_command_has_help(command: str, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert stopped.value.code == 0 and out.startswith(f"usage: vaekit {command}")
     assert all(flag in out for flag in ("--device", "--batch-size", "--force", "--out"))
+    if command == "interpolate":  # argparse takes -1,0 for an option: the help says how to give it
+        assert "RUN --out z.png -- -1,0 1,0" in " ".join(out.split())
+
+
+def test_an_interrupted_reconstruct_leaves_no_half_filled_folder(runs: dict[str, Path], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (KeyboardInterrupt, as the terminal delivers it) after a few files: the folder does not appear,
+    so the same command can be run again without --force."""
+    import vaekit.use.outputs as outputs
+
+    written, real = [], outputs.write_png
+
+    def interrupted(path: Path, image: np.ndarray) -> None:
+        if len(written) >= 3:
+            raise KeyboardInterrupt
+        real(path, image)
+        written.append(path)
+
+    monkeypatch.setattr(outputs, "write_png", interrupted)
+    np.save(tmp_path / "digits.npy", make_digits(40, seed=6)[0])
+    args = ["reconstruct", str(runs["seed"]), str(tmp_path / "digits.npy"), "--out", str(tmp_path / "recs"),
+            "--batch-size", "8"]
+    assert main(args) == 130
+    assert len(written) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["digits.npy"]
+    monkeypatch.setattr(outputs, "write_png", real)
+    assert main(args) == 0 and len(list((tmp_path / "recs").iterdir())) == 41

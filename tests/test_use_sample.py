@@ -49,6 +49,8 @@ def test_a_seed_draws_the_same_images_and_another_seed_others(run_dir: Path) -> 
         assert np.array_equal(a, run.sample(20, sampler=sampler, seed=1))
         assert not np.array_equal(a, run.sample(20, sampler=sampler, seed=2))
     assert not np.array_equal(run.sample(20, seed=1), run.sample(20, sampler="gmm", seed=1))
+    numpy_scalars = run.sample(np.int64(20), seed=np.int64(1), temperature=np.float32(1.0))  # e.g. from arithmetic
+    assert np.array_equal(numpy_scalars, run.sample(20, seed=1, temperature=1.0))
     cold = run.sample(20, seed=1, temperature=0.0)  # temperature 0: every draw is the prior mean
     assert (cold == cold[0]).all()
 
@@ -138,6 +140,9 @@ def test_the_command_writes_a_folder_of_pngs_or_one_grid_and_never_overwrites(ru
         err = capsys.readouterr().err
         assert len([line for line in err.splitlines() if "error" in line]) == 1 and "Traceback" not in err, err
     assert main(["sample", str(run_dir), "-n", "3", "--out", str(folder), "--force", "--seed", "0"]) == 0
+    jpeg = run_dir.parent / "grid.jpg"  # an image name that is not .png: refused, no folder of that name made
+    assert main(["sample", str(run_dir), "-n", "2", "--out", str(jpeg)]) == 2
+    assert "a folder is written here, not a .jpg file" in capsys.readouterr().err and not jpeg.exists()
 
 
 def test_an_eight_bit_head_shows_its_mean_or_draws_its_pixels(tmp_path: Path) -> None:

@@ -25,11 +25,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from vaekit.artifacts.figures import tile_images
     from vaekit.config import ConfigError
-    from vaekit.use.outputs import PngWriter, check_output, write_png
+    from vaekit.use.outputs import PngWriter, check_output, staged_folder, write_png
     from vaekit.use.sample import check_sample_options, new_seed, sample
 
     out, grid = Path(args.out), Path(args.out).suffix.lower() == ".png"
-    check_output(out, args.force, folder=not grid)
+    check_output(out, args.force, folder=not grid, files=", or a .png file for one grid",
+                 run=args.run)
     if grid and not out.parent.is_dir():
         raise ConfigError(f"the folder of --out {out} does not exist; create it first")
     run = load_run_arg(args)
@@ -41,10 +42,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if grid:
         write_png(out, tile_images(pixels.astype(np.float32) / 255, math.ceil(math.sqrt(args.n))))
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        with PngWriter() as writer:
+        with staged_folder(out) as folder, PngWriter() as writer:
             for name, image in zip(sample_names(args.n), pixels, strict=True):
-                writer.write(out / name, image)
+                writer.write(folder / name, image)
     what = f"a grid of {args.n} images to {out}" if grid else f"{args.n} images to {out}"
     shown = "decoder means" if args.mode == "mean" else "pixels drawn from p(x|z)"
     print(printable(f"wrote {what} ({args.sampler} sampler, temperature {args.temperature:g}, {shown}, seed {seed})"),

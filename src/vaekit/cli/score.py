@@ -17,7 +17,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     check_images(args)
     paths = output_paths(args.out)
-    check_outputs(paths, args.force)
+    check_outputs(paths, args.force, args.run)
     run = load_run_arg(args)
     inputs = open_images(args, run)
     names = class_names_of(inputs)

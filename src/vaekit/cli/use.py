@@ -19,7 +19,8 @@ from vaekit.text import printable
 
 GRID_PAIRS = 64  # reconstruct's grid.png shows the first this many images, 8 pairs to a row
 GRID_COLUMNS = 8
-_NUMBERS = re.compile(r"\s*[-+.\deE]+(\s*,\s*[-+.\deE]+)*\s*,?\s*")
+_NUMBER = r"\s*(?:[-+.\deE]+|[-+]?(?i:nan|inf|infinity))\s*"  # nan and inf are read, then refused by name
+_NUMBERS = re.compile(rf"{_NUMBER}(?:,{_NUMBER})*,?\s*")
 
 
 def load_run_arg(args: argparse.Namespace) -> Any:
@@ -53,7 +54,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_images(args)
     encoding_format(out)
-    check_output(out, args.force)
+    check_output(out, args.force, run=args.run)
     run = load_run_arg(args)
     enc = encode_inputs(run.model, open_images(args, run), batch_size=args.batch_size, logvar=args.logvar,
                         progress=True)
@@ -68,25 +69,24 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     from vaekit.artifacts.figures import tile_images
     from vaekit.use.latent import reconstructed_batches
-    from vaekit.use.outputs import PngWriter, check_output, image_stem, to_uint8, write_png
+    from vaekit.use.outputs import PngWriter, check_output, image_stem, staged_folder, to_uint8
 
     out = Path(args.out)
     check_images(args)
-    check_output(out, args.force, folder=True)
+    check_output(out, args.force, folder=True, run=args.run)
     run = load_run_arg(args)
     inputs = open_images(args, run)
-    out.mkdir(parents=True, exist_ok=True)
     digits, index, shown = max(5, len(str(inputs.n - 1))), 0, []
-    with PngWriter() as writer:
+    with staged_folder(out) as folder, PngWriter() as writer:
         for batch, rec in reconstructed_batches(run.model, inputs, batch_size=args.batch_size, progress=True):
             for original, reconstruction, name in zip(batch.pixels, to_uint8(rec), batch.names, strict=True):
                 pair = np.concatenate([original, reconstruction], axis=1)  # the original on the left
-                writer.write(out / f"{image_stem(index, name, digits)}.png", pair)
+                writer.write(folder / f"{image_stem(index, name, digits)}.png", pair)
                 if len(shown) < GRID_PAIRS:
                     shown.append(pair)
                 index += 1
-    grid = tile_images(np.stack(shown).astype(np.float32) / 255, min(GRID_COLUMNS, len(shown)))
-    write_png(out / "grid.png", grid)
+        grid = tile_images(np.stack(shown).astype(np.float32) / 255, min(GRID_COLUMNS, len(shown)))
+        writer.write(folder / "grid.png", grid)
     print(printable(f"wrote {index:,} originals beside their reconstructions to {out}, and the first {len(shown)} "
                     f"in {out / 'grid.png'}"))
     return 0
@@ -97,8 +97,8 @@ def endpoint(text: str) -> Any:
     import numpy as np
 
     if not Path(text).exists() and _NUMBERS.fullmatch(text):
-        try:
-            return np.array([float(v) for v in text.strip().rstrip(",").split(",")], dtype=np.float32)
+        try:  # float64: the range check of the latent is made before float32 could overflow to inf
+            return np.array([float(v) for v in text.strip().rstrip(",").split(",")], dtype=np.float64)
         except ValueError:
             raise ConfigError(f"{text[:40]!r} is neither an image file nor comma-separated numbers") from None
     return text
@@ -107,16 +107,16 @@ def endpoint(text: str) -> Any:
 def cmd_interpolate(args: argparse.Namespace) -> int:
     from vaekit.artifacts.figures import tile_images
     from vaekit.use.latent import interpolate
-    from vaekit.use.outputs import check_output, write_png
+    from vaekit.use.outputs import check_output, make_folder, write_png
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: interpolate writes one PNG image; end the name with .png")
-    check_output(out, args.force)
+    check_output(out, args.force, run=args.run)
     run = load_run_arg(args)
     images = interpolate(run, endpoint(args.a), endpoint(args.b), args.steps, spherical=args.spherical,
                          batch_size=args.batch_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     write_png(out, tile_images(images, len(images)))
     kind = "spherical" if args.spherical else "linear"
     print(printable(f"wrote {out}: {len(images)} images along the {kind} path from A to B"))
@@ -148,7 +148,9 @@ def add_use_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("interpolate", help="decoded images between two images or latents",
                        description="Images decoded along a path between A and B: each an image file (its posterior "
-                                   "mean) or a latent vector given as comma-separated numbers.")
+                                   "mean) or a latent vector given as comma-separated numbers. A vector that starts "
+                                   "with a minus sign goes after '--', the options before it: vaekit interpolate "
+                                   "RUN --out z.png -- -1,0 1,0")
     add_run_options(p)
     p.add_argument("a", metavar="A", help="an image file, or a latent vector such as 0.5,-1.2")
     p.add_argument("b", metavar="B", help="an image file, or a latent vector")

@@ -89,11 +89,20 @@ def is_run_folder(path: Path) -> bool:
     return os.path.lexists(path / CONFIG)
 
 
+def _is_folder(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` is a folder or a link to one; a link that loops (ELOOP) is neither, and does not stop the
+    listing of the folders beside it."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def _subfolders(folder: Path) -> list[Path]:
     """The folders directly inside ``folder`` (links to folders included), seeds in number order."""
     try:
         with os.scandir(folder) as it:
-            names = [e.name for e in it if e.is_dir() and not e.name.startswith(".")]
+            names = [e.name for e in it if _is_folder(e) and not e.name.startswith(".")]
     except OSError as e:
         raise RunFolderError(f"cannot list {printable(folder)}: {e.strerror or e}") from e
 

@@ -319,6 +319,8 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     """Open a run folder written by ``vaekit train``."""
     run_dir = Path(path)
     check_path_length(run_dir, "RUN")
+    if run_dir.exists() and not run_dir.is_dir():  # e.g. RUN/config.json given for RUN
+        raise RunFolderError(f"{run_dir} is a file, not a run folder; give the folder vaekit train wrote")
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} does not exist")
     model_cfg, train_cfg, data = read_config(run_dir)

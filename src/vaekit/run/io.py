@@ -40,13 +40,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         reason = e.strerror or str(e)
         raise WriteError(f"could not write {path}: {reason}; the previous version is intact "
                          "(free some disk space or choose another --out)") from e
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a failed write's temporary file. On a read-only file system even that unlink fails (EROFS, though
+    no file was made): the write's own error is the one to report, so this one is dropped."""
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -144,8 +151,12 @@ def read_bytes(path: Path, limit: int, what: str = "any vaekit run file") -> byt
         raise RunFolderError(f"{path} is missing; is {path.parent} a vaekit run folder?") from None
     except OSError as e:
         raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from e
-    with os.fdopen(fd, "rb") as f:
+    try:  # checked before fdopen, which refuses a folder's descriptor with an IsADirectoryError of its own
         check_regular(path, os.fstat(fd).st_mode)
+    except RunFolderError:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise RunFolderError(f"{path} is larger than {limit / 2**20:g} MB, far more than {what}; it is "

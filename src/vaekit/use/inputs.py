@@ -173,6 +173,7 @@ def open_inputs(run: TrainedRun, source: str | os.PathLike | np.ndarray | torch.
                           f"split of the run ({' or '.join(RUN_SPLITS)})")
     binarize = binarize and prep.binarize != "none"
     if not isinstance(source, (str, os.PathLike)):
+        _refuse_flat_rows(source, prep)
         return _array_inputs(_stack(source), prep, None, binarize)
     path = Path(source).expanduser()
     if path.is_dir():
@@ -196,6 +197,17 @@ def _split_inputs(run: TrainedRun, prep: Preparation, split: str, data_dir: str 
     labels = splits.test_labels if split == "test" else splits.train_labels
     names = list(splits.class_names) if splits.class_names is not None else None
     return Inputs(images, prep, prefix=split, labels=labels, class_names=names)
+
+
+def _refuse_flat_rows(source: Any, prep: Preparation) -> None:
+    """A 2-D array whose rows each hold one whole image's values, (N, H*W[*3]) as many datasets ship, would be
+    read as one N-pixel-high image: refused with the reshape that makes it images (a run with an --image-size
+    would otherwise resize that strip and encode nonsense without a word)."""
+    shape = tuple(getattr(source, "shape", ()))
+    if len(shape) == 2 and shape[1] == int(np.prod(prep.shape)) and shape[0] != prep.height:
+        dims = ", ".join(str(d) for d in prep.shape)
+        raise BadInputError(f"the array given: shape {shape} looks like {shape[0]:,} flattened images, one a row; "
+                            f"reshape them to images first: x.reshape(-1, {dims})")
 
 
 def _stack(source: Any) -> Any:

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from vaekit.config import ConfigError
+from vaekit.config import MAX_STEPS, ConfigError
 from vaekit.data.errors import BadInputError
+from vaekit.text import printable
 from vaekit.use.inputs import DEFAULT_BATCH, Batch, Inputs, TrainedRun, check_batch_size, open_inputs
 
 if TYPE_CHECKING:
@@ -126,8 +127,8 @@ def latent_path(a: np.ndarray, b: np.ndarray, steps: int = 10, spherical: bool =
     The first and last are ``a`` and ``b`` exactly. Where a direction is undefined (a zero endpoint) or the two
     are opposite, no great circle is singled out and the spherical path is the straight one.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < MIN_STEPS:
-        raise ConfigError(f"steps must be a whole number of at least {MIN_STEPS} (got {steps!r:.40})")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not MIN_STEPS <= steps <= MAX_STEPS:
+        raise ConfigError(f"steps must be a whole number from {MIN_STEPS} to {MAX_STEPS} (got {steps!r:.40})")
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
     t = np.linspace(0.0, 1.0, steps)[:, None]
     path = (1 - t) * a64 + t * b64
@@ -146,11 +147,18 @@ def _endpoint(run: TrainedRun, value: Images, which: str) -> np.ndarray:
     """An endpoint as a latent: a 1-D vector as given, an image as its posterior mean."""
     width = run.model.zdim
     if not isinstance(value, (str, os.PathLike)) and np.ndim(_numpy(value)) == 1:
-        vector = np.asarray(_numpy(value), np.float32)
-        if len(vector) != width or not np.isfinite(vector).all():
+        vector = np.asarray(_numpy(value))
+        if vector.dtype.kind not in "biuf":  # strings, complex numbers, objects: no latent to take
+            raise BadInputError(f"{which} is a latent vector of {vector.dtype} values; give {width} real numbers, "
+                                "or an image")
+        vector = vector.astype(np.float64)  # checked before float32, where 1e39 would become inf
+        if len(vector) != width:
             raise BadInputError(f"{which} is a latent vector of {len(vector)} numbers, but the run's latent has "
                                 f"{width} dimensions; give {width} finite numbers, or an image")
-        return vector
+        if not (np.isfinite(vector) & (np.abs(vector) <= np.finfo(np.float32).max)).all():
+            raise BadInputError(f"{which} is a latent vector holding NaN, infinite or out-of-range numbers "
+                                f"({printable(', '.join(f'{v:g}' for v in vector[:8]))}); give {width} finite numbers")
+        return vector.astype(np.float32)
     inputs = open_inputs(run, value)
     if inputs.n != 1:
         raise BadInputError(f"{which} holds {inputs.n:,} images; give one image (or a latent vector)")

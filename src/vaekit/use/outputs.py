@@ -11,10 +11,14 @@ pickle), in ``.csv`` and ``.parquet`` the columns ``mu_0 ... mu_{d-1}`` (and ``l
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import os
 import re
+import shutil
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -23,13 +27,14 @@ import numpy as np
 from PIL import Image
 
 from vaekit.config import ENCODING_FORMATS, ConfigError
-from vaekit.errors import VaekitError
+from vaekit.data.images import IMAGE_EXTENSIONS
+from vaekit.errors import VaekitError, WriteError
 from vaekit.run.io import atomic_write, write_bytes
 from vaekit.text import printable
 from vaekit.use.latent import Encoding
 
-__all__ = ["OutputExistsError", "PngWriter", "check_output", "encoding_format", "image_stem", "to_uint8",
-           "write_encoding", "write_png"]
+__all__ = ["OutputExistsError", "PngWriter", "check_output", "encoding_format", "image_stem", "make_folder",
+           "staged_folder", "to_uint8", "write_encoding", "write_png"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _STEM_CHARS = 60
@@ -41,16 +46,71 @@ class OutputExistsError(VaekitError):
     """The output named already exists, and replacing it was not asked for."""
 
 
-def check_output(path: Path, force: bool, *, folder: bool = False) -> None:
-    """Refuse to replace what ``path`` holds without ``force``: a file, or for ``folder`` a folder with files."""
+def check_output(path: Path, force: bool, *, folder: bool = False, files: str = "",
+                 run: str | os.PathLike | None = None) -> None:
+    """Refuse to replace what ``path`` holds without ``force``: a file, or for ``folder`` a folder with files.
+
+    A new folder named like an image (``recs.png``) is refused too: the user meant one image file, and would
+    otherwise find a folder of that name. ``files`` names the image files the command can write instead.
+    ``run``: the run folder read, whose own files (and the folder itself) are never an output, ``force`` or not:
+    ``--out RUN/metrics.csv --force`` would leave a run that no command can read.
+    """
+    if run is not None:
+        _check_outside_run(path, Path(run))
     if folder and path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path} is a file, not a folder; choose another --out")
+    if folder and not path.exists() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        raise ConfigError(f"--out {path}: a folder is written here, not a {path.suffix} file; give a folder name "
+                          f"without an image extension{files}")
     if not folder and path.is_dir():
         raise OutputExistsError(f"{path} is a folder; give a file name for --out")
     taken = path.is_dir() and any(path.iterdir()) if folder else path.exists()
     if taken and not force:
-        what = "folder already holds files" if folder else "file already exists"
-        raise OutputExistsError(f"{path}: the {what}; pass --force to replace them, or choose another --out")
+        what = "folder already holds files; pass --force to replace them" if folder else \
+            "file already exists; pass --force to replace it"
+        raise OutputExistsError(f"{path}: the {what}, or choose another --out")
+
+
+def make_folder(folder: Path, shown: Path | None = None) -> None:
+    """``folder`` and its parents, or one :class:`WriteError` line naming ``shown`` (default ``folder``): a
+    read-only disk, a file in the way."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"could not create the folder {shown or folder}: {e.strerror or e}; choose another "
+                         "--out") from e
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """The folder to write a command's many files into, such that a new ``out`` appears whole or not at all.
+
+    Files written one by one (thousands of reconstructions) would leave a half-filled folder after Ctrl-C or a
+    failed write, which the next call then refuses to replace without ``--force``. A new folder is filled under a
+    temporary name (``.NAME.tmp-PID``, as :func:`vaekit.run.io.atomic_write` names its files) and renamed when
+    complete; an existing one (empty, or replaced into with ``--force``) is written into directly.
+    """
+    if out.is_dir():
+        yield out
+        return
+    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    make_folder(out.parent)
+    make_folder(staging, out)
+    try:
+        yield staging
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # only the files this call wrote; the error itself goes on
+        raise
+
+
+def _check_outside_run(path: Path, run: Path) -> None:
+    target, run = path.resolve(), run.resolve()
+    if target == run:
+        raise ConfigError(f"--out {path} is the run folder itself; choose a new name (inside it or elsewhere)")
+    if target.parent == run and target.exists():
+        raise ConfigError(f"--out {path} would replace {target.name} in the run folder, which --force never does to "
+                          "a run's files; choose a new name, or delete that file first")
 
 
 def encoding_format(path: Path) -> str:
@@ -77,7 +137,7 @@ def _columns(enc: Encoding) -> list[tuple[str, np.ndarray]]:
 def write_encoding(path: Path, enc: Encoding) -> None:
     """``enc`` as a table at ``path``, in the format of its extension (see the module docstring)."""
     fmt = encoding_format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     if fmt == "npy":
         write_bytes(path, _npy_bytes(enc))
     elif fmt == "csv":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,6 +63,12 @@ def check_sample_options(model_head: str, n: int, sampler: str, temperature: flo
     if mode == "sample" and model_head not in EIGHT_BIT_LIKELIHOODS:
         raise ConfigError("--mode sample draws pixels from an 8-bit likelihood head, and this model's decoder gives "
                           "logits; its images are the decoder means (--mode mean)")
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy scalar (``np.int64(3)`` from ``len``-free arithmetic, ``np.float32(0.7)``) as the Python number it
+    holds, so that it passes the checks a Python number passes; anything else is left for them to judge."""
+    return value.item() if isinstance(value, np.generic) and isinstance(value, (np.integer, np.floating)) else value
 
 
 def new_seed() -> int:
@@ -149,6 +156,7 @@ def sample(run: TrainedRun, n: int, *, sampler: str = "prior", temperature: floa
     without a ``seed`` the draws are new on every call (:func:`new_seed`)."""
     model = run.model
     seed = new_seed() if seed is None else seed
+    n, seed, components, temperature = _plain(n), _plain(seed), _plain(components), _plain(temperature)
     check_sample_options(model.config.head, n, sampler, temperature, seed, mode, components)
     mix = mixture_for(run, components, refit=refit, progress=progress, warn=warn) if sampler == "gmm" else None
     was_training = model.training

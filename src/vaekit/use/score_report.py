@@ -29,12 +29,13 @@ def output_paths(out: str | Path) -> dict[str, Path]:
             "figure": out.with_name(f"{out.stem}_extremes.png")}
 
 
-def check_outputs(paths: dict[str, Path], force: bool) -> None:
-    """Refuse, before any work, outputs that exist (without ``force``) or whose folder does not."""
+def check_outputs(paths: dict[str, Path], force: bool, run: str | Path | None = None) -> None:
+    """Refuse, before any work, outputs that exist (without ``force``), whose folder does not, or that are the
+    files of the ``run`` scored."""
     if not paths["csv"].parent.is_dir():
         raise ConfigError(f"the folder of --out {paths['csv']} does not exist; create it first")
     for path in paths.values():
-        check_output(path, force)
+        check_output(path, force, run=run)
 
 
 def csv_text(table: ScoreTable) -> str:
