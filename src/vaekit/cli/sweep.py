@@ -32,7 +32,7 @@ class _Refusing(argparse.ArgumentParser):
     """The train parser as the sweep uses it: a value it refuses is a ConfigError naming the space file's flag."""
 
     def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"space file: {' '.join(message.split())} (see vaekit train --help)")
+        raise ConfigError(f"{' '.join(message.split())} (see vaekit train --help)")
 
 
 def add_sweep_parser(sub: Any) -> argparse.ArgumentParser:
@@ -70,7 +70,7 @@ class TrainFlags:
             switch = self.actions[name].nargs == 0
             if switch != isinstance(value, bool):
                 kind = "true or false" if switch else "a value, not true or false"
-                raise ConfigError(f"space file: --{name} takes {kind}, got {value!r}")
+                raise ConfigError(f"--{name} takes {kind}, got {value!r}")
             if switch:
                 argv += [f"--{name}"] if value else []
             else:
@@ -81,7 +81,7 @@ class TrainFlags:
         """The checked TrainConfig of one trial's flag values (ConfigError, one line, for what train refuses)."""
         args = self.parser.parse_args(self.argv(values))
         if not args.val_fraction:
-            raise ConfigError("space file: --val-fraction must be above 0: the sweep's objective is the "
+            raise ConfigError("--val-fraction must be above 0: the sweep's objective is the "
                               "validation loss, and the test set is never used to choose")
         config, _ = config_from_args(args)
         config.validate()
@@ -101,10 +101,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if "://" not in url:
         raise ConfigError(f"--storage {printable(url)} is not a URL; give an Optuna RDB URL such as "
                           "sqlite:///study.db or postgresql://user@host/db")
+    sweep = Sweep(space, folder, args.study or space_path.stem, flags.config)
     if "val-fraction" not in space.fixed:
         print(f"vaekit sweep: holding out --val-fraction {OWN_VAL_FRACTION} of the training images for "
               "validation: the objective is the best validation loss, never the test set", file=sys.stderr)
-    sweep = Sweep(space, folder, args.study or space_path.stem, flags.config)
     best = run_sweep(sweep, args.trials, url, args.heartbeat, lambda s: print(s, flush=True))
     print(f"best: trial {best['trial']} value {best['value']:.4f} {best['params']} run folder "
           f"{printable(best['run_folder'])}; {printable(folder / 'best.json')}")

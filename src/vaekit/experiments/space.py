@@ -99,17 +99,18 @@ def read_space(path: Path, check: Callable[[dict[str, Any]], None], flags: set[s
             from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"space file {where} cannot be read as TOML: {' '.join(str(e).split())}") from None
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"space file {where}: unknown section [{unknown[0]}]; the sections are "
-                          f"{', '.join(SECTIONS)}")
+    for key in sorted(set(raw) - set(SECTIONS)):
+        if not isinstance(raw[key], dict):
+            raise ConfigError(f"space file {where}: {key!r} is outside any section; put flags under [fixed] or "
+                              "[search.FLAG]")
+        raise ConfigError(f"space file {where}: unknown section [{key}]; the sections are {', '.join(SECTIONS)}")
     fixed = _table(raw, "fixed", where)
     search = {name: _param(name, spec, where) for name, spec in _table(raw, "search", where).items()}
+    for name in [*fixed, *search]:
+        _check_name(name, flags, where)
     if not search:
         raise ConfigError(f"space file {where} searches nothing; add a [search.FLAG] table such as "
                           "[search.lr] with low and high")
-    for name in [*fixed, *search]:
-        _check_name(name, flags, where)
     for name in search:
         if name in NOT_SEARCHED:
             raise ConfigError(f"space file {where}: --{name} cannot be searched, it changes what the validation "
@@ -118,7 +119,10 @@ def read_space(path: Path, check: Callable[[dict[str, Any]], None], flags: set[s
             raise ConfigError(f"space file {where}: --{name} is both fixed and searched; keep one")
     for name, param in search.items():  # every value a trial can get passes the train command's own checks
         for value in param.candidates():
-            check({**fixed, name: value})
+            try:
+                check({**fixed, name: value})
+            except ConfigError as e:
+                raise ConfigError(f"space file {where}: {e}") from None
     return Space(fixed, search, _named(raw, "pruner", PRUNERS, where), _named(raw, "sampler", SAMPLERS, where), raw)
 
 

@@ -79,6 +79,12 @@ class Sweep:
     study_name: str
     to_config: Callable[[dict[str, Any]], TrainConfig]  # flag values -> the TrainConfig `vaekit train` would use
 
+    def __post_init__(self) -> None:
+        """Build the pruner and sampler now, so that bad arguments for them fail before anything is written."""
+        opt = optuna()
+        self.pruner = build(opt, "pruner", *self.space.pruner)
+        self.sampler = build(opt, "sampler", *self.space.sampler)
+
     def objective(self, trial: Any) -> float:
         """Train one trial's run folder and return its best validation loss (pruned: raise TrialPruned)."""
         params = {name: suggest(trial, p) for name, p in self.space.search.items()}
@@ -171,9 +177,7 @@ def open_study(sweep: Sweep, url: str, heartbeat: int) -> Any:
     with folder_lock(sweep.folder):
         storage = open_storage(url, heartbeat)
         study = opt.create_study(study_name=sweep.study_name, storage=storage, direction="minimize",
-                                 load_if_exists=True,
-                                 pruner=build(opt, "pruner", *sweep.space.pruner),
-                                 sampler=build(opt, "sampler", *sweep.space.sampler))
+                                 load_if_exists=True, pruner=sweep.pruner, sampler=sweep.sampler)
         stored = study.user_attrs.get("space")
         if stored is None:
             study.set_user_attr("space", space_json)
