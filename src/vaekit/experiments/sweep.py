@@ -42,7 +42,7 @@ def optuna() -> Any:
         import optuna as module
     except ImportError:
         raise ConfigError(INSTALL) from None
-    module.logging.set_verbosity(module.logging.WARNING)
+    module.logging.set_verbosity(module.logging.ERROR)  # each trial's own line says how it ended, and why
     # heartbeats and fail_stale_trials are marked experimental; the sweep relies on them knowingly
     warnings.filterwarnings("ignore", category=module.exceptions.ExperimentalWarning)
     return module
@@ -98,8 +98,10 @@ class Sweep:
 
             train(self.to_config({**self.space.fixed, **params}), out, callbacks=[report])
         except BaseException as e:
+            error = " ".join(str(e).split()) or type(e).__name__
+            trial.set_user_attr("error", error)
             if out.is_dir():
-                runs.write_json(out / TRIAL, {**record, "state": "failed", "error": " ".join(str(e).split())})
+                runs.write_json(out / TRIAL, {**record, "state": "failed", "error": error})
             raise
         value = float(runs.read_summary(out)["best_val_loss"])
         state = "complete" if report.pruned_at is None else "pruned"
@@ -209,6 +211,7 @@ def run_sweep(sweep: Sweep, trials: int, url: str, heartbeat: int, say: Callable
 
     def line(study: Any, t: Any) -> None:
         value = "" if t.value is None else f" value {t.value:.4f}"
+        value += f" ({t.user_attrs['error']})" if "error" in t.user_attrs else ""
         say(f"trial {t.number} {t.state.name.lower()}{value} {json.dumps(t.params)} "
             f"{printable(t.user_attrs.get('run_folder', ''))}")
 
