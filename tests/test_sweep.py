@@ -127,6 +127,17 @@ def test_a_bad_space_file_is_one_line_and_exit_2(case: str, tmp_path: Path,
     assert not (tmp_path / "sweep").exists()  # nothing written
 
 
+def test_without_optuna_the_command_names_the_extra_and_nothing_else_needs_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    code = "import sys, vaekit, vaekit.cli; vaekit.cli.build_parser(); sys.exit('optuna' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0  # never imported by the CLI
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if it were not installed
+    (tmp_path / "space.toml").write_text("[search.lr]\nlow = 0.1\nhigh = 0.2\n")
+    assert main(["sweep", str(tmp_path / "space.toml"), "--trials", "1", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err == 'vaekit sweep: error: vaekit sweep needs Optuna: pip install "vaekit[sweep]"\n'
+
+
 def _worker(space: Path, sweep: Path, trials: int, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "vaekit", "sweep", str(space), "--trials", str(trials), "--out",
                              str(sweep), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -193,3 +204,17 @@ def test_two_workers_share_one_study_and_survive_a_killed_one(tiny_data: Path, t
     best = json.loads((sweep / "best.json").read_text())
     done = [t.value for t in trials.values() if t.state.name == "COMPLETE"]
     assert best["value"] == min(done)
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_trial_failed_not_running(tiny_data: Path, tmp_path: Path) -> None:
+    path, sweep = _space(tmp_path, tiny_data), tmp_path / "sweep"
+    path.write_text(path.read_text().replace("epochs = 2", "epochs = 200"))  # a trial long enough to interrupt
+    worker = _worker(path, sweep, 2)
+    trial = _running_trial_of(sweep, worker.pid, time.monotonic() + 120)
+    worker.send_signal(signal.SIGINT)
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 130 and "the current trial is marked failed" in err.strip().splitlines()[-1]
+    assert [(t.number, t.state.name) for t in _study(sweep).trials] == [(trial.number, "FAIL")]
+    record = json.loads((sweep / f"trial-{trial.number:04d}" / "trial.json").read_text())
+    assert record["state"] == "failed" and record["error"].startswith("interrupted")
