@@ -16,7 +16,7 @@ import os
 import socket
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,8 @@ class Sweep:
     folder: Path
     study_name: str
     to_config: Callable[[dict[str, Any]], TrainConfig]  # flag values -> the TrainConfig `vaekit train` would use
+    pruner: Any = field(init=False)
+    sampler: Any = field(init=False)
 
     def __post_init__(self) -> None:
         """Build the pruner and sampler now, so that bad arguments for them fail before anything is written."""
@@ -190,24 +192,26 @@ def open_study(sweep: Sweep, url: str, heartbeat: int) -> Any:
     return study
 
 
-def check_folder(folder: Path, study_name: str, url: str) -> None:
-    """The sweep folder holds this study's trials only: refuse one that records another study or storage."""
-    folder.mkdir(parents=True, exist_ok=True)
+def check_folder(folder: Path, study_name: str, url: str) -> dict[str, str] | None:
+    """Refuse a sweep folder that records another study or storage; what to record in a new one (else None)."""
     mine = {"study": study_name, "storage": shown_url(url)}
     path = folder / SWEEP
-    if path.exists():
-        known = runs.read_json(path)
-        if not isinstance(known, dict) or {k: known.get(k) for k in mine} != mine:
-            raise ConfigError(f"{printable(folder)} holds the trials of another sweep ({printable(path)}); use its "
-                              "--study and --storage to join it, or another --out")
-    else:
-        runs.write_json(path, mine)
+    if not path.exists():
+        return mine
+    known = runs.read_json(path)
+    if not isinstance(known, dict) or {k: known.get(k) for k in mine} != mine:
+        raise ConfigError(f"{printable(folder)} holds the trials of another sweep ({printable(path)}); use its "
+                          "--study and --storage to join it, or another --out")
+    return None
 
 
 def run_sweep(sweep: Sweep, trials: int, url: str, heartbeat: int, say: Callable[[str], None]) -> dict[str, Any]:
     """Run ``trials`` more trials of the study (joining it if it exists); write and return the best trial."""
-    check_folder(sweep.folder, sweep.study_name, url)
+    record = check_folder(sweep.folder, sweep.study_name, url)
+    sweep.folder.mkdir(parents=True, exist_ok=True)
     study = open_study(sweep, url, heartbeat)
+    if record is not None:
+        runs.write_json(sweep.folder / SWEEP, record)
 
     def line(study: Any, t: Any) -> None:
         value = "" if t.value is None else f" value {t.value:.4f}"
