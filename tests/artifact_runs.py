@@ -20,18 +20,18 @@ from vaekit.model import VAE, model_config
 def make_run(folder: Path, data_dir: Path, *, epochs: int = 2, seed: int = 0, likelihood: str = "bernoulli",
              sigma: float = 1.0, learn_sigma: bool = False, zdim: int = 2, preset: str = "seed",
              image_shape: tuple[int, ...] = (28, 28), hidden: list[int] | None = None, head: str = "logits",
-             mixtures: int = 0, **train: Any) -> Path:
+             mixtures: int = 0, context: int = 0, **train: Any) -> Path:
     """A finished run with random weights in ``folder``, on the IDX data in ``data_dir`` (the seed preset's);
     ``head`` and ``mixtures`` are the model's (an 8-bit head goes with the likelihood of its name)."""
     torch.manual_seed(seed)
     mcfg = model_config(preset, zdim=zdim, learn_sigma=learn_sigma, sigma_init=sigma, image_shape=image_shape,
-                        hidden=hidden, head=head, mixtures=mixtures)
+                        hidden=hidden, head=head, mixtures=mixtures, context=context)
     model = VAE(mcfg)
     if likelihood == "discretized-logistic":  # its scales are a weight of the model, not a training setting
         sigma, learn_sigma = 1.0, False
     tcfg = TrainConfig(dataset="mnist", data_dir=str(data_dir), epochs=epochs, device="cpu", likelihood=likelihood,
                        sigma=sigma, learn_sigma=learn_sigma, progress=False, model=preset, hidden=hidden,
-                       mixtures=mixtures or None, **train)
+                       mixtures=mixtures or None, context=context, **train)
     tcfg.validate()
     folder.mkdir(parents=True, exist_ok=True)
     runs.write_config(folder, mcfg, tcfg, {"dataset": "mnist", "source": str(data_dir), "n_train": 600,

@@ -132,6 +132,16 @@ def test_an_export_that_differs_from_pytorch_is_refused_and_leaves_nothing(tiny_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nor the folders made on the way
 
 
+def test_a_run_with_a_causal_context_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    make_run(run, tmp_path / "data", preset="conv", zdim=3, image_shape=(8, 8, 3), hidden=[4, 8],
+             head="logistic-mixture", mixtures=2, likelihood="logistic-mixture", context=1)
+    assert main(["export", str(run), "--onnx", str(tmp_path / "onnx")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--context 1" in err and "--context 0" in err
+    assert not (tmp_path / "onnx").exists()
+
+
 def test_an_opset_the_exporter_cannot_write_is_one_line(tiny_run: Path, tmp_path: Path, capsys) -> None:
     assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "onnx"), "--opset", "5"]) == 2
     err = capsys.readouterr().err

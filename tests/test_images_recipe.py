@@ -43,7 +43,7 @@ def test_images_recipe_is_the_default_for_own_images_and_cifar10(flags: list[str
     c = config_of(*flags)
     assert (c.recipe, c.model, c.likelihood, c.mixtures, c.batch_size, c.lr) == (
         "images", "conv", "logistic-mixture", 5, 64, 1e-3)
-    assert (c.lr_schedule, c.steps, c.val_fraction, c.patience) == ("cosine", 3000, 0.1, 10)
+    assert (c.lr_schedule, c.steps, c.val_fraction, c.patience, c.context) == ("cosine", 3000, 0.1, 10, 2)
 
 
 @pytest.mark.parametrize("flags", [[], ["--dataset", "mnist"], ["--dataset", "fashion-mnist"], ["--dataset", "kmnist"],

@@ -10,7 +10,7 @@ The path from data to a trained model, one package each::
     vaekit.run         the run folder: safetensors + JSON, atomic writes, the lock
     vaekit.artifacts   figures, the latent explorer page and the report of a finished run
     vaekit.use         a trained run applied to images: encode, reconstruct, interpolate (also Run methods)
-    vaekit.experiments several runs together: the comparison of runs and seed groups, by protocol
+    vaekit.experiments several runs together: seeds trained as a group, runs and seed groups compared by protocol
 
 ``import vaekit`` is light: torch, matplotlib and the rest load when a function that needs them is called.
 """

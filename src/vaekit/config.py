@@ -98,6 +98,11 @@ UPSAMPLING = ("transposed", "nearest")
 # Residual blocks a conv model may add after each level of its encoder and decoder (model/conv.py).
 RES_BLOCKS = (0, 1, 2, 3, 4)
 
+# The causal context of an 8-bit head (model/context.py): 0 for none (each pixel's distribution from z alone), or
+# the radius N of the window of earlier pixels each pixel's distribution also reads: the N rows above it and the
+# N pixels either side of it in those rows, and the N pixels before it in its own row (a (2N+1)^2 masked kernel).
+CONTEXTS = (0, 1, 2, 3)
+
 
 @dataclass
 class ModelConfig:
@@ -130,6 +135,7 @@ class ModelConfig:
     head: str = "logits"
     mixtures: int = 0  # components of the logistic-mixture head (0 for every other head)
     res_blocks: int = 0  # conv only: residual blocks after each level (one of RES_BLOCKS); stored configs load as 0
+    context: int = 0  # radius of the causal window of earlier pixels the head also reads (one of CONTEXTS; 0: none)
 
     @property
     def input_dim(self) -> int:
@@ -172,6 +178,18 @@ class ModelConfig:
                               f"(got {_short(self.res_blocks)} for a {self.architecture} model)")
         if self.architecture == "hierarchical":
             self._validate_groups()
+        self._validate_context()
+
+    def _validate_context(self) -> None:
+        """A causal context needs an 8-bit head (its log p(x|z) reads the image's own 8-bit values) and a flat
+        model (a hierarchy's sampling and in-page decoding have no place for the pixel-by-pixel pass)."""
+        _check_context(self.context)
+        if self.context and self.head not in EIGHT_BIT_LIKELIHOODS:
+            raise ConfigError(f"--context reads the earlier 8-bit pixels for an 8-bit likelihood; the {self.head} head "
+                              f"has none: use --likelihood {' or '.join(EIGHT_BIT_LIKELIHOODS)}, or drop --context")
+        if self.context and self.architecture == "hierarchical":
+            raise ConfigError("--context is for the flat models (conv, MLP presets), not the hierarchical one: "
+                              "drop --context, or choose another --model")
 
     def _validate_groups(self) -> None:
         """A hierarchy's latent groups: one count per level, the coarsest level holding the first group."""
@@ -302,10 +320,16 @@ class TrainConfig:
     progress: bool = True
     artifacts: bool = True  # draw the figures and write the explorer and report at the end
     tensorboard: bool = False  # also log per-epoch scalars to RUN/tensorboard/ (needs the tensorboard package)
+    # Experiment trackers (training/trackers.py): None for none, "" for the tracker's default URI / project.
+    mlflow: str | None = None  # an MLflow tracking URI (needs the mlflow package)
+    wandb: str | None = None  # a W&B project (needs the wandb package)
+    strict_trackers: bool = False  # a failing tracker stops training instead of a warning
     # Stabilisers of deep hierarchies (VDVAE's): all off by default, so a run without them is unchanged.
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: no clipping)
     skip_threshold: float = 0.0  # skip an update whose gradient norm exceeds this (0: never skip)
     ema: float = 0.0  # rate of an exponential moving average of the weights used for evaluation (0: none)
+    # Radius of the causal window of earlier pixels an 8-bit head also reads (ModelConfig.context; 0: none).
+    context: int = 0
 
     def validate(self) -> None:
         _positive_int("epochs", self.epochs, MAX_EPOCHS)
@@ -383,12 +407,23 @@ class TrainConfig:
         if self.likelihood in EIGHT_BIT_LIKELIHOODS and self.binarize != "none":
             raise ConfigError(f"--likelihood {self.likelihood} models 8-bit pixels, not the binary ones of "
                               f"--binarize {self.binarize}: drop --binarize, or use --likelihood bernoulli")
+        self._validate_context()
         if self.likelihood != "gaussian" and (self.learn_sigma or self.sigma != 1.0):
             flag = "--learn-sigma" if self.learn_sigma else "--sigma"
             has = ("takes its scales from the decoder" if self.likelihood in EIGHT_BIT_LIKELIHOODS
                    else "has no sigma")
             raise ConfigError(f"{flag} sets the gaussian likelihood's sigma; --likelihood {self.likelihood} {has}: "
                               f"drop {flag}, or use --likelihood gaussian")
+
+    def _validate_context(self) -> None:
+        """The causal context's combinations, refused before any data is read (ModelConfig checks them again)."""
+        _check_context(self.context)
+        if self.context and self.likelihood not in EIGHT_BIT_LIKELIHOODS:
+            raise ConfigError(f"--context reads the earlier 8-bit pixels; --likelihood {self.likelihood} has none: use "
+                              f"--likelihood {' or '.join(EIGHT_BIT_LIKELIHOODS)}, or drop --context")
+        if self.context and PRESETS.get(str(self.model), {}).get("architecture") == "hierarchical":
+            raise ConfigError(f"--context is for the flat models (conv, MLP presets), not the hierarchical "
+                              f"{self.model}: drop --context, or choose another --model")
 
     def _validate_data(self) -> None:
         if self.data is not None and (self.dataset is not None or self.data_dir is not None):
@@ -424,6 +459,11 @@ def _positive_int(name: str, value: Any, most: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (most is not None and value > most):
         bound = f" up to {most:,}" if most is not None else ""
         raise ConfigError(f"{name} must be a positive integer{bound} (got {_short(value)})")
+
+
+def _check_context(value: Any) -> None:
+    if isinstance(value, bool) or value not in CONTEXTS:
+        raise ConfigError(f"context must be one of {', '.join(map(str, CONTEXTS))} (got {_short(value)})")
 
 
 def _short(value: Any) -> str:
@@ -480,7 +520,13 @@ def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
 #   get 94 epochs, Fashion-MNIST's 54,000 get 4), ``--epochs`` overriding;
 # * 10% of the training images for validation, early stopping after 10 epochs without a better val_loss, or
 #   500 steps where 10 epochs are fewer (a folder of 300 images: 125 epochs of 4 noisy steps, where 10 stopped it
-#   1.25 bits/dim short of its best), and the best epoch's weights kept.
+#   1.25 bits/dim short of its best), and the best epoch's weights kept;
+# * a causal context of radius 2 (model/context.py): each pixel's distribution also reads the 12 pixels before it
+#   in a 5x5 window, which a decoder independent per pixel given z cannot, and which PNG and WebP live on. On the
+#   32x32 photo crops of benchmarks/codec_table.py it took the recipe from 4.86 to 3.60 bits/dim in 30 minutes
+#   (PNG 4.05), and to 3.28 after its 3,000 steps (WebP lossless 3.35; benchmarks/RESULTS.md, 2026-12-03),
+#   at the price of a latent that carries far less
+#   (--context 0 for a latent that describes the image: reconstructions, the explorer).
 # A weight average (--ema 0.995) did not pay on a small folder or on Fashion-MNIST (docs/results-images.md), nor
 # did residual blocks (--res-blocks 1) at their cost: IMAGES_EMA is the average's place once one does.
 IMAGES_EMA: dict[str, Any] = {}
@@ -506,6 +552,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "val_fraction": 0.1,
         "patience": 10,
         "patience_steps": 500,
+
+        "context": 2,
         **IMAGES_EMA,
     },
 }
@@ -526,7 +574,8 @@ def recipe_config(name: str | None, given: dict[str, Any] | None = None) -> Trai
 
     An explicit ``epochs`` replaces a recipe's step budget (``steps``), so the run trains exactly that many;
     turning the validation split off (``val_fraction`` 0) turns off the recipe's early stopping, which needs it;
-    and another ``likelihood`` drops the recipe's ``mixtures``, which only the logistic mixture has.
+    another ``likelihood`` drops the recipe's ``mixtures``, which only the logistic mixture has, and a likelihood
+    that is not 8-bit or the hierarchical model its ``context``.
     """
     given = dict(given or {})
     if name is None:
@@ -536,6 +585,9 @@ def recipe_config(name: str | None, given: dict[str, Any] | None = None) -> Trai
     settings = {**RECIPES[name], **given, "recipe": name}
     if settings.get("likelihood") != "logistic-mixture" and "mixtures" not in given:
         settings.pop("mixtures", None)  # the recipe's mixture size goes with its likelihood, not with another
+    if "context" not in given and (settings.get("likelihood") not in EIGHT_BIT_LIKELIHOODS or PRESETS.get(
+            str(settings.get("model")), {}).get("architecture") == "hierarchical"):
+        settings.pop("context", None)  # so does its causal context, which only a flat model's 8-bit head has
     if "epochs" in given:
         settings["steps"] = None
     if "patience" in given:  # the patience asked for, in epochs, whatever their length

@@ -41,7 +41,14 @@ class Headline:
 
 
 def likelihood_text(t: TrainConfig, m: ModelConfig) -> str:
-    """The decoder's likelihood in words, as the run trained it (a learned sigma is a weight, not a setting)."""
+    """The decoder's likelihood in words, as the run trained it (a learned sigma is a weight, not a setting), and
+    the causal context its pixels read, if any."""
+    context = getattr(m, "context", 0)
+    return _likelihood_words(t, m) + (f"; each pixel's distribution also reads the earlier pixels within {context} "
+                                      "(a causal context, images drawn pixel by pixel)" if context else "")
+
+
+def _likelihood_words(t: TrainConfig, m: ModelConfig) -> str:
     if t.likelihood == "gaussian":
         if t.learn_sigma or m.learn_sigma:
             return f"Gaussian with a learned per-pixel sigma (from {m.sigma_init:g}), constants included"

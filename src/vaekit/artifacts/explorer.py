@@ -271,15 +271,22 @@ def class_names(dataset: str | None, known: list[str] | tuple[str, ...] | None =
 
 def runs_in_page(model: VAE) -> bool:
     """Whether the page can run ``model``'s decoder and encoder itself: sequential ones (MLP, conv), not a
-    hierarchy's, whose residual passes `vaekit explore --serve` runs in PyTorch instead."""
-    return not model.hierarchical
+    hierarchy's residual passes nor a causal context's pixel-by-pixel image, which `vaekit explore --serve` runs in
+    PyTorch instead."""
+    return not model.hierarchical and model.context is None
 
 
-def remote_note(run_dir: str | os.PathLike) -> str:
+def remote_decoder(model: VAE) -> str:
+    """What the decoder the page cannot run is, in words, for the lines that say where it runs instead."""
+    return "hierarchical decoder" if model.hierarchical else "pixel-by-pixel decoder (--context)"
+
+
+def remote_note(run_dir: str | os.PathLike, model: VAE) -> str:
     """The one line that says where a decoder and encoder the page cannot run are run."""
-    return (f"The hierarchical decoder and encoder of this run cannot run inside the page: `vaekit explore {run_dir} "
-            "--serve` serves them, decoding and encoding in PyTorch (the first group's latent, the others at their "
-            "prior means).")
+    how = (" (the first group's latent, the others at their prior means)" if model.hierarchical
+           else " (each pixel the mean given the ones before it)")
+    return (f"The {remote_decoder(model)} and the encoder of this run cannot run inside the page: `vaekit explore "
+            f"{run_dir} --serve` serves them, decoding and encoding in PyTorch{how}.")
 
 
 def explorer_html(model: VAE, means: np.ndarray, labels: np.ndarray, *, title: str = "", meta: str = "",
@@ -352,7 +359,7 @@ def build_explorer(run: runs.Run, splits: Any) -> str:
     means = latent_means(model, images)
     return explorer_html(model, means, labels, title=run.path.resolve().name, meta=_meta_line(run, len(means)),
                          dataset=splits.name, classes=getattr(splits, "class_names", None),
-                         note=remote_note(run.path))
+                         note=remote_note(run.path, run.model))
 
 
 def write_explorer(run: runs.Run, splits: Any, out: str | os.PathLike | None = None) -> Path:

@@ -101,6 +101,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from vaekit.artifacts.explorer import (
         ExplorerError,
         build_explorer,
+        remote_decoder,
         remote_note,
         runs_in_page,
         torch_decoder,
@@ -112,22 +113,23 @@ def cmd_explore(args: argparse.Namespace) -> int:
         raise ExplorerError("--port needs --serve")
     if not args.serve and args.out is None:
         path = write_artifacts(args.run, which=("explorer",), data_dir=args.data_dir, device=args.device)[0]
-        in_page = runs_in_page(load_inputs(args.run, device=args.device, need_data=False)[0].model)
+        model = load_inputs(args.run, device=args.device, need_data=False)[0].model
     else:
         run, splits = load_inputs(args.run, data_dir=args.data_dir, device=args.device)
         page = build_explorer(run, splits).encode("utf-8")
-        in_page = runs_in_page(run.model)
+        model = run.model
+        in_page = runs_in_page(model)
         if args.out is not None:
             write_bytes(args.out, page)
         if args.serve:
-            decoder, encoder = (None, None) if in_page else (torch_decoder(run.model), torch_encoder(run.model))
+            decoder, encoder = (None, None) if in_page else (torch_decoder(model), torch_encoder(model))
             if not in_page:
-                print("vaekit explore: the hierarchical decoder and encoder run in PyTorch behind this server",
-                      file=sys.stderr)
+                print(f"vaekit explore: the {remote_decoder(model)} and the encoder run in PyTorch behind this "
+                      "server", file=sys.stderr)
             return serve(page, DEFAULT_PORT if args.port is None else args.port, args.open, decoder, encoder)
         path = Path(args.out)
-    if not in_page:
-        print(printable(f"vaekit explore: {remote_note(args.run)}"), file=sys.stderr)
+    if not runs_in_page(model):
+        print(printable(f"vaekit explore: {remote_note(args.run, model)}"), file=sys.stderr)
     print(printable(path))
     if args.open:
         webbrowser.open(path.resolve().as_uri())

@@ -11,6 +11,7 @@ from vaekit.config import (
     ACTIVATIONS,
     BINARIZE,
     CHANNELS,
+    CONTEXTS,
     GRID_SPACINGS,
     LIKELIHOODS,
     LR_SCHEDULES,
@@ -57,6 +58,13 @@ def _val_fraction(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"expected a number from 0 up to 1, got {text[:40]!r}")
     return value
+
+
+def _seed_list(text: str) -> list[int]:
+    """--seeds, parsed by the module that trains them (imported only when the flag is given: it loads torch)."""
+    from vaekit.experiments.seeds import parse_seeds
+
+    return parse_seeds(text)
 
 
 def _sigma(text: str) -> float | str:
@@ -126,6 +134,10 @@ def _model_flags(g: argparse._ArgumentGroup) -> None:
                    "not with --binarize, --sigma or --learn-sigma")
     g.add_argument("--mixtures", type=positive_int, metavar="K",
                    help="components per pixel of --likelihood logistic-mixture (default 10)")
+    g.add_argument("--context", type=int, choices=CONTEXTS, metavar="N",
+                   help="an 8-bit likelihood's causal window: each pixel's distribution also reads the N rows above it "
+                        "and the N pixels before it (PixelVAE-style; 0: none, the default; one of "
+                        f"{', '.join(map(str, CONTEXTS))}); sampling then goes pixel by pixel")
     g.add_argument("--sigma", type=_sigma, help="standard deviation of the gaussian likelihood (default 1), or "
                                                 "'learned' for a learned per-pixel one; gaussian only")
     g.add_argument("--learn-sigma", action="store_true", default=None,
@@ -160,6 +172,9 @@ def _optimization_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--lr-warmup", type=_number(float, 0.0, what="a number of epochs >= 0"),
                    help="epochs of linear learning-rate warm-up (default 0)")
     g.add_argument("--seed", type=seed_int, help="random seed; same seed, same weights on CPU (default 0)")
+    g.add_argument("--seeds", type=_seed_list, metavar="LIST",
+                   help="train one run per seed, such as 0,1,2 or 0-4, one after another into OUT/seed-N/, then "
+                        "write OUT/summary.json and print each number's mean \u00b1 standard error (not with --seed)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     g.add_argument("--precision", choices=PRECISIONS,
                    help="auto (default: bf16 for conv models where bf16 is native, else fp32), fp32, bf16 (autocast; "
@@ -195,17 +210,24 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
                    help="skip the figures, explorer and report at the end (vaekit plot/explore/report make them)")
     g.add_argument("--tensorboard", action="store_true", default=None,
                    help="log per-epoch scalars to RUN/tensorboard/ (needs: pip install \"vaekit[tensorboard]\")")
+    g.add_argument("--mlflow", nargs="?", const="", metavar="URI",
+                   help="track the run in MLflow at URI (default $MLFLOW_TRACKING_URI; needs \"vaekit[mlflow]\")")
+    g.add_argument("--wandb", nargs="?", const="", metavar="PROJECT",
+                   help="track the run in W&B PROJECT (default $WANDB_PROJECT or vaekit; needs \"vaekit[wandb]\")")
+    g.add_argument("--strict-trackers", action="store_true", default=None,
+                   help="stop training (checkpointed) when --mlflow or --wandb fails, instead of a warning")
     g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
 # The TrainConfig fields set by flags of the same name (dashes for underscores).
 _FIELDS = (
     "dataset", "data_dir", "data", "image_size", "channels", "test_fraction", "skip_bad", "epochs", "batch_size",
-    "lr", "zdim", "model", "width", "res_blocks", "hidden", "activation", "likelihood", "mixtures", "sigma",
-    "learn_sigma",
+    "lr", "zdim", "model", "width", "res_blocks", "hidden", "activation", "likelihood", "mixtures", "context",
+    "sigma", "learn_sigma",
     "device", "seed", "checkpoint_every", "grid_size", "grid_spacing", "detect_anomaly", "objective", "k", "beta",
     "kl_warmup", "binarize", "precision", "compile", "fused_step", "cuda_graph", "lr_schedule", "lr_warmup", "recipe",
     "artifacts", "tensorboard", "val_fraction", "steps", "patience", "grad_clip", "skip_threshold", "ema",
+    "mlflow", "wandb", "strict_trackers",
 )
 
 
@@ -222,31 +244,76 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, A
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vaekit.run import CONFIG, read_config
-    from vaekit.training import RESUMABLE, train
+    from vaekit.training import train
 
     config, given = config_from_args(args)
     if args.resume and args.force:
         raise ConfigError("--resume and --force contradict each other: pick one")
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out RUN_FOLDER")
+    if args.seeds is not None:
+        return _train_seeds(args, config, given)
     if args.resume:
-        if not args.out:
-            raise ConfigError("--resume needs --out RUN_FOLDER")
-        if (Path(args.out) / CONFIG).exists():
-            _, stored, _ = read_config(Path(args.out))
-            def same(field: str, value: object) -> bool:
-                old = getattr(stored, field)
-                return (old == value or (field == "recipe" and {old, value} <= {None, "post"})  # post: the default
-                        or (field == "val_fraction" and old is None and value == 0))  # a run from before: none
-
-            clash = [f for f, v in given.items() if f not in (*RESUMABLE, "data") and not same(f, v)]
-            if clash:
-                flags = ", ".join("--" + f.replace("_", "-") for f in clash)
-                verb = "differs" if len(clash) == 1 else "differ"
-                raise ConfigError(f"{flags} {verb} from the run being resumed; resume with the same settings "
-                                  "or start a new run with another --out")
-            for f in RESUMABLE:  # keep the stored value unless the flag was given
-                if f not in given and f != "progress":
-                    setattr(config, f, getattr(stored, f))
+        config = _resumed_config(config, given, Path(args.out))
     config.validate()
     train(config, args.out, resume=args.resume, force=args.force)
+    return 0
+
+
+def _resumed_config(config: TrainConfig, given: dict[str, Any], out: Path) -> TrainConfig:
+    """The config to resume ``out`` with: the flags given must match its stored settings but for RESUMABLE ones,
+    whose stored values are kept unless given."""
+    from vaekit.run import CONFIG, read_config
+    from vaekit.training import RESUMABLE
+
+    if not (out / CONFIG).exists():
+        return config
+    _, stored, _ = read_config(out)
+
+    def same(field: str, value: object) -> bool:
+        old = getattr(stored, field)
+        return (old == value or (field == "recipe" and {old, value} <= {None, "post"})  # post: the default
+                or (field == "val_fraction" and old is None and value == 0))  # a run from before: none
+
+    clash = [f for f, v in given.items() if f not in (*RESUMABLE, "data") and not same(f, v)]
+    if clash:
+        flags = ", ".join("--" + f.replace("_", "-") for f in clash)
+        verb = "differs" if len(clash) == 1 else "differ"
+        raise ConfigError(f"{flags} {verb} from the run being resumed; resume with the same settings "
+                          "or start a new run with another --out")
+    for f in RESUMABLE:  # keep the stored value unless the flag was given
+        if f not in given and f != "progress":
+            setattr(config, f, getattr(stored, f))
+    return config
+
+
+def _train_seeds(args: argparse.Namespace, config: TrainConfig, given: dict[str, Any]) -> int:
+    """``--seeds``: one run per seed into OUT/seed-N, each exactly the run ``--seed N --out OUT/seed-N`` is."""
+    from dataclasses import replace
+
+    from vaekit.experiments.seeds import out_folder, summary_lines, train_seeds
+
+    if args.seed is not None:
+        raise ConfigError("--seed and --seeds exclude each other: give --seeds for several seeds, --seed for one")
+    out = out_folder(args.out)
+
+    def config_for(seed: int, run_dir: Path, stored: Path | None) -> TrainConfig:
+        seeded = replace(config, seed=seed)
+        if stored == run_dir:  # a started seed: resumed like a single run
+            seeded = _resumed_config(seeded, {**given, "seed": seed}, run_dir)
+        elif stored is not None:  # not started yet: the settings the started seeds were trained with
+            from vaekit.run import read_config
+            from vaekit.training import RESUMABLE
+
+            seeded = _resumed_config(seeded, given, stored)
+            settings = read_config(stored)[1]
+            seeded = replace(settings, seed=seed, data=seeded.data or settings.data,
+                             **{f: getattr(seeded, f) for f in RESUMABLE})
+        seeded.validate()
+        return seeded
+
+    seeds = ",".join(map(str, args.seeds))
+    summary = train_seeds(config_for, args.seeds, out, resume=args.resume, force=args.force,
+                          again=f"vaekit train --seeds {seeds} --out {out}")
+    print("\n".join(summary_lines(summary)))
     return 0

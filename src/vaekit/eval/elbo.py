@@ -57,4 +57,5 @@ def image_terms(model: VAE, x: Tensor, eps: Tensor, likelihood: str, sigma: floa
         recon = -model.log_px_z(likelihood, x, p.logits, sigma)
         return ELBOTerms(loss=recon + p.kl, recon=recon, kl=p.kl)
     logits, mu, logvar = model(x, eps)
-    return elbo_terms(logits, x, mu, logvar, likelihood, sigma, model.log_sigma, model.channels, model.config.mixtures)
+    return elbo_terms(model.head_params(x, logits), x, mu, logvar, likelihood, sigma, model.log_sigma, model.channels,
+                      model.config.mixtures)

@@ -33,6 +33,7 @@ NOISE = frozenset({
     "train.eval_batch_size", "train.grid_size", "train.grid_spacing", "train.detect_anomaly", "train.zdim",
     "train.model", "train.width", "train.hidden", "train.activation", "train.mixtures", "data.source",
     "data.val_indices_sha256",
+    "train.mlflow", "train.wandb", "train.strict_trackers",
 })
 
 

@@ -83,7 +83,7 @@ def _value(r: ComparedRun, key: str) -> float | None:
     return float(value) if _finite(value) else None
 
 
-def _numbers(entry: Entry) -> tuple[dict[str, Stat], int | None]:
+def entry_numbers(entry: Entry) -> tuple[dict[str, Stat], int | None]:
     """An entry's numbers over its runs (a number missing from any run is left out) and the K of its -log p(x)."""
     ks = {repr(r.summary.get("nll_samples")) for r in entry.runs}
     k = entry.runs[0].summary.get("nll_samples") if len(ks) == 1 else None
@@ -132,7 +132,7 @@ def compare(paths: list[str | os.PathLike]) -> Comparison:
         p = run_protocol(entry.runs[0])
         if p not in protocols:
             protocols.append(p)
-        numbers, k = _numbers(entry)
+        numbers, k = entry_numbers(entry)
         rows.append(Row(entry, protocols.index(p), numbers, k))
     rows.sort(key=lambda r: r.protocol)  # stable: the order given, within each protocol
     _rank(rows)

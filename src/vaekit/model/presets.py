@@ -18,6 +18,8 @@ def model_config(
     head: str = "logits",
     mixtures: int = 0,
     res_blocks: int = 0,
+
+    context: int = 0,
 ) -> ModelConfig:
     """Resolve a preset name and optional overrides into a validated :class:`ModelConfig`.
 
@@ -26,6 +28,7 @@ def model_config(
     multiplies the channels of a conv preset. ``head`` is what the decoder outputs per sub-pixel (one of
     ``HEADS``: logits, or an 8-bit likelihood's parameters), ``mixtures`` the logistic mixture's components.
     ``res_blocks`` residual blocks follow each level of a conv preset; any other preset refuses them.
+    ``context`` the radius of an 8-bit head's causal window of earlier pixels (0: none; :mod:`vaekit.model.context`).
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown model preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
@@ -52,6 +55,6 @@ def model_config(
         spec["decoder_hidden"] = spec["encoder_hidden"][::-1]
     cfg = ModelConfig(preset=preset, image_shape=tuple(image_shape), learn_sigma=learn_sigma,
                       sigma_init=float(sigma_init) if learn_sigma else 1.0, head=head,
-                      mixtures=mixtures, res_blocks=res_blocks, **spec)
+                      mixtures=mixtures, res_blocks=res_blocks, context=context, **spec)
     cfg.validate()
     return cfg

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from vaekit.config import ModelConfig
 from vaekit.heads import head_mean, head_sample, init_head_bias, params_per_pixel
+from vaekit.model.context import CausalContext
 from vaekit.model.conv import conv_decoder, conv_encoder
 from vaekit.model.hierarchical import BottomUp, LatentPass, TopDown, hierarchy_groups
 from vaekit.objectives import log_likelihood
@@ -74,6 +75,12 @@ class VAE(nn.Module):
                 [config.zdim, *config.decoder_hidden, out], config.activation, config.skip_first_decoder_activation
             )
         self._init_head()
+        # The causal context of an 8-bit head (model/context.py); None (and absent from the state dict) without.
+        self.context: CausalContext | None = None
+        if config.context:
+            h, w, *c = config.image_shape
+            self.context = CausalContext((h, w, self.channels), self.params_per_pixel, config.context,
+                                         _ACTIVATIONS[config.activation])
         # The learned per-pixel log standard deviation of a gaussian p(x|z); None (and absent from the
         # state dict) otherwise, so models without it keep their exact weights file.
         self.log_sigma: nn.Parameter | None
@@ -114,11 +121,15 @@ class VAE(nn.Module):
 
     def _init_head(self) -> None:
         """Start an 8-bit head near the uniform code: its outputs' biases from :func:`init_head_bias`, and the
-        last layer's weights a tenth of their default so that z moves the start only a little."""
+        last layer's weights a tenth of their default so that z moves the start only a little. A model laid out
+        on the meta device (load_model's size check) has no values to start: building the bias there would load
+        torch's compiler, seconds for nothing."""
+        last = [m for m in self.decoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+        if last.weight.is_meta:
+            return
         bias = init_head_bias(self.config.head, self.channels, self.config.mixtures)
         if bias is None:
             return
-        last = [m for m in self.decoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
         with torch.no_grad():
             last.weight.mul_(HEAD_INIT_WEIGHT)
             last.bias.copy_(bias.repeat(last.bias.numel() // bias.numel()))
@@ -145,15 +156,29 @@ class VAE(nn.Module):
     def log_px_z(self, likelihood: str, x: Tensor, params: Tensor, sigma: float = 1.0) -> Tensor:
         """log p(x|z) per row of decoder outputs ``params`` under ``likelihood``, read with this model's own head,
         learned scales and channels, so no caller has to pass them along."""
-        return log_likelihood(likelihood, x, params, sigma, self.log_sigma, self.channels, self.config.mixtures)
+        return log_likelihood(likelihood, x, self.head_params(x, params), sigma, self.log_sigma, self.channels,
+                              self.config.mixtures)
+
+    def head_params(self, x: Tensor, params: Tensor) -> Tensor:
+        """The parameters of p(x|z) for the image ``x``: the decoder's ``params`` themselves, or with a causal
+        context (:mod:`vaekit.model.context`) those plus what each pixel reads from the pixels of ``x`` before it."""
+        return params if self.context is None else self.context(x, params)
 
     def mean_image(self, params: Tensor) -> Tensor:
         """The image of decoder outputs ``params`` (rows of H*W*C values in [0, 1]): sigmoid of logits, or the
-        head's mean (:func:`vaekit.heads.head_mean`), so no caller interprets the outputs itself."""
+        head's mean (:func:`vaekit.heads.head_mean`), so no caller interprets the outputs itself. With a causal
+        context the image is made pixel by pixel, each pixel the head's mean given the means before it."""
+        if self.context is not None:
+            return self.context.generate(params, lambda p: head_mean(self.config.head, p, self.channels,
+                                                                     self.config.mixtures))
         return head_mean(self.config.head, params, self.channels, self.config.mixtures)
 
     def sample_images(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """8-bit images drawn from the head's p(x|z) for decoder outputs ``params`` (8-bit heads only)."""
+        """8-bit images drawn from the head's p(x|z) for decoder outputs ``params`` (8-bit heads only); with a causal
+        context pixel by pixel in raster order, each drawn given the ones drawn before it."""
+        if self.context is not None:
+            return self.context.generate(params, lambda p: head_sample(self.config.head, p, self.channels,
+                                                                       self.config.mixtures, generator))
         return head_sample(self.config.head, params, self.channels, self.config.mixtures, generator)
 
     def _batched(self, body: nn.Module, rows: Tensor) -> Tensor:

@@ -42,6 +42,7 @@ CHECKPOINT = "checkpoint.safetensors"
 BEST_WEIGHTS = "best.safetensors"  # early stopping's best epoch so far (training/callbacks.py, EarlyStopping)
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
+TRACKER_RUNS = "trackers.json"  # the MLflow / W&B run ids a resumed run continues (training/trackers.py)
 METRIC_COLUMNS = ("epoch", "train_loss", "test_loss", "test_recon", "test_kl", "seconds", "lr")
 REQUIRED_METRIC_COLUMNS = METRIC_COLUMNS[:-1]  # lr: added later, absent in older runs
 # A run with a validation split has these columns after train_loss; its test columns are blank but on the last
@@ -360,7 +361,7 @@ def remove_run_files(run_dir: Path, names: tuple[str, ...] = ()) -> None:
     Otherwise a new run killed before its first checkpoint would leave the old run's checkpoint next to
     its own config, and ``--resume`` would continue the wrong run.
     """
-    for name in (CHECKPOINT, WEIGHTS, BEST_WEIGHTS, METRICS, SUMMARY, *names, CONFIG):
+    for name in (CHECKPOINT, WEIGHTS, BEST_WEIGHTS, METRICS, SUMMARY, TRACKER_RUNS, *names, CONFIG):
         try:
             (Path(run_dir) / name).unlink(missing_ok=True)
         except OSError as e:

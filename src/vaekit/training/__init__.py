@@ -4,7 +4,8 @@
 :func:`.loop.fit` and writes the results (:mod:`.summary`); the loop's parts are the
 step (:mod:`.step`: precision, compile, fused Adam, non-finite guard), the objective and its noise
 (:mod:`.objective`), the schedules (:mod:`.schedule`), the checkpoint (:mod:`.checkpoint`) and the
-callbacks (:mod:`.callbacks`: progress bar, checkpoints, metrics, log, TensorBoard).
+callbacks (:mod:`.callbacks`: progress bar, checkpoints, metrics, log, TensorBoard; :mod:`.trackers`: MLflow
+and Weights & Biases).
 """
 
 from __future__ import annotations

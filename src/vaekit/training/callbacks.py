@@ -1,7 +1,8 @@
 """Callbacks: the named parts of training that are not the optimization itself.
 
 :func:`vaekit.training.loop.fit` calls every callback's hooks in order; the defaults are the progress bar,
-the checkpoints, ``metrics.csv`` and the per-epoch log line, and ``--tensorboard`` adds TensorBoard scalars.
+the checkpoints, ``metrics.csv`` and the per-epoch log line, and ``--tensorboard`` adds TensorBoard scalars
+(``--mlflow`` and ``--wandb`` add the trackers of :mod:`vaekit.training.trackers` after them).
 Write your own by subclassing :class:`Callback` and passing it as ``vaekit.train(..., callbacks=[...])``
 (see docs/callbacks.md). Under torchrun every process calls the hooks; ``trainer.ctx.is_main`` is rank 0,
 the only process that should write files.

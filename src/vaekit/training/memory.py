@@ -39,7 +39,8 @@ def step_bytes(mcfg: ModelConfig, batch_size: int) -> int:
         model = VAE(mcfg)
         params = sum(p.numel() * p.element_size() for p in model.parameters())
         x, eps = torch.empty(batch_size, mcfg.input_dim), torch.empty(batch_size, model.latent_size)
-        kept, _ = leaf_output_bytes(model, lambda: model.latent_pass(x, eps) if model.hierarchical else model(x, eps))
+        kept, _ = leaf_output_bytes(model, lambda: model.latent_pass(x, eps) if model.hierarchical
+                                    else model.head_params(x, model(x, eps)[0]))
     return 4 * params + 2 * kept
 
 

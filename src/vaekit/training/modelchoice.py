@@ -36,4 +36,4 @@ def model_config_for(config: TrainConfig, image_shape: tuple[int, ...]) -> Model
     mixtures = (config.mixtures or DEFAULT_MIXTURES) if head == "logistic-mixture" else 0
     return model_config(config.model, config.zdim, config.hidden, config.activation, image_shape,
                         learn_sigma=config.learn_sigma, sigma_init=config.sigma, width=config.width, head=head,
-                        mixtures=mixtures, res_blocks=config.res_blocks or 0)
+                        mixtures=mixtures, res_blocks=config.res_blocks or 0, context=config.context)

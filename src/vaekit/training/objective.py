@@ -67,8 +67,8 @@ def batch_loss(model: VAE, x_u8: Tensor, noise: Noise, config: TrainConfig, kl_w
         return hierarchical_loss(model, x, noise.eps, config, kl_weight)
     if single_draw(config):
         logits, mu, logvar = model(x, noise.eps)
-        t = elbo_terms(logits, x, mu, logvar, config.likelihood, config.sigma, model.log_sigma, model.channels,
-                        model.config.mixtures)
+        t = elbo_terms(model.head_params(x, logits), x, mu, logvar, config.likelihood, config.sigma, model.log_sigma,
+                       model.channels, model.config.mixtures)
         return (t.recon + kl_weight * t.kl).sum()  # weight 1.0: bit for bit the plain negative ELBO
     mu, logvar = model.encode(x)
     z = model.reparameterize(mu, logvar, noise.eps)

@@ -39,6 +39,7 @@ from vaekit.training.setup import RESUMABLE, folder_held, outputs, settle
 from vaekit.training.stabilise import WeightAverage
 from vaekit.training.step import TrainStep
 from vaekit.training.summary import finish
+from vaekit.training.trackers import tracked, tracker_callbacks
 from vaekit.training.trainer import TrainData, Trainer
 
 __all__ = ["RESUMABLE", "build_trainer", "train"]
@@ -66,13 +67,14 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
         device = ctx.device or resolve_device(config.device)
         precision.resolve(config.precision, device)  # fp16 away from CUDA fails here, before the data is read
         default_callbacks(config.progress, config.tensorboard, run_dir)  # and so does a missing tensorboard package
+        trackers = tracker_callbacks(config, run_dir, resume)  # or mlflow or wandb package
         splits, own, val = read_data(config, run_dir, ctx, data, stored, device)
         config = replace(config, model=config.model or default_model(splits, ctx.is_main),
                          val_fraction=val.fraction if val is not None else 0.0)
         config = settle_budget(config, len(splits.train_images), val is not None, stored is None,
                                ctx.is_main and config.progress)
         extra = default_callbacks(config.progress, config.tensorboard, run_dir, config.patience)  # settled patience
-        extra += list(callbacks)
+        extra += [*trackers, *callbacks]
         mcfg = model_config_for(config, tuple(splits.train_images.shape[1:]))
         with folder_held(run_dir, config, resume, ctx):
             t = build_trainer(config, mcfg, splits, run_dir, device, ctx,
@@ -85,8 +87,9 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
                 _restore(t, stored.epochs)
             if ctx.is_main:
                 runs.write_config(run_dir, mcfg, config, data_info)
-            fit(t, extra)
-            finish(t, data_info, test_labels)
+            with tracked(extra):  # the trackers get the summary and files once they are written
+                fit(t, extra)
+                finish(t, data_info, test_labels)
         ctx.barrier()  # the other ranks return the run rank 0 has finished writing
     return runs.load_run(run_dir, device)
 

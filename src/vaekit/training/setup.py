@@ -23,7 +23,7 @@ from vaekit.training import distributed
 # fused_step and cuda_graph change how a step is computed, not what it computes (bit-for-bit continuation
 # holds when they stay; fused_step changes no bit at all).
 RESUMABLE = ("epochs", "device", "progress", "checkpoint_every", "detect_anomaly", "precision", "compile", "fused_step",
-             "cuda_graph", "artifacts", "tensorboard")
+             "cuda_graph", "artifacts", "tensorboard", "mlflow", "wandb", "strict_trackers")
 
 
 def settle(config: TrainConfig, out: str | os.PathLike | None, resume: bool, force: bool,

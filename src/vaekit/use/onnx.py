@@ -67,6 +67,10 @@ class OnnxExportError(VaekitError):
     exit_code = 1
 
 
+class UnexportableError(VaekitError):
+    """The run's model is of a kind the exported files cannot hold (its images drawn pixel by pixel)."""
+
+
 class OpsetError(VaekitError):
     """The exporter cannot write the opset asked for."""
 
@@ -281,6 +285,10 @@ def export_onnx(run_or_path: Run | str | os.PathLike, out_dir: str | os.PathLike
     """
     onnxruntime = require_onnx()
     run = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
+    if run.model.config.context:
+        raise UnexportableError(f"{run.path} has a causal context (--context {run.model.config.context}): its "
+                                "images are drawn pixel by pixel, a loop the exported decoder cannot hold; export a "
+                                "run trained with --context 0")
     out = Path(os.path.abspath(out_dir))  # "." and "a/.." have a name to put a temporary folder beside
     _check_destination(out, run.path, force)
     created = [p for p in [out.parent, *out.parent.parents] if not p.exists()][::-1]
