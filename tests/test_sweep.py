@@ -114,6 +114,7 @@ BAD = {
     "test": ("[search.test-fraction]\nlow = 0.1\nhigh = 0.2\n", "--test-fraction cannot be searched"),
     "value": ("[search.lr]\nchoices = [-1]\n", "argument --lr: expected a positive number"),
     "no-val": ("[fixed]\nval-fraction = 0\n[search.lr]\nlow = 0.1\nhigh = 0.2\n", "--val-fraction must be above 0"),
+    "seeds": ("[fixed]\nseeds = \"0,1\"\n[search.lr]\nlow = 0.1\nhigh = 0.2\n", "--seeds is set by vaekit sweep"),
     "managed": ("[fixed]\nout = \"x\"\n[search.lr]\nlow = 0.1\nhigh = 0.2\n", "--out is set by vaekit sweep"),
     "nothing": ("[fixed]\nepochs = 2\n", "searches nothing"),
     "toml": ("[search.lr\n", "cannot be read as TOML"),

@@ -49,8 +49,8 @@ SECTIONS = ("fixed", "search", "pruner", "sampler")
 PRUNERS = {"median": "MedianPruner", "percentile": "PercentilePruner", "threshold": "ThresholdPruner",
            "successive-halving": "SuccessiveHalvingPruner", "hyperband": "HyperbandPruner", "none": "NopPruner"}
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler"}
-# Flags a sweep sets itself: never in a space file.
-MANAGED = ("out", "resume", "force")
+# Flags a sweep sets itself, or that make a trial something other than one run: never in a space file.
+MANAGED = ("out", "resume", "force", "seeds")
 # Flags that change what the objective measures rather than the model trained: fixed only, never searched. The
 # seed is noise, not a setting; the data and its splits are what the validation loss is measured on.
 NOT_SEARCHED = ("seed", "val-fraction", "test-fraction", "dataset", "data", "data-dir", "binarize")
@@ -135,7 +135,8 @@ def _table(raw: dict[str, Any], name: str, where: str) -> dict[str, Any]:
 
 def _check_name(name: str, flags: set[str], where: str) -> None:
     if name in MANAGED:
-        raise ConfigError(f"space file {where}: --{name} is set by vaekit sweep itself; leave it out")
+        raise ConfigError(f"space file {where}: --{name} is set by vaekit sweep itself (a trial is one run "
+                          "folder); leave it out")
     if name not in flags:
         hint = f" (flags use dashes: {name.replace('_', '-')})" if name.replace("_", "-") in flags else ""
         raise ConfigError(f"space file {where}: {name!r} is not a vaekit train flag{hint}; see vaekit train --help")
