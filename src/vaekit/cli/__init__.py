@@ -22,6 +22,7 @@ from vaekit.cli.export import add_export_parser
 from vaekit.cli.report import add_report_parser
 from vaekit.cli.sample import add_sample_parser
 from vaekit.cli.score import add_score_parser
+from vaekit.cli.sweep import add_sweep_parser
 from vaekit.cli.train import add_train_parser
 from vaekit.cli.use import add_use_parsers
 from vaekit.config import ConfigError
@@ -49,6 +50,7 @@ def build_parser() -> Parser:
     add_use_parsers(sub)
     add_sample_parser(sub)
     add_score_parser(sub)
+    add_sweep_parser(sub)
     return parser
 
 
