@@ -43,7 +43,7 @@ class Headline:
 def likelihood_text(t: TrainConfig, m: ModelConfig) -> str:
     """The decoder's likelihood in words, as the run trained it (a learned sigma is a weight, not a setting), and
     the causal context its pixels read, if any."""
-    context = getattr(m, "context", 0)
+    context = m.context
     return _likelihood_words(t, m) + (f"; each pixel's distribution also reads the earlier pixels within {context} "
                                       "(a causal context, images drawn pixel by pixel)" if context else "")
 
@@ -95,17 +95,17 @@ def number(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
 
 
-def _is_num(value: Any) -> bool:
+def is_num(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _elbo(summary: dict[str, Any]) -> Headline:
     """The test -ELBO of the final weights, as training measured it."""
     loss = summary.get("test_loss")
-    if not _is_num(loss):
+    if not is_num(loss):
         return Headline("negative-elbo", "test -ELBO", "absent: the run has no summary.json yet", "", present=False)
     parts = f" (reconstruction {number(summary['test_recon'])} + KL {number(summary['test_kl'])})" \
-        if _is_num(summary.get("test_recon")) and _is_num(summary.get("test_kl")) else ""
+        if is_num(summary.get("test_recon")) and is_num(summary.get("test_kl")) else ""
     proto = summary.get("protocol")
     known = isinstance(proto, dict) and {"binarize", "likelihood"} <= proto.keys()
     data = f"; data protocol: {describe(proto)}" if known else ""
@@ -117,14 +117,14 @@ def _elbo(summary: dict[str, Any]) -> Headline:
 def _nll(summary: dict[str, Any]) -> Headline:
     """The importance-sampled -log p(x) that ``vaekit evaluate --nll`` stores, or how to get it."""
     nll = summary.get("nll")
-    if not _is_num(nll):
+    if not is_num(nll):
         return Headline("nll", "-log p(x)", "absent: not estimated yet",
                         f"{NLL_HOW} estimates it by importance sampling", present=False)
-    err = f" \u00b1 {number(summary['nll_stderr'])}" if _is_num(summary.get("nll_stderr")) else ""
+    err = f" \u00b1 {number(summary['nll_stderr'])}" if is_num(summary.get("nll_stderr")) else ""
     k = summary.get("nll_samples")
-    shown_k = f"{k:,}" if _is_num(k) else str(k)
+    shown_k = f"{k:,}" if is_num(k) else str(k)
     set_err = summary.get("nll_test_set_stderr")
-    spread = f"; over test sets of this size it varies by \u00b1 {number(set_err)}" if _is_num(set_err) else ""
+    spread = f"; over test sets of this size it varies by \u00b1 {number(set_err)}" if is_num(set_err) else ""
     return Headline("nll", "-log p(x)", f"{number(nll)}{err} nats per image",
                     f"importance sampled with K = {shown_k} samples per test image (the IWAE bound, which tightens "
                     f"towards -log p(x) as K grows); \u00b1 is the standard error of the estimate{spread}")
@@ -133,7 +133,7 @@ def _nll(summary: dict[str, Any]) -> Headline:
 def _bits(summary: dict[str, Any]) -> Headline:
     """Bits per dimension of the importance-sampled estimate, with the scale it is on."""
     bits = summary.get("bits_per_dim")
-    if not _is_num(bits):
+    if not is_num(bits):
         return Headline("bits-per-dim", "bits/dim", "absent: not estimated yet", f"{NLL_HOW} adds it with -log p(x)",
                         present=False)
     proto = summary.get("nll_protocol")
@@ -145,12 +145,12 @@ def _bits(summary: dict[str, Any]) -> Headline:
 def _validation(summary: dict[str, Any]) -> Headline | None:
     """The best validation -ELBO and its epoch, for a run that held out validation images."""
     best = summary.get("best_val_loss")
-    if not _is_num(best):
+    if not is_num(best):
         return None
     n = summary.get("n_val")
     return Headline("validation-negative-elbo", "best validation -ELBO",
                     f"{number(best)} nats per image at epoch {summary.get('best_val_epoch')}",
-                    "negative ELBO on " + (f"{n:,} " if _is_num(n) else "") + "held-out training images, the "
+                    "negative ELBO on " + (f"{n:,} " if is_num(n) else "") + "held-out training images, the "
                     "number training chose its epochs on; the test set was evaluated once, at the end")
 
 
@@ -180,11 +180,11 @@ def dataset_text(data: dict[str, Any]) -> str:
 def split_text(data: dict[str, Any]) -> str:
     """How many images each split held and their shape."""
     shape = "x".join(map(str, data.get("image_shape") or []))
-    parts = [f"{data['n_train']:,} training images" if _is_num(data.get("n_train")) else "training images"]
-    if _is_num(data.get("n_val")):
+    parts = [f"{data['n_train']:,} training images" if is_num(data.get("n_train")) else "training images"]
+    if is_num(data.get("n_val")):
         parts.append(f"{data['n_val']:,} more held out of the training split for validation "
                      f"({data.get('val_fraction', 0):g} of it)")
-    if _is_num(data.get("n_test")):
+    if is_num(data.get("n_test")):
         parts.append(f"{data['n_test']:,} test images")
     return ", ".join(parts) + (f"; each {shape}" if shape else "")
 
@@ -195,9 +195,9 @@ def training_text(t: TrainConfig, summary: dict[str, Any]) -> str:
     budget = f" (a budget of {t.steps:,} steps)" if t.steps else ""
     where = f" on {summary['device']}" if summary.get("device") else ""
     secs = summary.get("train_seconds")
-    took = f", {_duration(secs)}" if _is_num(secs) else ""
+    took = f", {_duration(secs)}" if is_num(secs) else ""
     rate = summary.get("train_samples_per_s")
-    speed = f" ({rate:,.0f} images/s)" if _is_num(rate) and math.isfinite(rate) else ""
+    speed = f" ({rate:,.0f} images/s)" if is_num(rate) and math.isfinite(rate) else ""
     return (f"{epochs} epoch{'' if epochs == 1 else 's'}{budget}, batch {t.batch_size}, Adam at learning rate {t.lr:g} "
             f"({t.lr_schedule} schedule), seed {t.seed}, objective {t.objective}{where}{took}{speed}")
 

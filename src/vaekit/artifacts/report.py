@@ -30,6 +30,7 @@ from vaekit.artifacts.describe import (
     Headline,
     dataset_text,
     headline,
+    is_num,
     likelihood_text,
     model_text,
     split_text,
@@ -92,13 +93,9 @@ def _fmt(value: Any) -> str:
 
 
 def _kv_table(rows: dict[str, Any]) -> str:
-    body = "".join(f"<tr><th>{_e(k)}</th><td{' class=num' if _is_num(v) else ''}>{_fmt(v)}</td></tr>"
+    body = "".join(f"<tr><th>{_e(k)}</th><td{' class=num' if is_num(v) else ''}>{_fmt(v)}</td></tr>"
                    for k, v in rows.items())
     return f'<table class="kv">{body}</table>'
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _flat(d: dict[str, Any]) -> dict[str, Any]:

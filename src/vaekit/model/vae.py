@@ -78,7 +78,7 @@ class VAE(nn.Module):
         # The causal context of an 8-bit head (model/context.py); None (and absent from the state dict) without.
         self.context: CausalContext | None = None
         if config.context:
-            h, w, *c = config.image_shape
+            h, w = config.image_shape[:2]
             self.context = CausalContext((h, w, self.channels), self.params_per_pixel, config.context,
                                          _ACTIVATIONS[config.activation])
         # The learned per-pixel log standard deviation of a gaussian p(x|z); None (and absent from the
@@ -168,18 +168,18 @@ class VAE(nn.Module):
         """The image of decoder outputs ``params`` (rows of H*W*C values in [0, 1]): sigmoid of logits, or the
         head's mean (:func:`vaekit.heads.head_mean`), so no caller interprets the outputs itself. With a causal
         context the image is made pixel by pixel, each pixel the head's mean given the means before it."""
-        if self.context is not None:
-            return self.context.generate(params, lambda p: head_mean(self.config.head, p, self.channels,
-                                                                     self.config.mixtures))
-        return head_mean(self.config.head, params, self.channels, self.config.mixtures)
+        return self._per_pixel(lambda p: head_mean(self.config.head, p, self.channels, self.config.mixtures), params)
 
     def sample_images(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """8-bit images drawn from the head's p(x|z) for decoder outputs ``params`` (8-bit heads only); with a causal
         context pixel by pixel in raster order, each drawn given the ones drawn before it."""
-        if self.context is not None:
-            return self.context.generate(params, lambda p: head_sample(self.config.head, p, self.channels,
-                                                                       self.config.mixtures, generator))
-        return head_sample(self.config.head, params, self.channels, self.config.mixtures, generator)
+        return self._per_pixel(lambda p: head_sample(self.config.head, p, self.channels, self.config.mixtures,
+                                                     generator), params)
+
+    def _per_pixel(self, pixel: Callable[[Tensor], Tensor], params: Tensor) -> Tensor:
+        """``pixel`` (head parameters -> pixel values) over the image: at once, or with a causal context pixel by
+        pixel in raster order, each pixel's parameters read from the values made before it."""
+        return pixel(params) if self.context is None else self.context.generate(params, pixel)
 
     def _batched(self, body: nn.Module, rows: Tensor) -> Tensor:
         """``body(rows)`` for rows with any leading dimensions (k draws of a batch): convolutions take one."""
