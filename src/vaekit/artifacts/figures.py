@@ -25,6 +25,7 @@ from vaekit.artifacts import FIGURES
 from vaekit.data.tensors import to_unit
 from vaekit.model import VAE
 from vaekit.text import printable
+from vaekit.use.latent import decode_images
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -67,14 +68,6 @@ def grid_ticks(coords: np.ndarray, most: int = GRID_TICKS) -> tuple[list[int], l
 
 
 @torch.no_grad()
-def decode_images(model: VAE, z: torch.Tensor) -> np.ndarray:
-    """Decoder means (:meth:`VAE.mean_image`: sigmoid of logits, or an 8-bit head's mean) as float images of the
-    model's image shape: (N, H, W[, 3])."""
-    device = next(model.parameters()).device
-    shape = tuple(model.config.image_shape)
-    return model.mean_image(model.decode(z.to(device, torch.float32))).reshape(-1, *shape).cpu().numpy()
-
-
 def principal_plane(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The plane of the latent grid for zdim > 2: the mean of ``means`` (N, zdim) and two steps (2, zdim).
 

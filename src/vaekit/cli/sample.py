@@ -26,7 +26,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from vaekit.artifacts.figures import tile_images
     from vaekit.config import ConfigError
     from vaekit.use.outputs import PngWriter, check_output, staged_folder, write_png
-    from vaekit.use.sample import check_sample_options, new_seed, sample
+    from vaekit.use.sample import new_seed, sample
 
     out, grid = Path(args.out), Path(args.out).suffix.lower() == ".png"
     check_output(out, args.force, folder=not grid, files=", or a .png file for one grid",
@@ -37,7 +37,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     seed = new_seed() if args.seed is None else args.seed
     options = {"sampler": args.sampler, "temperature": args.temperature, "seed": seed, "mode": args.mode,
                "components": args.components}
-    check_sample_options(run.model.config.head, args.n, **options)
     pixels = sample(run, args.n, **options, refit=args.refit, progress=True)
     if grid:
         write_png(out, tile_images(pixels.astype(np.float32) / 255, math.ceil(math.sqrt(args.n))))
