@@ -98,14 +98,14 @@ class Sweep:
         try:
             from vaekit.training import train
 
-            train(self.to_config({**self.space.fixed, **params}), out, callbacks=[report])
+            finished = train(self.to_config({**self.space.fixed, **params}), out, callbacks=[report])
         except BaseException as e:
             error = " ".join(str(e).split()) or type(e).__name__
             trial.set_user_attr("error", error)
             if out.is_dir():
                 runs.write_json(out / TRIAL, {**record, "state": "failed", "error": error})
             raise
-        value = float(runs.read_summary(out)["best_val_loss"])
+        value = float(finished.summary["best_val_loss"])  # the summary train() read back when it returned
         state = "complete" if report.pruned_at is None else "pruned"
         runs.write_json(out / TRIAL, {**record, "state": state, "value": value, "pruned_at_epoch": report.pruned_at})
         if report.pruned_at is not None:

@@ -27,8 +27,9 @@ import math
 import os
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -185,11 +186,13 @@ def _max_differences(part: _Part, path: Path, onnxruntime: ModuleType) -> dict[s
     """The largest absolute difference between ONNX Runtime's and PyTorch's outputs, per output, over the
     check's batch sizes (NaN where either is not finite, which fails the check)."""
     worst = dict.fromkeys(part.outputs, 0.0)
+    session = _session_call(part, path, partial(onnxruntime.InferenceSession, str(path),
+                                                providers=["CPUExecutionProvider"]))
     for size in CHECK_BATCHES:
         inputs = part.inputs[:size]
         with torch.no_grad():
             expected = part.module(inputs)
-        got = _run_session(part, path, inputs, onnxruntime)
+        got = _session_call(part, path, partial(session.run, list(part.outputs), {part.input_name: inputs.numpy()}))
         for name, ref, out in zip(part.outputs, expected, got, strict=True):
             out_t = torch.from_numpy(out)
             if out_t.shape != ref.shape:
@@ -200,12 +203,12 @@ def _max_differences(part: _Part, path: Path, onnxruntime: ModuleType) -> dict[s
     return worst
 
 
-def _run_session(part: _Part, path: Path, inputs: Tensor, onnxruntime: ModuleType) -> list[Any]:
-    """ONNX Runtime's outputs of the file for ``inputs``; a file it cannot load or run is one line (an exporter
-    asked for an old opset can write a graph that is not valid there)."""
+def _session_call(part: _Part, path: Path, call: Callable[[], Any]) -> Any:
+    """``call()``, loading or running the file in ONNX Runtime (the session is made once, then run per batch
+    size); a file it cannot load or run is one line (an exporter asked for an old opset can write a graph that is
+    not valid there)."""
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(list(part.outputs), {part.input_name: inputs.numpy()})
+        return call()
     except Exception as e:  # ONNX Runtime's errors are its own classes (InvalidGraph, Fail, ...), one per cause
         first = " ".join(str(e).replace(str(path), path.name).split())[:200] or type(e).__name__
         raise OnnxExportError(f"ONNX Runtime cannot run the exported {part.file} (opset {_opset(path)}): {first}; "
