@@ -80,7 +80,7 @@ class Tracker(Callback):
     def finish(self) -> None:
         """The run has written its summary and files: send them, and close the tracker's run as finished."""
         if self.active:
-            summary = runs.read_json(self.run_dir / runs.SUMMARY)
+            summary = runs.read_summary(self.run_dir)
             files = [self.run_dir / n for n in FILES if (self.run_dir / n).is_file()]
             self._guard("log the run's summary", lambda: self._log_outcome(summary, files))
         if self.active:
@@ -113,19 +113,21 @@ class Tracker(Callback):
             self.logged = int(rows[-1]["epoch"])
             self._save({})
 
-    def _stored(self) -> dict[str, Any] | None:
+    def _all(self) -> dict[str, Any]:
+        """RUN/trackers.json: each tracker's record by name ({} while there is none, or it is not an object)."""
         path = self.run_dir / TRACKER_RUNS
         every = runs.read_json(path) if path.exists() else {}
-        record = every.get(self.name) if isinstance(every, dict) else None
+        return every if isinstance(every, dict) else {}
+
+    def _stored(self) -> dict[str, Any] | None:
+        record = self._all().get(self.name)
         return record if isinstance(record, dict) else None
 
     def _save(self, record: dict[str, Any]) -> None:
         """Keep this tracker's run id and the epochs it has in RUN/trackers.json, beside the other tracker's."""
-        path = self.run_dir / TRACKER_RUNS
-        every = runs.read_json(path) if path.exists() else {}
-        every = every if isinstance(every, dict) else {}
+        every = self._all()
         every[self.name] = {**every.get(self.name, {}), **record, "epochs_logged": self.logged}
-        runs.write_json(path, every)
+        runs.write_json(self.run_dir / TRACKER_RUNS, every)
 
     def _guard(self, what: str, action: Callable[[], None]) -> None:
         """Run ``action``; a failure ends this tracker for the run with one warning line, or under
