@@ -17,7 +17,7 @@ from vaekit.artifacts.describe import CAPTIONS
 from vaekit.artifacts.report import STYLE, Curve, curves_svg
 from vaekit.artifacts.report import escape as _e
 from vaekit.errors import VaekitError
-from vaekit.experiments.compare import NUMBERS, RANKED, Comparison, Row, protocol_label, protocol_name
+from vaekit.experiments.compare import NLL_KEYS, NUMBERS, RANKED, Comparison, Row, protocol_label, protocol_name
 from vaekit.experiments.table import header, notes, row_cells
 from vaekit.run.io import read_bytes, write_bytes
 from vaekit.text import printable
@@ -115,7 +115,7 @@ def _spread(c: Comparison) -> str:
         for i, row in enumerate(c.rows):
             if key in row.numbers:
                 s = row.numbers[key]
-                where = (row.protocol, row.nll_samples if key in ("nll", "bits_per_dim") else None)
+                where = (row.protocol, row.nll_samples if key in NLL_KEYS else None)
                 plots.setdefault(where, []).append((row.entry.name, color(i), s.mean, s.stderr))
         for (proto, k), rows in plots.items():
             if all(se is None for *_, se in rows):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vaekit.config import ConfigError
+from vaekit.config import USE_BATCH_SIZE, ConfigError
 from vaekit.data.binarize import bits_per_dim_scale
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ def score_batches(run: TrainedRun, batches: Iterable[Batch], *, nll: int | None 
                       bits_per_dim_scale(mode, run.train_config.likelihood), high, low)
 
 
-def score_inputs(run: TrainedRun, inputs: Inputs, *, nll: int | None = None, batch_size: int = 256,
+def score_inputs(run: TrainedRun, inputs: Inputs, *, nll: int | None = None, batch_size: int = USE_BATCH_SIZE,
                  progress: bool = False) -> ScoreTable:
     """:func:`score_batches` of ``inputs`` (:func:`vaekit.use.inputs.open_inputs`) on the model's device."""
     device = next(run.model.parameters()).device
@@ -160,7 +160,7 @@ def class_names_of(inputs: Inputs) -> list[str] | None:
 
 
 def score(run: TrainedRun, images: Any = None, *, split: str | None = None, nll: int | None = None,
-          normal: str | list[int | str] | None = None, batch_size: int = 256, progress: bool = False,
+          normal: str | list[int | str] | None = None, batch_size: int = USE_BATCH_SIZE, progress: bool = False,
           data_dir: Any = None) -> dict[str, Any]:
     """Per-image scores of ``images`` (anything :func:`vaekit.use.inputs.open_inputs` takes) or of the run's
     ``split``, as plain columns in the images' order (:meth:`ScoreTable.columns`); with ``normal`` (class ids or
