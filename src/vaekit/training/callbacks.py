@@ -225,6 +225,17 @@ class EarlyStopping(Callback):
                 f"({history[best - 1]['val_loss']:.3f})")
 
 
+def require_tensorboard() -> type:
+    """TensorBoard's ``SummaryWriter``; without the package one line naming the extra (training checks this
+    before it reads any data)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ConfigError('--tensorboard needs the tensorboard package: pip install "vaekit[tensorboard]" '
+                          "(or train without --tensorboard)") from e
+    return SummaryWriter
+
+
 class TensorBoard(Callback):
     """Per-epoch scalars for TensorBoard in ``RUN/tensorboard/``: train/loss, test/loss, test/recon, test/kl, lr,
     or with a validation split val/loss, val/recon and val/kl in place of the test ones.
@@ -237,13 +248,8 @@ class TensorBoard(Callback):
             "test/loss": "test_loss", "test/recon": "test_recon", "test/kl": "test_kl", "lr": "lr"}
 
     def __init__(self, run_dir: Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise ConfigError('--tensorboard needs the tensorboard package: pip install "vaekit[tensorboard]" '
-                              "(or train without --tensorboard)") from e
         self.folder = Path(run_dir) / "tensorboard"
-        self._writer_class = SummaryWriter
+        self._writer_class = require_tensorboard()
         self.writer: Any = None
 
     def on_fit_start(self, trainer: Trainer) -> None:

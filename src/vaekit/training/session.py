@@ -26,7 +26,7 @@ from vaekit.errors import RunFolderError
 from vaekit.model import VAE
 from vaekit.training import distributed, precision
 from vaekit.training.budget import settle_budget
-from vaekit.training.callbacks import Callback, default_callbacks, log
+from vaekit.training.callbacks import Callback, default_callbacks, log, require_tensorboard
 from vaekit.training.checkpoint import TrainState, load_checkpoint
 from vaekit.training.inputs import data_description, read_data, report_skipped
 from vaekit.training.loop import fit
@@ -66,7 +66,8 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
             config = replace(config, progress=False)  # one progress bar and one log: rank 0's
         device = ctx.device or resolve_device(config.device)
         precision.resolve(config.precision, device)  # fp16 away from CUDA fails here, before the data is read
-        default_callbacks(config.progress, config.tensorboard, run_dir)  # and so does a missing tensorboard package
+        if config.tensorboard:
+            require_tensorboard()  # and so does a missing tensorboard package
         trackers = tracker_callbacks(config, run_dir, resume)  # or mlflow or wandb package
         splits, own, val = read_data(config, run_dir, ctx, data, stored, device)
         config = replace(config, model=config.model or default_model(splits, ctx.is_main),
