@@ -153,7 +153,7 @@ def test_a_context_run_resumes_bit_for_bit_and_evaluates(tiny_data: Path, tmp_pa
     assert any(k.startswith("context.") for k in a) and a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     model = vaekit.load_model(full.path)
-    assert model.config.context == 1 and not runs_in_page(model)
+    assert model.config.context == 1 and not runs_in_page(model.config)
     capsys.readouterr()
     assert main(["evaluate", str(full.path), "--nll", "--samples", "8", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -171,7 +171,7 @@ def test_figures_report_and_explorer_of_a_hierarchy(tiny_data: Path, tmp_path: P
     said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vaekit explore:")]
     assert len(said) == 1 and "--serve" in said[0]  # one line says where the decoder runs
     model = vaekit.load_model(run.path)
-    assert not runs_in_page(model)
+    assert not runs_in_page(model.config)
     server = make_server(build_explorer(run, _Splits(tiny_data)).encode(), 0, decoder=torch_decoder(model))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -33,6 +33,7 @@ from torch import nn
 from vaekit import run as runs
 from vaekit.artifacts import EXPLORER
 from vaekit.artifacts.figures import label_classes, latent_means
+from vaekit.config import ModelConfig
 from vaekit.errors import VaekitError
 from vaekit.model import VAE
 from vaekit.model.conv import Residual, ToImage, ToRows
@@ -269,23 +270,23 @@ def class_names(dataset: str | None, known: list[str] | tuple[str, ...] | None =
     return list(known or (spec.class_names if spec is not None else None) or ())
 
 
-def runs_in_page(model: VAE) -> bool:
-    """Whether the page can run ``model``'s decoder and encoder itself: sequential ones (MLP, conv), not a
-    hierarchy's residual passes nor a causal context's pixel-by-pixel image, which `vaekit explore --serve` runs in
-    PyTorch instead."""
-    return not model.hierarchical and model.context is None
+def runs_in_page(config: ModelConfig) -> bool:
+    """Whether the page can run the decoder and encoder of a model of ``config`` itself: sequential ones (MLP,
+    conv), not a hierarchy's residual passes nor a causal context's pixel-by-pixel image, which `vaekit explore
+    --serve` runs in PyTorch instead. (The config says it: no model need be built to know.)"""
+    return config.architecture != "hierarchical" and not config.context
 
 
-def remote_decoder(model: VAE) -> str:
+def remote_decoder(config: ModelConfig) -> str:
     """What the decoder the page cannot run is, in words, for the lines that say where it runs instead."""
-    return "hierarchical decoder" if model.hierarchical else "pixel-by-pixel decoder (--context)"
+    return "hierarchical decoder" if config.architecture == "hierarchical" else "pixel-by-pixel decoder (--context)"
 
 
-def remote_note(run_dir: str | os.PathLike, model: VAE) -> str:
+def remote_note(run_dir: str | os.PathLike, config: ModelConfig) -> str:
     """The one line that says where a decoder and encoder the page cannot run are run."""
-    how = (" (the first group's latent, the others at their prior means)" if model.hierarchical
+    how = (" (the first group's latent, the others at their prior means)" if config.architecture == "hierarchical"
            else " (each pixel the mean given the ones before it)")
-    return (f"The {remote_decoder(model)} and the encoder of this run cannot run inside the page: `vaekit explore "
+    return (f"The {remote_decoder(config)} and the encoder of this run cannot run inside the page: `vaekit explore "
             f"{run_dir} --serve` serves them, decoding and encoding in PyTorch{how}.")
 
 
@@ -299,7 +300,7 @@ def explorer_html(model: VAE, means: np.ndarray, labels: np.ndarray, *, title: s
     ``ENCODE_PATH`` of the server that serves it, and from disk shows ``note`` instead.
     """
     buffer = _Weights()
-    layers, encoder = (_decoder(model, buffer), _encoder(model, buffer)) if runs_in_page(model) else ([], [])
+    layers, encoder = (_decoder(model, buffer), _encoder(model, buffer)) if runs_in_page(model.config) else ([], [])
     means = np.asarray(means, dtype=np.float64)[:MAX_POINTS]
     labels = np.asarray(labels).astype(np.int64)[:MAX_POINTS]
     if means.ndim != 2 or means.shape[1] != model.zdim or len(means) != len(labels):
@@ -322,13 +323,13 @@ def explorer_html(model: VAE, means: np.ndarray, labels: np.ndarray, *, title: s
         # 4 decimals is far finer than a pixel of the plane and keeps the page small
         "points": {"means": [round(float(v), 4) for v in means.ravel()], "labels": index.tolist()},
     }
-    if not runs_in_page(model):
+    if not runs_in_page(model.config):
         data.update(decodeUrl=DECODE_PATH, encodeUrl=ENCODE_PATH, remoteNote=printable(note))
     # "<" only occurs inside JSON strings, where \u003c is the same character; the page's script block
     # then can never be closed early by a title such as "</script>".
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     template = (resources.files("vaekit") / "assets" / "explorer.html").read_text(encoding="utf-8")
-    if not runs_in_page(model):  # its requests go to the server that served it, and nowhere else
+    if not runs_in_page(model.config):  # its requests go to the server that served it, and nowhere else
         template = template.replace(_NO_REQUESTS, _NO_REQUESTS + " connect-src 'self';", 1)
     page_title = html.escape(printable(f"vaekit latent explorer: {title}" if title else "vaekit latent explorer"))
     return template.replace("__VAEKIT_TITLE__", page_title, 1).replace("__VAEKIT_DATA__", payload, 1)
@@ -359,7 +360,7 @@ def build_explorer(run: runs.Run, splits: Any) -> str:
     means = latent_means(model, images)
     return explorer_html(model, means, labels, title=run.path.resolve().name, meta=_meta_line(run, len(means)),
                          dataset=splits.name, classes=getattr(splits, "class_names", None),
-                         note=remote_note(run.path, run.model))
+                         note=remote_note(run.path, run.model.config))
 
 
 def write_explorer(run: runs.Run, splits: Any, out: str | os.PathLike | None = None) -> Path:

@@ -107,29 +107,29 @@ def cmd_explore(args: argparse.Namespace) -> int:
         torch_decoder,
         torch_encoder,
     )
-    from vaekit.run import write_bytes
+    from vaekit.run import read_config, write_bytes
 
     if args.port is not None and not args.serve:
         raise ExplorerError("--port needs --serve")
     if not args.serve and args.out is None:
         path = write_artifacts(args.run, which=("explorer",), data_dir=args.data_dir, device=args.device)[0]
-        model = load_inputs(args.run, device=args.device, need_data=False)[0].model
+        config = read_config(Path(args.run))[0]  # the model the page was written for, from its config alone
     else:
         run, splits = load_inputs(args.run, data_dir=args.data_dir, device=args.device)
         page = build_explorer(run, splits).encode("utf-8")
-        model = run.model
-        in_page = runs_in_page(model)
+        model, config = run.model, run.model_config
+        in_page = runs_in_page(config)
         if args.out is not None:
             write_bytes(args.out, page)
         if args.serve:
             decoder, encoder = (None, None) if in_page else (torch_decoder(model), torch_encoder(model))
             if not in_page:
-                print(f"vaekit explore: the {remote_decoder(model)} and the encoder run in PyTorch behind this "
+                print(f"vaekit explore: the {remote_decoder(config)} and the encoder run in PyTorch behind this "
                       "server", file=sys.stderr)
             return serve(page, DEFAULT_PORT if args.port is None else args.port, args.open, decoder, encoder)
         path = Path(args.out)
-    if not runs_in_page(model):
-        print(printable(f"vaekit explore: {remote_note(args.run, model)}"), file=sys.stderr)
+    if not runs_in_page(config):
+        print(printable(f"vaekit explore: {remote_note(args.run, config)}"), file=sys.stderr)
     print(printable(path))
     if args.open:
         webbrowser.open(path.resolve().as_uri())
