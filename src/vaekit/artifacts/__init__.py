@@ -108,9 +108,9 @@ def write_artifacts(run_dir: str | os.PathLike, *, splits: Splits | None = None,
 
 def replaced_outputs(run_dir: str | os.PathLike) -> tuple[str, ...]:
     """The final outputs a run trained into ``run_dir`` again replaces: all but a README.md that is not vaekit's."""
-    from vaekit.artifacts.card import is_vaekit_card
+    from vaekit.artifacts.card import users_readme
 
-    keep = os.path.lexists(Path(run_dir) / CARD) and not is_vaekit_card(Path(run_dir) / CARD)
+    keep = users_readme(Path(run_dir) / CARD)
     return tuple(name for name in FINAL_OUTPUTS if not (keep and name == CARD))
 
 

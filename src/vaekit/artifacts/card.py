@@ -174,13 +174,18 @@ def build_card(rec: RunRecord) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def users_readme(path: Path) -> bool:
+    """Whether ``path`` (a run's README.md) is there and not vaekit's card: the user's own, never replaced."""
+    return os.path.lexists(path) and not is_vaekit_card(path)
+
+
 def write_card(run: runs.Run | RunRecord | str | os.PathLike) -> Path | None:
     """Write ``RUN/README.md`` atomically; returns its path, or ``None`` (with a one-line warning) when the
     folder holds a README.md that vaekit did not write, which is left as it is."""
     rec = run if isinstance(run, RunRecord) else RunRecord.of(run) if isinstance(run, runs.Run) \
         else RunRecord.read(run)
     path = rec.path / CARD
-    if os.path.lexists(path) and not is_vaekit_card(path):
+    if users_readme(path):
         print(f"vaekit: warning: {printable(path)} was not written by vaekit; it is left as it is and the run's "
               "model card is not written", file=sys.stderr, flush=True)
         return None
