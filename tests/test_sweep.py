@@ -174,6 +174,38 @@ def _running_trial_of(sweep: Path, pid: int, deadline: float) -> optuna.trial.Fr
     raise AssertionError("the worker never started training a trial")
 
 
+def _stopped_in_trial(sweep: Path, worker: subprocess.Popen, deadline: float) -> optuna.trial.FrozenTrial:
+    """Worker ``worker`` frozen (SIGSTOP) while it trains a trial, and that trial.
+
+    Its trials last about a second, so a poll of the study could miss every one of them on a busy machine. The
+    folders are watched instead, and the worker is frozen as soon as a new trial folder starts: then the study is
+    read at leisure, and the worker resumed if the new trial was another worker's or already over.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    seen: set[Path] = set()
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise AssertionError(f"the worker ended before it was caught in a trial: {worker.communicate()[1]}")
+        new = {p for p in sweep.glob(f"trial-*/{runs.CONFIG}")} - seen
+        if not new:
+            time.sleep(0.01)
+            continue
+        seen |= new
+        worker.send_signal(signal.SIGSTOP)
+        try:
+            trials = _study(sweep).trials
+        except OperationalError:  # frozen while it held the database's write lock: let it go and wait for the next
+            trials = []
+        for t in trials:
+            folder = Path(t.user_attrs.get("run_folder", "/nonexistent"))
+            if t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(f":{worker.pid}") \
+                    and folder / runs.CONFIG in new:
+                return t
+        worker.send_signal(signal.SIGCONT)
+    raise AssertionError("the worker never started training a trial")
+
+
 @pytest.mark.slow
 def test_two_workers_share_one_study_and_survive_a_killed_one(tiny_data: Path, tmp_path: Path) -> None:
     space = _space(tmp_path, tiny_data)
@@ -189,7 +221,7 @@ def test_two_workers_share_one_study_and_survive_a_killed_one(tiny_data: Path, t
 
     # a worker killed mid-trial: the other completes its own trials; the killed trial is never run again
     killed, other = _worker(space, sweep, 3, "--heartbeat", "2"), _worker(space, sweep, 2, "--heartbeat", "2")
-    victim = _running_trial_of(sweep, killed.pid, time.monotonic() + 120)
+    victim = _stopped_in_trial(sweep, killed, time.monotonic() + 120)
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait(timeout=30)
     _finish(other)

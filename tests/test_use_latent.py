@@ -7,7 +7,9 @@ that the commands give exactly what the model gives for the images the run was e
 from __future__ import annotations
 
 import csv
+import itertools
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -270,10 +272,12 @@ def test_an_interrupted_reconstruct_leaves_no_half_filled_folder(runs: dict[str,
     so the same command can be run again without --force."""
     import vaekit.use.outputs as outputs
 
-    written, real = [], outputs.write_png
+    written, calls, lock, real = [], itertools.count(), threading.Lock(), outputs.write_png
 
-    def interrupted(path: Path, image: np.ndarray) -> None:
-        if len(written) >= 3:
+    def interrupted(path: Path, image: np.ndarray) -> None:  # called on several writer threads at once
+        with lock:
+            call = next(calls)
+        if call >= 3:
             raise KeyboardInterrupt
         real(path, image)
         written.append(path)
