@@ -145,9 +145,16 @@ def test_without_optuna_the_command_names_the_extra_and_nothing_else_needs_it(
     assert err == 'vaekit sweep: error: vaekit sweep needs Optuna: pip install "vaekit[sweep]"\n'
 
 
+def _ignore_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a process started from a background shell inherits it
+
+
 def _worker(space: Path, sweep: Path, trials: int, *extra: str) -> subprocess.Popen:
+    """A ``vaekit sweep`` process that starts with SIGINT ignored, whatever this test process inherited: a
+    Ctrl-C must stop it anyway."""
     return subprocess.Popen([sys.executable, "-m", "vaekit", "sweep", str(space), "--trials", str(trials), "--out",
-                             str(sweep), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(sweep), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ignore_ctrl_c)
 
 
 def _finish(p: subprocess.Popen) -> str:
@@ -156,8 +163,9 @@ def _finish(p: subprocess.Popen) -> str:
     return out
 
 
-def _running_trial_of(sweep: Path, pid: int, deadline: float) -> optuna.trial.FrozenTrial:
-    """The trial worker ``pid`` is training (its run folder started), waited for until ``deadline``."""
+def _running_trial_of(sweep: Path, pid: int, deadline: float, training: bool = True) -> optuna.trial.FrozenTrial:
+    """The trial worker ``pid`` is running, waited for until ``deadline``; with ``training``, only once it is
+    training (its run folder started)."""
     from sqlalchemy.exc import OperationalError
 
     while time.monotonic() < deadline:
@@ -168,7 +176,7 @@ def _running_trial_of(sweep: Path, pid: int, deadline: float) -> optuna.trial.Fr
         for t in trials:
             folder = Path(t.user_attrs.get("run_folder", "/nonexistent"))
             if t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(f":{pid}") \
-                    and (folder / runs.CONFIG).exists():
+                    and ((folder / runs.CONFIG).exists() or not training):
                 return t
         time.sleep(0.2)
     raise AssertionError("the worker never started training a trial")
@@ -240,14 +248,18 @@ def test_two_workers_share_one_study_and_survive_a_killed_one(tiny_data: Path, t
 
 
 @pytest.mark.slow
-def test_ctrl_c_ends_the_trial_failed_not_running(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("training", [True, False], ids=["while-training", "as-the-trial-starts"])
+def test_ctrl_c_ends_the_trial_failed_not_running(tiny_data: Path, tmp_path: Path, training: bool) -> None:
     path, sweep = _space(tmp_path, tiny_data), tmp_path / "sweep"
     path.write_text(path.read_text().replace("epochs = 2", "epochs = 200"))  # a trial long enough to interrupt
     worker = _worker(path, sweep, 2)
-    trial = _running_trial_of(sweep, worker.pid, time.monotonic() + 120)
+    trial = _running_trial_of(sweep, worker.pid, time.monotonic() + 120, training)
     worker.send_signal(signal.SIGINT)
     _, err = worker.communicate(timeout=120)
     assert worker.returncode == 130 and "the current trial is marked failed" in err.strip().splitlines()[-1]
     assert [(t.number, t.state.name) for t in _study(sweep).trials] == [(trial.number, "FAIL")]
-    record = json.loads((sweep / f"trial-{trial.number:04d}" / "trial.json").read_text())
-    assert record["state"] == "failed" and record["error"].startswith("interrupted")
+    folder = sweep / f"trial-{trial.number:04d}"
+    assert folder.is_dir() or not training  # stopped before its folder was made, a trial leaves none
+    if folder.is_dir():  # a folder it did make says the trial failed, and why
+        record = json.loads((folder / "trial.json").read_text())
+        assert record["state"] == "failed" and record["error"].startswith("interrupted")

@@ -247,6 +247,7 @@ BINARIZE_SEED = 20230802
 # with bf16 and on CPUs with native bf16, fp32 otherwise; see vaekit.training.precision.default_precision).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
+SEEDS_TOGETHER = ("auto", "yes", "no")  # --seeds-together: stack the seeds' steps (vaekit.experiments.together)
 GRID_SPACINGS = ("linear", "normal")
 # The validation fraction of a run on your own images unless set: a named dataset has none unless asked for, so
 # its runs keep the numbers they always had (their test set evaluated every epoch).

@@ -21,6 +21,7 @@ from vaekit.config import (
     PRESETS,
     RECIPES,
     RES_BLOCKS,
+    SEEDS_TOGETHER,
     ConfigError,
     TrainConfig,
     default_recipe,
@@ -175,6 +176,10 @@ def _optimization_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--seeds", type=_seed_list, metavar="LIST",
                    help="train one run per seed, such as 0,1,2 or 0-4, one after another into OUT/seed-N/, then "
                         "write OUT/summary.json and print each number's mean \u00b1 standard error (not with --seed)")
+    g.add_argument("--seeds-together", choices=SEEDS_TOGETHER,
+                   help="with --seeds: compute the seeds' steps together in one stacked step (post's MLP objective) "
+                        "where that reproduces each seed's own run bit for bit (auto, the default), wherever the "
+                        "model allows (yes: each seed then within rounding of its own run) or never (no)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     g.add_argument("--precision", choices=PRECISIONS,
                    help="auto (default: bf16 for conv models where bf16 is native, else fp32), fp32, bf16 (autocast; "
@@ -253,6 +258,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("--resume needs --out RUN_FOLDER")
     if args.seeds is not None:
         return _train_seeds(args, config, given)
+    if args.seeds_together is not None:
+        raise ConfigError("--seeds-together needs --seeds: it says how several seeds train")
     if args.resume:
         config = _resumed_config(config, given, Path(args.out))
     config.validate()
@@ -314,6 +321,6 @@ def _train_seeds(args: argparse.Namespace, config: TrainConfig, given: dict[str,
 
     seeds = ",".join(map(str, args.seeds))
     summary = train_seeds(config_for, args.seeds, out, resume=args.resume, force=args.force,
-                          again=f"vaekit train --seeds {seeds} --out {out}")
+                          again=f"vaekit train --seeds {seeds} --out {out}", together=args.seeds_together or "auto")
     print("\n".join(summary_lines(summary)))
     return 0

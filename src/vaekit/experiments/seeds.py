@@ -13,23 +13,32 @@ checkpoint, and one not started yet starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vaekit import run as runs
-from vaekit.config import MAX_SEED, TrainConfig
+from vaekit.config import MAX_SEED, ConfigError, TrainConfig
 from vaekit.errors import Interrupted, RunFolderError
 from vaekit.experiments.collect import MAX_RUNS, Entry, read_record
 from vaekit.experiments.compare import NUMBERS, entry_numbers, protocol_label, run_protocol
 from vaekit.experiments.stats import Stat
 from vaekit.experiments.table import DIGITS, stat_text
+from vaekit.experiments.together import StackedStep, fit_together, mismatch, together_blocker
 from vaekit.text import printable
+from vaekit.training.session import Session, open_session
 
 SEEDS_SUMMARY = "summary.json"  # DIR/summary.json, beside the seed folders
+# How the seeds were trained, as summary.json's "order" says it.
+ORDER_SEQUENTIAL = "sequential: one seed after another in one process"
+ORDER_TOGETHER = ("together: the seeds' steps stacked in one vmapped computation; each seed bit for bit its own "
+                  "run (checked before training)")
+ORDER_ROUNDING = "together (--seeds-together yes): each seed within rounding of its own run, not bit for bit"
 _ITEM = re.compile(r"^(\d{1,19})(?:-(\d{1,19}))?$")  # "3" or "0-4"
 
 # (seed, its run folder, the run folder whose stored settings it continues or None) -> the config to train that seed
@@ -91,17 +100,29 @@ def is_finished(run_dir: Path, config: TrainConfig) -> bool:
     return runs.is_complete(run_dir, config.epochs, outputs(config))
 
 
+@dataclass(frozen=True)
+class Todo:
+    """A seed still to train: its folder, whether it continues a started run there, and its settings."""
+
+    seed: int
+    run_dir: Path
+    own: bool
+    config: TrainConfig
+
+
 def train_seeds(config_for: ConfigFor, seeds: list[int], out: Path, *, resume: bool = False,
-                force: bool = False, again: str = "") -> dict[str, Any]:
-    """Train each seed into ``out/seed-N`` one after another, then write and return ``out/summary.json``.
+                force: bool = False, again: str = "", together: str = "auto") -> dict[str, Any]:
+    """Train each seed into ``out/seed-N``, then write and return ``out/summary.json``.
 
-    An interrupted seed stops the whole: its checkpoint is saved as a single run's is, and the error says how to
-    continue every seed (``again``: the command line that does, without ``--resume``).
+    ``together`` (``--seeds-together``): ``auto`` computes the seeds' steps together where that reproduces each
+    seed's own run bit for bit (:mod:`vaekit.experiments.together`), else trains them one after another;
+    ``yes`` stacks them wherever the model allows; ``no`` never does. An interrupted seed stops the whole:
+    its checkpoint is saved as a single run's is, and the error says how to continue every seed (``again``:
+    the command line that does, without ``--resume``).
     """
-    from vaekit.training import train
-
     check_out(out, seeds, resume, force)
     started = [seed_folder(out, s) for s in seeds if resume and (seed_folder(out, s) / runs.CONFIG).exists()]
+    todo = []
     for seed in seeds:
         run_dir = seed_folder(out, seed)
         own = run_dir in started
@@ -110,17 +131,115 @@ def train_seeds(config_for: ConfigFor, seeds: list[int], out: Path, *, resume: b
             if config.progress:
                 print(f"seed {seed}: {printable(run_dir)} is finished; left as it is", flush=True)
             continue
-        if config.progress:
-            print(f"seed {seed} of {printable(out)} ({seeds.index(seed) + 1}/{len(seeds)})", flush=True)
-        try:
-            train(config, run_dir, resume=own, force=force and not resume)
-        except Interrupted as e:
-            hint = f"; to continue every seed: {again} --resume" if again else ""
-            raise Interrupted(f"seed {seed}: {e}{hint}", e.exit_code - 128) from e
-    return write_summary(out, seeds)
+        todo.append(Todo(seed, run_dir, own, config))
+    hint = f"; to continue every seed: {again} --resume" if again else ""
+    try:
+        order = _train(todo, together, force and not resume) if todo else _stored_order(out)
+    except Interrupted as e:
+        raise Interrupted(f"{e}{hint}", e.exit_code - 128) from e
+    return write_summary(out, seeds, order)
 
 
-def seeds_summary(out: Path, seeds: list[int]) -> dict[str, Any]:
+def _train(todo: list[Todo], together: str, force: bool) -> str:
+    """Train the seeds of ``todo`` as ``together`` says; how they were trained, in words."""
+    from vaekit.training import distributed, train
+
+    if together == "no" or len(todo) == 1:
+        return _one_after_another(todo, force, ORDER_SEQUENTIAL)
+    with distributed.session(todo[0].config.device) as ctx, contextlib.ExitStack() as held:
+        first = open_sessions(held, ctx, todo[:1], force)[0]
+        blocker = together_blocker([first.trainer] * len(todo))
+        if blocker is None:
+            sessions = [first, *open_sessions(held, ctx, todo[1:], force, bar=False)]
+            return _fit_sessions(todo, sessions, together)
+        if together == "yes":
+            raise ConfigError(f"--seeds-together yes: the seeds' steps cannot be stacked: {blocker}")
+        order = f"sequential: {blocker}"
+        _announce(todo, order)
+        _fit_one(todo[0], first)
+    for item in todo[1:]:
+        _seed_line(todo, item)
+        _seed_errors(item.seed, lambda item=item: train(item.config, item.run_dir, resume=item.own, force=force))
+    return order
+
+
+def _fit_sessions(todo: list[Todo], sessions: list[Session], together: str) -> str:
+    """Stack the opened seeds' steps if ``together`` and the check allow, else fit them one after another."""
+    blocker = together_blocker([s.trainer for s in sessions])
+    stacked = StackedStep([s.trainer for s in sessions]) if blocker is None else None
+    n, b = sessions[0].trainer.data.n, sessions[0].trainer.data.batch_size
+    differs = mismatch(stacked, sorted({b, n % b} - {0})) if stacked is not None else None
+    if stacked is None or (differs is not None and together == "auto"):
+        why = blocker or f"the stacked step does not reproduce each seed's own step on this machine ({differs})"
+        order = f"sequential: {why}"
+        _announce(todo, order)
+        for item, session in zip(todo, sessions, strict=True):
+            _seed_line(todo, item)
+            _fit_one(item, session)
+        return order
+    order = ORDER_TOGETHER if differs is None else f"{ORDER_ROUNDING}: {differs}"
+    _announce(todo, order)
+    fit_together(sessions, stacked)
+    for session in sessions:
+        session.finish()
+    return order
+
+
+def _fit_one(item: Todo, session: Session) -> None:
+    from vaekit.training.loop import fit
+
+    def run() -> None:
+        fit(session.trainer, session.callbacks)
+        session.finish()
+
+    _seed_errors(item.seed, run)
+
+
+def _seed_errors(seed: int, run: Callable[[], object]) -> None:
+    """``run()``, its interruption naming the seed."""
+    try:
+        run()
+    except Interrupted as e:
+        raise Interrupted(f"seed {seed}: {e}", e.exit_code - 128) from e
+
+
+def open_sessions(held: contextlib.ExitStack, ctx: Any, todo: list[Todo], force: bool,
+                  bar: bool = True) -> list[Session]:
+    """Each seed's run opened for fitting (folder locked, data read, model built or restored)."""
+    return [open_session(held, ctx, item.config, item.run_dir, resume=item.own, force=force, bar=bar)
+            for item in todo]
+
+
+def _one_after_another(todo: list[Todo], force: bool, order: str) -> str:
+    from vaekit.training import train
+
+    _announce(todo, order)
+    for item in todo:
+        _seed_line(todo, item)
+        _seed_errors(item.seed, lambda item=item: train(item.config, item.run_dir, resume=item.own, force=force))
+    return order
+
+
+def _announce(todo: list[Todo], order: str) -> None:
+    if todo[0].config.progress:
+        print(f"seeds {','.join(str(i.seed) for i in todo)}: {order}", flush=True)
+
+
+def _seed_line(todo: list[Todo], item: Todo) -> None:
+    if item.config.progress:
+        print(f"seed {item.seed} of {printable(item.run_dir.parent)} ({todo.index(item) + 1}/{len(todo)})",
+              flush=True)
+
+
+def _stored_order(out: Path) -> str:
+    """How the seeds were trained when this call trained none (all finished): as the summary said before."""
+    try:
+        return str(runs.read_json(out / SEEDS_SUMMARY).get("order", ORDER_SEQUENTIAL))
+    except (OSError, ValueError, RunFolderError):
+        return ORDER_SEQUENTIAL
+
+
+def seeds_summary(out: Path, seeds: list[int], order: str = "") -> dict[str, Any]:
     """Each number's mean, standard error and per-seed values over the seed folders, and how they were measured."""
     records = [read_record(seed_folder(out, s)) for s in seeds]
     numbers, k = entry_numbers(Entry(printable(out), records, group=True))
@@ -132,13 +251,14 @@ def seeds_summary(out: Path, seeds: list[int]) -> dict[str, Any]:
         "metrics": {key: {**numbers[key].as_dict(), "label": label} for key, label in NUMBERS if key in numbers},
         "nll_samples": k,
         "protocol": {**protocol, "label": protocol_label(protocol)},
-        "order": "sequential: one seed after another in one process",
+        "order": order,
     }
 
 
-def write_summary(out: Path, seeds: list[int]) -> dict[str, Any]:
-    """``out/summary.json``, written atomically so a reader never sees half of it."""
-    summary = seeds_summary(out, seeds)
+def write_summary(out: Path, seeds: list[int], order: str = "") -> dict[str, Any]:
+    """``out/summary.json``, written atomically so a reader never sees half of it. ``order``: how the seeds
+    were trained, in words."""
+    summary = seeds_summary(out, seeds, order or ORDER_SEQUENTIAL)
     runs.write_json(out / SEEDS_SUMMARY, summary)
     return summary
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -100,7 +102,8 @@ class Sweep:
 
             finished = train(self.to_config({**self.space.fixed, **params}), out, callbacks=[report])
         except BaseException as e:
-            error = " ".join(str(e).split()) or type(e).__name__
+            unnamed = "interrupted" if isinstance(e, KeyboardInterrupt) else type(e).__name__
+            error = " ".join(str(e).split()) or unnamed
             trial.set_user_attr("error", error)
             if out.is_dir():
                 runs.write_json(out / TRIAL, {**record, "state": "failed", "error": error})
@@ -220,11 +223,28 @@ def run_sweep(sweep: Sweep, trials: int, url: str, heartbeat: int, say: Callable
             f"{printable(t.user_attrs.get('run_folder', ''))}")
 
     try:
-        study.optimize(sweep.objective, n_trials=trials, catch=(NonFiniteError,), callbacks=[line])
-    except Interrupted as e:
+        with ctrl_c_raises():
+            study.optimize(sweep.objective, n_trials=trials, catch=(NonFiniteError,), callbacks=[line])
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = e.exit_code - 128 if isinstance(e, Interrupted) else 2
         raise Interrupted(f"interrupted; the current trial is marked failed in study {sweep.study_name!r}; run the "
-                          "same command again to continue the sweep", e.exit_code - 128) from None
+                          "same command again to continue the sweep", signum) from None
     return write_best(study, sweep, url)
+
+
+@contextlib.contextmanager
+def ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt however the process started: a sweep started from a background shell
+    inherits an ignored SIGINT, and would then run its trial on through a Ctrl-C that came while a trial was
+    being set up (training itself turns the signal into a checkpoint and a stop: vaekit.training.signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def write_best(study: Any, sweep: Sweep, url: str) -> dict[str, Any]:

@@ -8,10 +8,11 @@ logging) is a :class:`~vaekit.training.callbacks.Callback`, so this file is the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -22,10 +23,19 @@ from vaekit.eval.elbo import evaluate_elbo
 from vaekit.training import distributed
 from vaekit.training.callbacks import Callback, CallbackList, StepResult
 from vaekit.training.checkpoint import TrainState
-from vaekit.training.objective import draw_noise
+from vaekit.training.objective import Noise, draw_noise
 from vaekit.training.schedule import kl_weight
 from vaekit.training.signals import StopFlag
 from vaekit.training.trainer import Trainer
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What one step computes on: the batch (uint8 rows), its noise, and the KL weight."""
+
+    x: Tensor
+    noise: Noise
+    kl_weight: float
 
 
 class EpochBatches:
@@ -63,27 +73,42 @@ def fit(t: Trainer, callbacks: Sequence[Callback] = ()) -> TrainState:
     :class:`~vaekit.errors.Interrupted` says how to resume. A non-finite loss or gradient stops before it
     reaches the weights, as :class:`~vaekit.errors.NonFiniteError`.
     """
+    for _ in fit_steps(t, callbacks):
+        pass
+    return t.state
+
+
+def fit_steps(t: Trainer, callbacks: Sequence[Callback] = (), stop: StopFlag | None = None
+              ) -> Generator[StepInputs, None, None]:
+    """:func:`fit`, paused before each step: it yields the step's inputs, and the step runs when it resumes.
+
+    Several runs driven in lockstep this way can have their steps computed together (one stacked
+    computation for several seeds, :mod:`vaekit.experiments.together`) while each keeps its own loop,
+    callbacks and run folder. ``stop``: a flag shared by such runs (installed by the caller); by default
+    fit installs its own for the duration.
+    """
     cbs = CallbackList(callbacks)
     try:
         cbs.on_fit_start(t)
-        with StopFlag() as stop, torch.autograd.set_detect_anomaly(t.config.detect_anomaly):
+        with (contextlib.nullcontext(stop) if stop is not None else StopFlag()) as flag, \
+                torch.autograd.set_detect_anomaly(t.config.detect_anomaly):
             for epoch in range(t.state.epoch + 1, t.config.epochs + 1):
                 if t.stop_reason is not None:  # a callback ended training (early stopping, a time budget)
                     break
-                stopped = train_epoch(t, epoch, stop, cbs)
+                stopped = yield from train_epoch(t, epoch, flag, cbs)
                 cbs.on_epoch_end(t, t.state.history[-1])
                 if stopped and epoch < t.config.epochs and t.stop_reason is None:
                     raise Interrupted(f"interrupted after epoch {epoch}; checkpoint saved; "
-                                      f"continue with: vaekit train --resume --out {t.run_dir}", stop.signal or 2)
+                                      f"continue with: vaekit train --resume --out {t.run_dir}", flag.signal or 2)
         cbs.on_fit_end(t)
     finally:
         t.step.close()
         cbs.teardown(t)
-    return t.state
 
 
-def train_epoch(t: Trainer, epoch: int, stop: StopFlag, cbs: Callback) -> bool:
-    """Run epoch ``epoch`` from where ``t.state`` stands and record its row; True if a stop was asked for."""
+def train_epoch(t: Trainer, epoch: int, stop: StopFlag, cbs: Callback) -> Generator[StepInputs, None, bool]:
+    """Run epoch ``epoch`` from where ``t.state`` stands and record its row; True if a stop was asked for.
+    Yields each step's inputs before the step (see :func:`fit_steps`)."""
     t.gens["shuffle"].set_state(t.epoch_shuffle)
     batches = EpochBatches(t)
     cbs.on_epoch_start(t, epoch)
@@ -98,6 +123,7 @@ def train_epoch(t: Trainer, epoch: int, stop: StopFlag, cbs: Callback) -> bool:
                 group["lr"] = t.schedule.at(t.state.global_step)
         noise = draw_noise(t.gens, t.config, rows, t.model.latent_size, x.shape[1], t.device, keep)
         weight = kl_weight(t.config.beta, t.config.kl_warmup, epoch - 1 + step / spe)
+        yield StepInputs(x, noise, weight)
         loss = t.step(x, noise, weight, step + 1)
         step += 1
         due = bool(t.config.checkpoint_every) and (t.state.global_step + 1) % t.config.checkpoint_every == 0

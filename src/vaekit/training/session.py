@@ -8,9 +8,10 @@ the checkpoint), runs ``fit`` with the callbacks, and writes the weights, the su
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from vaekit.training.summary import finish
 from vaekit.training.trackers import tracked, tracker_callbacks
 from vaekit.training.trainer import TrainData, Trainer
 
-__all__ = ["RESUMABLE", "build_trainer", "train"]
+__all__ = ["RESUMABLE", "Session", "build_trainer", "open_session", "train"]
 
 
 def train(config: TrainConfig | None = None, out: str | os.PathLike | None = None, *, resume: bool = False,
@@ -60,39 +61,63 @@ def train(config: TrainConfig | None = None, out: str | os.PathLike | None = Non
         config, data = replace(config, data=os.fspath(data)), None
     config.validate()
     with distributed.session(config.device) as ctx:  # joins the process group when started by torchrun
-        run_dir, config, stored = settle(config, out, resume, force, ctx)
-        resume = stored is not None
-        if not ctx.is_main:
-            config = replace(config, progress=False)  # one progress bar and one log: rank 0's
-        device = ctx.device or resolve_device(config.device)
-        precision.resolve(config.precision, device)  # fp16 away from CUDA fails here, before the data is read
-        if config.tensorboard:
-            require_tensorboard()  # and so does a missing tensorboard package
-        trackers = tracker_callbacks(config, run_dir, resume)  # or mlflow or wandb package
-        splits, own, val = read_data(config, run_dir, ctx, data, stored, device)
-        config = replace(config, model=config.model or default_model(splits, ctx.is_main),
-                         val_fraction=val.fraction if val is not None else 0.0)
-        config = settle_budget(config, len(splits.train_images), val is not None, stored is None,
-                               ctx.is_main and config.progress)
-        extra = default_callbacks(config.progress, config.tensorboard, run_dir, config.patience)  # settled patience
-        extra += [*trackers, *callbacks]
-        mcfg = model_config_for(config, tuple(splits.train_images.shape[1:]))
-        with folder_held(run_dir, config, resume, ctx):
-            t = build_trainer(config, mcfg, splits, run_dir, device, ctx,
-                              val_images=None if val is None else val.images)
-            data_info, test_labels = data_description(splits, own, val), splits.test_labels
-            del splits, val
-            if ctx.is_main and own is not None:
-                report_skipped(run_dir, own)
-            if stored is not None:
-                _restore(t, stored.epochs)
-            if ctx.is_main:
-                runs.write_config(run_dir, mcfg, config, data_info)
-            with tracked(extra):  # the trackers get the summary and files once they are written
-                fit(t, extra)
-                finish(t, data_info, test_labels)
+        with contextlib.ExitStack() as held:
+            s = open_session(held, ctx, config, out, resume=resume, force=force, callbacks=callbacks, data=data)
+            fit(s.trainer, s.callbacks)
+            s.finish()
         ctx.barrier()  # the other ranks return the run rank 0 has finished writing
-    return runs.load_run(run_dir, device)
+    return runs.load_run(s.trainer.run_dir, s.trainer.device)
+
+
+@dataclass
+class Session:
+    """A run ready to fit: its trainer and callbacks, and what :meth:`finish` writes once it has trained."""
+
+    trainer: Trainer
+    callbacks: list[Callback]
+    data_info: dict[str, Any]
+    test_labels: np.ndarray | None
+
+    def finish(self) -> None:
+        """The weights, the summary and the artifacts of the trained run."""
+        finish(self.trainer, self.data_info, self.test_labels)
+
+
+def open_session(held: contextlib.ExitStack, ctx: distributed.DistContext, config: TrainConfig,
+                 out: str | os.PathLike | None, *, resume: bool = False, force: bool = False,
+                 callbacks: Sequence[Callback] = (), data: Any = None, bar: bool = True) -> Session:
+    """Everything :func:`train` does before ``fit``: the folder checked and locked, the data read, the model,
+    optimizer and step built or restored, the config written. ``held`` keeps the folder's lock and the
+    trackers open until the caller has fitted and finished the run. ``bar=False``: no progress bar and epoch
+    log even with ``config.progress`` (runs fitted side by side show one)."""
+    run_dir, config, stored = settle(config, out, resume, force, ctx)
+    if not ctx.is_main:
+        config = replace(config, progress=False)  # one progress bar and one log: rank 0's
+    device = ctx.device or resolve_device(config.device)
+    precision.resolve(config.precision, device)  # fp16 away from CUDA fails here, before the data is read
+    if config.tensorboard:
+        require_tensorboard()  # and so does a missing tensorboard package
+    trackers = tracker_callbacks(config, run_dir, stored is not None)  # or mlflow or wandb package
+    splits, own, val = read_data(config, run_dir, ctx, data, stored, device)
+    config = replace(config, model=config.model or default_model(splits, ctx.is_main),
+                     val_fraction=val.fraction if val is not None else 0.0)
+    config = settle_budget(config, len(splits.train_images), val is not None, stored is None,
+                           ctx.is_main and config.progress)
+    extra = default_callbacks(config.progress and bar, config.tensorboard, run_dir, config.patience)  # settled patience
+    extra += [*trackers, *callbacks]
+    mcfg = model_config_for(config, tuple(splits.train_images.shape[1:]))
+    held.enter_context(folder_held(run_dir, config, stored is not None, ctx))
+    t = build_trainer(config, mcfg, splits, run_dir, device, ctx, val_images=None if val is None else val.images)
+    data_info, test_labels = data_description(splits, own, val), splits.test_labels
+    del splits, val
+    if ctx.is_main and own is not None:
+        report_skipped(run_dir, own)
+    if stored is not None:
+        _restore(t, stored.epochs)
+    if ctx.is_main:
+        runs.write_config(run_dir, mcfg, config, data_info)
+    held.enter_context(tracked(extra))  # the trackers get the summary and files once they are written
+    return Session(t, extra, data_info, test_labels)
 
 
 def build_trainer(config: TrainConfig, mcfg: ModelConfig, splits: Splits, run_dir: Path, device: torch.device,

@@ -102,10 +102,13 @@ class EagerStep:
         # With rare reads the fused kernel skips a flagged update itself; other optimizers are read every step.
         self.skip_flagged = fused_adam and guard.every > 1
         self.lr: Tensor | None = None
+        self.supplied: Tensor | None = None  # the next batch's loss, its gradients set already (TrainStep.supply)
 
     def __call__(self, x: Tensor, noise: Noise, kl_weight: float, global_step: int) -> Tensor:
         """Loss (summed over the batch) and gradients of one batch; the guard sees both."""
-        loss = self.gradients(x, noise, kl_weight)
+        loss, self.supplied = self.supplied, None
+        if loss is None:
+            loss = self.gradients(x, noise, kl_weight)
         self.guard.observe(loss, global_step)
         return loss
 
@@ -225,6 +228,14 @@ class TrainStep:
     def __call__(self, x: Tensor, noise: Noise, kl_weight: float, global_step: int) -> Tensor:
         """Loss (summed over the batch) and gradients of one batch; the guard sees both."""
         return self.runner(x, noise, kl_weight, global_step)
+
+    def supply(self, loss: Tensor) -> None:
+        """The next step's loss, computed elsewhere with every ``.grad`` already set: the step then computes no
+        gradients itself, and guards and updates as usual (several seeds' steps computed together by
+        :mod:`vaekit.experiments.together`). Only an unrecorded step can be supplied."""
+        if not isinstance(self.runner, EagerStep):
+            raise ValueError("a recorded step computes its own gradients inside the recording")
+        self.runner.supplied = loss
 
     def update(self) -> bool:
         """The optimizer step (nothing when a replayed graph has done it), after the clipping and skipping the
