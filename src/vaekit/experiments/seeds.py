@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import os
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,20 +24,20 @@ from pathlib import Path
 from typing import Any
 
 from vaekit import run as runs
-from vaekit.config import MAX_SEED, ConfigError, TrainConfig
+from vaekit.config import MAX_SEED, TrainConfig
 from vaekit.errors import Interrupted, RunFolderError
 from vaekit.experiments.collect import MAX_RUNS, Entry, read_record
 from vaekit.experiments.compare import NUMBERS, entry_numbers, protocol_label, run_protocol
 from vaekit.experiments.stats import Stat
 from vaekit.experiments.table import DIGITS, stat_text
-from vaekit.experiments.together import StackedStep, fit_together, mismatch, together_blocker
+from vaekit.experiments.together import StackedStep, fit_together, probe, together_blocker
 from vaekit.text import printable
 from vaekit.training.session import Session, open_session
 
 SEEDS_SUMMARY = "summary.json"  # DIR/summary.json, beside the seed folders
 # How the seeds were trained, as summary.json's "order" says it.
 ORDER_SEQUENTIAL = "sequential: one seed after another in one process"
-ORDER_TOGETHER = ("together: the seeds' steps stacked in one vmapped computation; each seed bit for bit its own "
+ORDER_TOGETHER = ("together: the seeds' steps stacked in one vmapped computation, each seed bit for bit its own "
                   "run (checked before training)")
 ORDER_ROUNDING = "together (--seeds-together yes): each seed within rounding of its own run, not bit for bit"
 _ITEM = re.compile(r"^(\d{1,19})(?:-(\d{1,19}))?$")  # "3" or "0-4"
@@ -150,11 +151,12 @@ def _train(todo: list[Todo], together: str, force: bool) -> str:
         first = open_sessions(held, ctx, todo[:1], force)[0]
         blocker = together_blocker([first.trainer] * len(todo))
         if blocker is None:
-            sessions = [first, *open_sessions(held, ctx, todo[1:], force, bar=False)]
+            sessions = [first, *open_sessions(held, ctx, todo[1:], force)]
             return _fit_sessions(todo, sessions, together)
-        if together == "yes":
-            raise ConfigError(f"--seeds-together yes: the seeds' steps cannot be stacked: {blocker}")
         order = f"sequential: {blocker}"
+        if together == "yes" and todo[0].config.progress:
+            print(f"--seeds-together yes: the seeds' steps cannot be stacked ({blocker}); training them one after "
+                  "another", file=sys.stderr, flush=True)
         _announce(todo, order)
         _fit_one(todo[0], first)
     for item in todo[1:]:
@@ -164,20 +166,25 @@ def _train(todo: list[Todo], together: str, force: bool) -> str:
 
 
 def _fit_sessions(todo: list[Todo], sessions: list[Session], together: str) -> str:
-    """Stack the opened seeds' steps if ``together`` and the check allow, else fit them one after another."""
-    blocker = together_blocker([s.trainer for s in sessions])
-    stacked = StackedStep([s.trainer for s in sessions]) if blocker is None else None
-    n, b = sessions[0].trainer.data.n, sessions[0].trainer.data.batch_size
-    differs = mismatch(stacked, sorted({b, n % b} - {0})) if stacked is not None else None
-    if stacked is None or (differs is not None and together == "auto"):
-        why = blocker or f"the stacked step does not reproduce each seed's own step on this machine ({differs})"
+    """Stack the opened seeds' steps if ``together`` and the probe allow, else fit them one after another."""
+    trainers = [s.trainer for s in sessions]
+    blocker = together_blocker(trainers)
+    stacked = found = None
+    if blocker is None:
+        n, b = trainers[0].data.n, trainers[0].data.batch_size
+        stacked = StackedStep(trainers)
+        found = probe(stacked, sorted({n % b, b} - {0}))
+    if stacked is None or found is None or (together == "auto" and (found.differs is not None or not found.faster)):
+        why = blocker or (f"the stacked step does not reproduce each seed's own step here ({found.differs})"
+                          if found.differs else f"stacking is slower here ({found.times()})")
         order = f"sequential: {why}"
         _announce(todo, order)
         for item, session in zip(todo, sessions, strict=True):
             _seed_line(todo, item)
             _fit_one(item, session)
         return order
-    order = ORDER_TOGETHER if differs is None else f"{ORDER_ROUNDING}: {differs}"
+    order = (f"{ORDER_TOGETHER} ({found.times()})" if found.differs is None
+             else f"{ORDER_ROUNDING}: {found.differs} ({found.times()})")
     _announce(todo, order)
     fit_together(sessions, stacked)
     for session in sessions:
@@ -203,11 +210,9 @@ def _seed_errors(seed: int, run: Callable[[], object]) -> None:
         raise Interrupted(f"seed {seed}: {e}", e.exit_code - 128) from e
 
 
-def open_sessions(held: contextlib.ExitStack, ctx: Any, todo: list[Todo], force: bool,
-                  bar: bool = True) -> list[Session]:
+def open_sessions(held: contextlib.ExitStack, ctx: Any, todo: list[Todo], force: bool) -> list[Session]:
     """Each seed's run opened for fitting (folder locked, data read, model built or restored)."""
-    return [open_session(held, ctx, item.config, item.run_dir, resume=item.own, force=force, bar=bar)
-            for item in todo]
+    return [open_session(held, ctx, item.config, item.run_dir, resume=item.own, force=force) for item in todo]
 
 
 def _one_after_another(todo: list[Todo], force: bool, order: str) -> str:

@@ -8,21 +8,26 @@ once. Only the loss and gradients are shared work; Adam, the non-finite guard, e
 
 Whether the stacked step gives the same bits as a seed's own step depends on the kernels. A batched matrix
 product may add in another order than the product a single run makes. :func:`mismatch` runs both on the same
-inputs, at both batch shapes an epoch has, and compares the loss and every gradient bit for bit. With
-``--seeds-together auto`` the seeds are stacked only where all agree, so every seed stays the run it would be
-alone. ``yes`` stacks them anyway: each seed is then that run within rounding, and the summary says so.
+inputs, at both batch shapes an epoch has, and compares the loss and every gradient bit for bit; it also times
+both. With ``--seeds-together auto`` the seeds are stacked only where all agree and stacking is faster, so every
+seed stays the run it would be alone. ``yes`` stacks them anyway: each seed is then that run within rounding
+where the bits differed, and the summary says so.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator, Sequence
+import statistics
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
 from vaekit.errors import Interrupted
+from vaekit.training.callbacks import Callback, EpochLog, ProgressBar
 from vaekit.training.loop import StepInputs, fit_steps
 from vaekit.training.objective import Noise, Objective
 from vaekit.training.plan import HAND_WRITTEN
@@ -91,30 +96,85 @@ class StackedStep:
         return list(losses.unbind(0))
 
 
-def mismatch(stacked: StackedStep, rows: Sequence[int]) -> str | None:
-    """Where the stacked step's bits differ from each seed's own step (None: nowhere), on random inputs of
-    each batch size in ``rows``. Nothing of the seeds' training state changes (the ``.grad`` set here are
-    replaced by the first step)."""
+@dataclass(frozen=True)
+class Probe:
+    """What :func:`probe` found: where the stacked step's bits differ from the seeds' own steps (None: nowhere),
+    and the median milliseconds of one step of all seeds, stacked and one seed after another."""
+
+    differs: str | None
+    stacked_ms: float
+    own_ms: float
+
+    @property
+    def faster(self) -> bool:
+        return self.stacked_ms < self.own_ms
+
+    def times(self) -> str:
+        return f"{self.stacked_ms:.1f} ms a step of all seeds stacked, {self.own_ms:.1f} ms one seed after another"
+
+
+def probe(stacked: StackedStep, rows: Sequence[int], repeats: int = 3) -> Probe:
+    """Run the stacked step and each seed's own step on the same random inputs of each batch size in ``rows``:
+    compare their loss and every gradient bit for bit, and time both (median of ``repeats`` after a warm-up,
+    at the full batch size ``rows[-1]``). Nothing of the seeds' training state changes: the ``.grad`` set here
+    are replaced by the first step, and no generator of theirs is drawn from."""
     gen = torch.Generator().manual_seed(0)
-    first = stacked.trainers[0]
-    pixels, zdim = first.model.config.input_dim, first.model.latent_size
-    device = first.device
+    differs = None
     for n in rows:
-        inputs = [StepInputs(torch.randint(0, 256, (n, pixels), generator=gen, dtype=torch.uint8).to(device),
-                             Noise(torch.randn(n, zdim, generator=gen).to(device),
-                                   torch.rand(n, pixels, generator=gen).to(device)
-                                   if "binarize" in first.gens else None), 1.0) for _ in stacked.trainers]
-        losses = stacked(inputs)
-        together = [[p.grad for p in t.model.parameters()] for t in stacked.trainers]
-        for i, t in enumerate(stacked.trainers):
-            own = t.step.gradients(inputs[i].x, inputs[i].noise, 1.0)
-            if not torch.equal(own, losses[i]):
-                return f"the loss of a batch of {n} differs by {abs(own.item() - losses[i].item()):.3g}"
-            for name, p, q in zip(stacked.names, t.model.parameters(), together[i], strict=True):
-                if not torch.equal(p.grad, q):
-                    return f"the gradient of {name} for a batch of {n} differs by up to " \
-                           f"{(p.grad - q).abs().max().item():.3g}"
+        inputs = _random_inputs(stacked.trainers[0], n, len(stacked.trainers), gen)
+        differs = differs or _differs(stacked, inputs)
+    device = stacked.trainers[0].device
+
+    def timed(step: Callable[[], object]) -> float:
+        step()  # warm-up: the first vmapped call traces
+        ms = []
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            ms.append(1000 * (time.perf_counter() - start))
+        return statistics.median(ms)
+
+    own = [t.step.gradients for t in stacked.trainers]
+    stacked_ms = timed(lambda: stacked(inputs))
+    own_ms = timed(lambda: [g(i.x, i.noise, 1.0) for g, i in zip(own, inputs, strict=True)])
+    return Probe(differs, stacked_ms, own_ms)
+
+
+def _random_inputs(t: Trainer, n: int, seeds: int, gen: torch.Generator) -> list[StepInputs]:
+    """A batch of ``n`` random images and noise per seed, as the seeds' loops would give them."""
+    pixels, zdim = t.model.config.input_dim, t.model.latent_size
+
+    def one() -> StepInputs:
+        x = torch.randint(0, 256, (n, pixels), generator=gen, dtype=torch.uint8)
+        uniforms = torch.rand(n, pixels, generator=gen) if "binarize" in t.gens else None
+        noise = Noise(torch.randn(n, zdim, generator=gen).to(t.device),
+                      None if uniforms is None else uniforms.to(t.device))
+        return StepInputs(x.to(t.device), noise, 1.0)
+
+    return [one() for _ in range(seeds)]
+
+
+def _differs(stacked: StackedStep, inputs: list[StepInputs]) -> str | None:
+    """Where the stacked step on ``inputs`` differs from each seed's own step on its input (None: nowhere)."""
+    n = inputs[0].x.shape[0]
+    losses = stacked(inputs)
+    together = [[p.grad for p in t.model.parameters()] for t in stacked.trainers]
+    for i, t in enumerate(stacked.trainers):
+        own = t.step.gradients(inputs[i].x, inputs[i].noise, 1.0)
+        if not torch.equal(own, losses[i]):
+            return f"the loss of a batch of {n} differs by {abs(own.item() - losses[i].item()):.3g}"
+        for name, p, q in zip(stacked.names, t.model.parameters(), together[i], strict=True):
+            if not torch.equal(p.grad, q):
+                return f"the gradient of {name} for a batch of {n} differs by up to {(p.grad - q).abs().max():.3g}"
     return None
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a GPU's time is of the work and not of its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def fit_together(sessions: Sequence[Session], stacked: StackedStep | None) -> None:
@@ -126,7 +186,8 @@ def fit_together(sessions: Sequence[Session], stacked: StackedStep | None) -> No
     """
     interrupted: list[Interrupted] = []
     with StopFlag() as stop:
-        loops = [fit_steps(s.trainer, s.callbacks, stop) for s in sessions]
+        loops = [fit_steps(s.trainer, s.callbacks if i == 0 else _without_bar(s.callbacks), stop)
+                 for i, s in enumerate(sessions)]
         try:
             pending = _advance(loops, dict.fromkeys(range(len(loops))), interrupted)
             while pending:
@@ -139,8 +200,12 @@ def fit_together(sessions: Sequence[Session], stacked: StackedStep | None) -> No
             for loop in loops:
                 loop.close()
     if interrupted:
-        raise Interrupted(f"interrupted; every seed's checkpoint is saved ({interrupted[0]})",
-                          interrupted[0].exit_code - 128)
+        raise Interrupted("interrupted; every seed's checkpoint is saved", interrupted[0].exit_code - 128)
+
+
+def _without_bar(callbacks: list[Callback]) -> list[Callback]:
+    """A seed's callbacks less the progress bar and epoch log: seeds fitted in lockstep show the first's only."""
+    return [c for c in callbacks if not isinstance(c, (ProgressBar, EpochLog))]
 
 
 def _advance(loops: list[Generator[StepInputs, None, None]], pending: dict[int, StepInputs | None],

@@ -85,11 +85,10 @@ class Session:
 
 def open_session(held: contextlib.ExitStack, ctx: distributed.DistContext, config: TrainConfig,
                  out: str | os.PathLike | None, *, resume: bool = False, force: bool = False,
-                 callbacks: Sequence[Callback] = (), data: Any = None, bar: bool = True) -> Session:
+                 callbacks: Sequence[Callback] = (), data: Any = None) -> Session:
     """Everything :func:`train` does before ``fit``: the folder checked and locked, the data read, the model,
     optimizer and step built or restored, the config written. ``held`` keeps the folder's lock and the
-    trackers open until the caller has fitted and finished the run. ``bar=False``: no progress bar and epoch
-    log even with ``config.progress`` (runs fitted side by side show one)."""
+    trackers open until the caller has fitted and finished the run."""
     run_dir, config, stored = settle(config, out, resume, force, ctx)
     if not ctx.is_main:
         config = replace(config, progress=False)  # one progress bar and one log: rank 0's
@@ -103,7 +102,7 @@ def open_session(held: contextlib.ExitStack, ctx: distributed.DistContext, confi
                      val_fraction=val.fraction if val is not None else 0.0)
     config = settle_budget(config, len(splits.train_images), val is not None, stored is None,
                            ctx.is_main and config.progress)
-    extra = default_callbacks(config.progress and bar, config.tensorboard, run_dir, config.patience)  # settled patience
+    extra = default_callbacks(config.progress, config.tensorboard, run_dir, config.patience)  # settled patience
     extra += [*trackers, *callbacks]
     mcfg = model_config_for(config, tuple(splits.train_images.shape[1:]))
     held.enter_context(folder_held(run_dir, config, stored is not None, ctx))
