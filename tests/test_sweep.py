@@ -19,6 +19,7 @@ import pytest
 
 from vaekit import run as runs
 from vaekit.cli import main
+from vaekit.experiments.sweep import SWEEP
 
 optuna = pytest.importorskip("optuna")
 
@@ -169,8 +170,8 @@ def _running_trial_of(sweep: Path, pid: int, deadline: float, training: bool = T
     from sqlalchemy.exc import OperationalError
 
     while time.monotonic() < deadline:
-        try:  # the workers may still be creating the study: then there is nothing to find yet
-            trials = _study(sweep).trials if (sweep / "study.db").exists() else []
+        try:  # read once a worker has made the study (sweep.json follows it), never racing it to make it
+            trials = _study(sweep).trials if (sweep / SWEEP).exists() else []
         except (KeyError, OperationalError):
             trials = []
         for t in trials:
