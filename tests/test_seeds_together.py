@@ -156,3 +156,15 @@ def test_ctrl_c_saves_every_seed_and_resume_finishes_them_as_if_never_stopped(ti
     for s in (0, 1):
         a, b = (load_file(r / f"seed-{s}" / "model.safetensors") for r in (whole, stopped))
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_more_seeds_than_a_group_train_in_groups(tiny_data: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeds are opened a group at a time (each holds its data): three seeds in groups of two, the last alone."""
+    monkeypatch.setattr(seeds_module, "GROUP", 2)
+    assert _train(tiny_data, "--seeds", "0-2", "--seeds-together", "yes", "--epochs", "1",
+                  "--out", str(tmp_path / "s")) == 0
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["n"] == 3 and len(summary["metrics"]["test_loss"]["values"]) == 3
+    first, second = summary["order"].split("; ", 1)[0], summary["order"].split("; ")[-1]
+    assert first.startswith("together") and second == seeds_module.ORDER_SEQUENTIAL

@@ -39,6 +39,8 @@ SEEDS_SUMMARY = "summary.json"  # DIR/summary.json, beside the seed folders
 ORDER_SEQUENTIAL = "sequential: one seed after another in one process"
 ORDER_TOGETHER = ("together: the seeds' steps stacked in one vmapped computation, each seed bit for bit its own "
                   "run (checked before training)")
+# Seeds opened at once to train together (each holds its own data and model): more train in groups of this many.
+GROUP = 8
 ORDER_ROUNDING = "together (--seeds-together yes): each seed within rounding of its own run, not bit for bit"
 _ITEM = re.compile(r"^(\d{1,19})(?:-(\d{1,19}))?$")  # "3" or "0-4"
 
@@ -135,7 +137,8 @@ def train_seeds(config_for: ConfigFor, seeds: list[int], out: Path, *, resume: b
         todo.append(Todo(seed, run_dir, own, config))
     hint = f"; to continue every seed: {again} --resume" if again else ""
     try:
-        order = _train(todo, together, force and not resume) if todo else _stored_order(out)
+        orders = [_train(todo[i:i + GROUP], together, force and not resume) for i in range(0, len(todo), GROUP)]
+        order = "; ".join(dict.fromkeys(orders)) if todo else _stored_order(out)
     except Interrupted as e:
         raise Interrupted(f"{e}{hint}", e.exit_code - 128) from e
     return write_summary(out, seeds, order)
