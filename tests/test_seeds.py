@@ -26,15 +26,21 @@ def _train(data: Path, *flags: str) -> int:
     return main(["train", "--data-dir", str(data), *TRAIN, *flags])
 
 
+def seeds_and_alone(data: Path, factory: pytest.TempPathFactory, *flags: str) -> Path:
+    """A folder with ``seeds/`` (``--seeds 0,1`` and ``flags``) and ``alone-0``, ``alone-1`` (``--seed 0`` and
+    ``--seed 1``, the runs each seed must equal), trained with :data:`TRAIN`'s flags."""
+    root = factory.mktemp("seeds")
+    with hermetic_env(factory.mktemp("cache")):
+        assert _train(data, "--seeds", "0,1", *flags, "--out", str(root / "seeds")) == 0
+        for s in (0, 1):
+            assert _train(data, "--seed", str(s), "--out", str(root / f"alone-{s}")) == 0
+    return root
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``seeds/`` (``--seeds 0,1``) and ``alone-0``, ``alone-1`` (``--seed 0`` and ``--seed 1``)."""
-    root = tmp_path_factory.mktemp("seeds")
-    with hermetic_env(tmp_path_factory.mktemp("cache")):
-        assert _train(tiny_data, "--seeds", "0,1", "--out", str(root / "seeds")) == 0
-        for s in (0, 1):
-            assert _train(tiny_data, "--seed", str(s), "--out", str(root / f"alone-{s}")) == 0
-    return root
+    return seeds_and_alone(tiny_data, tmp_path_factory)
 
 
 def _metrics(run: Path) -> list[dict[str, str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from vaekit.cli import main
 from vaekit.experiments import seeds as seeds_module
 
 from .conftest import hermetic_env
+from .test_seeds import seeds_and_alone
 
 TRAIN = ["--epochs", "2", "--batch-size", "64", "--val-fraction", "0.2", "--no-artifacts", "--quiet"]
 
@@ -34,13 +36,8 @@ def _train(data: Path, *flags: str) -> int:
 
 @pytest.fixture(scope="module")
 def runs(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``together/`` (``--seeds 0,1 --seeds-together yes``) and ``alone-0``, ``alone-1`` (``--seed 0``, ``1``)."""
-    root = tmp_path_factory.mktemp("together")
-    with hermetic_env(tmp_path_factory.mktemp("cache")):
-        assert _train(tiny_data, "--seeds", "0,1", "--seeds-together", "yes", "--out", str(root / "together")) == 0
-        for s in (0, 1):
-            assert _train(tiny_data, "--seed", str(s), "--out", str(root / f"alone-{s}")) == 0
-    return root
+    """``seeds/`` (``--seeds 0,1 --seeds-together yes``) and ``alone-0``, ``alone-1`` (one epoch each)."""
+    return seeds_and_alone(tiny_data, tmp_path_factory, "--seeds-together", "yes")
 
 
 def _rows(run: Path) -> list[dict[str, float | None]]:
@@ -53,10 +50,10 @@ def _rows(run: Path) -> list[dict[str, float | None]]:
 def test_each_stacked_seed_is_its_own_run_within_rounding(runs: Path, seed: int) -> None:
     """Each seed trained on its own batches, noise and weights: a mix-up between seeds would move the losses by
     whole nats, while rounding moves them in the sixth digit."""
-    got, alone = runs / "together" / f"seed-{seed}", runs / f"alone-{seed}"
+    got, alone = runs / "seeds" / f"seed-{seed}", runs / f"alone-{seed}"
     assert (got / "config.json").read_bytes() == (alone / "config.json").read_bytes()
     ours, theirs = _rows(got), _rows(alone)
-    assert len(ours) == len(theirs) == 2
+    assert len(ours) == len(theirs) == 1
     for a, b in zip(ours, theirs, strict=True):
         assert a.keys() == b.keys()
         for key in a:
@@ -68,12 +65,12 @@ def test_each_stacked_seed_is_its_own_run_within_rounding(runs: Path, seed: int)
 
 
 def test_the_seeds_stay_different_runs(runs: Path) -> None:
-    a, b = (load_file(runs / "together" / f"seed-{s}" / "model.safetensors") for s in (0, 1))
+    a, b = (load_file(runs / "seeds" / f"seed-{s}" / "model.safetensors") for s in (0, 1))
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
 def test_the_summary_says_the_seeds_were_stacked_and_how_they_compare(runs: Path) -> None:
-    order = json.loads((runs / "together" / "summary.json").read_text())["order"]
+    order = json.loads((runs / "seeds" / "summary.json").read_text())["order"]
     assert order.startswith("together")
     assert "ms a step of all seeds stacked" in order
     exact = order.startswith(seeds_module.ORDER_TOGETHER)
@@ -168,3 +165,17 @@ def test_more_seeds_than_a_group_train_in_groups(tiny_data: Path, tmp_path: Path
     assert summary["n"] == 3 and len(summary["metrics"]["test_loss"]["values"]) == 3
     first, second = summary["order"].split("; ", 1)[0], summary["order"].split("; ")[-1]
     assert first.startswith("together") and second == seeds_module.ORDER_SEQUENTIAL
+
+
+def test_a_signal_between_two_seeds_steps_stops_them_after_the_same_step() -> None:
+    """Seeds in lockstep read the stop flag as it stood when their round of steps began: a Ctrl-C that lands
+    after the first seed's step and before the second's is seen by both in the next round, not by the second
+    alone (which would leave the two checkpoints a step apart)."""
+    from vaekit.experiments.together import RoundStop
+
+    with RoundStop() as stop:
+        stop.latch()
+        os.kill(os.getpid(), signal.SIGINT)  # mid-round: the handler records it
+        assert stop.signal == signal.SIGINT and not stop.raised
+        stop.latch()  # the next round
+        assert stop.raised

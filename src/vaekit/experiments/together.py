@@ -185,7 +185,7 @@ def fit_together(sessions: Sequence[Session], stacked: StackedStep | None) -> No
     step before :class:`~vaekit.errors.Interrupted` ends the whole; any other error ends it at once.
     """
     interrupted: list[Interrupted] = []
-    with StopFlag() as stop:
+    with RoundStop() as stop:
         loops = [fit_steps(s.trainer, s.callbacks if i == 0 else _without_bar(s.callbacks), stop)
                  for i, s in enumerate(sessions)]
         try:
@@ -195,12 +195,30 @@ def fit_together(sessions: Sequence[Session], stacked: StackedStep | None) -> No
                 if stacked is not None and len(pending) == len(loops) and len({i.x.shape for i in inputs}) == 1:
                     for t, loss in zip(stacked.trainers, stacked(inputs), strict=True):
                         t.step.supply(loss)
+                stop.latch()
                 pending = _advance(loops, pending, interrupted)
         finally:
             for loop in loops:
                 loop.close()
     if interrupted:
         raise Interrupted("interrupted; every seed's checkpoint is saved", interrupted[0].exit_code - 128)
+
+
+class RoundStop(StopFlag):
+    """The stop flag of seeds in lockstep, read as it stood when the round of steps began (:meth:`latch`): a
+    Ctrl-C that lands between two seeds' steps stops every seed after the same step, so that they resume
+    together, as one round, and not one step apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._latched: int | None = None
+
+    def latch(self) -> None:
+        self._latched = self.signal
+
+    @property
+    def raised(self) -> bool:
+        return self._latched is not None
 
 
 def _without_bar(callbacks: list[Callback]) -> list[Callback]:
