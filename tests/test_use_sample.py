@@ -166,3 +166,32 @@ def test_a_hierarchy_draws_its_first_group_from_the_mixture_and_the_rest_from_th
     info = json.loads((run.path / GMM_INFO).read_text())
     assert run.model.hierarchical and info["dim"] == run.model.zdim < run.model.latent_size
     assert not np.array_equal(a, run.sample(5, seed=1))
+
+
+def test_force_replaces_the_images_of_an_earlier_call_and_keeps_the_users_files(run_dir: Path) -> None:
+    """``-n 2 --force`` after ``-n 5``: the folder holds the two new images, not three stale ones beside them; a
+    file of the user's in it stays; and a call that fails leaves the folder as it was."""
+    folder = run_dir.parent / "replaced"
+    assert main(["sample", str(run_dir), "-n", "5", "--out", str(folder), "--seed", "0"]) == 0
+    (folder / "notes.txt").write_text("mine")
+    (folder / "holiday.png").write_bytes(b"not ours")
+    assert main(["sample", str(run_dir), "-n", "2", "--out", str(folder), "--seed", "1", "--force"]) == 0
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["holiday.png", "notes.txt", "sample_00000.png", "sample_00001.png"]
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    import vaekit.use.outputs as outputs
+
+    def broken(path: Path, image: np.ndarray) -> None:  # as atomic_write reports a full disk
+        from vaekit.errors import WriteError
+
+        raise WriteError(f"could not write {path}: No space left on device")
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(outputs, "write_png", broken)
+    try:
+        assert _code(["sample", str(run_dir), "-n", "4", "--out", str(folder), "--seed", "2", "--force"]) == 1
+    finally:
+        mp.undo()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".replaced")] == []

@@ -81,27 +81,44 @@ def make_folder(folder: Path, shown: Path | None = None) -> None:
                          "--out") from e
 
 
+# The image files a command writes into a folder: sample_NNNNN.png (vaekit sample), NNNNN_NAME.png (image_stem).
+_WRITTEN_IMAGE = re.compile(r"^(sample_)?\d+(_[^/]*)?\.png$")
+
+
 @contextlib.contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
-    """The folder to write a command's many files into, such that a new ``out`` appears whole or not at all.
+    """The folder to write a command's many files into, such that ``out`` changes whole or not at all.
 
     Files written one by one (thousands of reconstructions) would leave a half-filled folder after Ctrl-C or a
-    failed write, which the next call then refuses to replace without ``--force``. A new folder is filled under a
-    temporary name (``.NAME.tmp-PID``, as :func:`vaekit.run.io.atomic_write` names its files) and renamed when
-    complete; an existing one (empty, or replaced into with ``--force``) is written into directly.
+    failed write, which the next call then refuses to replace without ``--force``. The files are written into a
+    temporary folder beside ``out`` (``.NAME.tmp-PID``, as :func:`vaekit.run.io.atomic_write` names its files).
+    A new ``out`` is that folder renamed when complete. An existing one (empty, or replaced into with ``--force``)
+    receives the new files by rename once all are written, and loses the images an earlier call wrote that this
+    one did not (``-n 8`` after ``-n 64``): other files in it are the user's and stay.
     """
-    if out.is_dir():
-        yield out
-        return
     staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     make_folder(out.parent)
     make_folder(staging, out)
     try:
         yield staging
-        os.rename(staging, out)
+        if out.is_dir():
+            _replace_images(staging, out)
+        else:
+            os.rename(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # only the files this call wrote; the error itself goes on
         raise
+
+
+def _replace_images(staging: Path, out: Path) -> None:
+    """Move the staged files into ``out`` and remove the images of an earlier call that this one did not write."""
+    new = {p.name for p in staging.iterdir()}
+    for name in new:
+        os.replace(staging / name, out / name)
+    for old in out.iterdir():
+        if old.name not in new and _WRITTEN_IMAGE.match(old.name) and old.is_file() and not old.is_symlink():
+            old.unlink()
+    staging.rmdir()
 
 
 def _check_outside_run(path: Path, run: Path) -> None:
