@@ -184,12 +184,9 @@ class ModelConfig:
         """A causal context needs an 8-bit head (its log p(x|z) reads the image's own 8-bit values) and a flat
         model (a hierarchy's sampling and in-page decoding have no place for the pixel-by-pixel pass)."""
         _check_context(self.context)
-        if self.context and self.head not in EIGHT_BIT_LIKELIHOODS:
-            raise ConfigError(f"--context reads the earlier 8-bit pixels for an 8-bit likelihood; the {self.head} head "
-                              f"has none: use --likelihood {' or '.join(EIGHT_BIT_LIKELIHOODS)}, or drop --context")
-        if self.context and self.architecture == "hierarchical":
-            raise ConfigError("--context is for the flat models (conv, MLP presets), not the hierarchical one: "
-                              "drop --context, or choose another --model")
+        why = context_misfit(self.head, self.architecture)
+        if self.context and why:
+            raise ConfigError(why)
 
     def _validate_groups(self) -> None:
         """A hierarchy's latent groups: one count per level, the coarsest level holding the first group."""
@@ -419,12 +416,9 @@ class TrainConfig:
     def _validate_context(self) -> None:
         """The causal context's combinations, refused before any data is read (ModelConfig checks them again)."""
         _check_context(self.context)
-        if self.context and self.likelihood not in EIGHT_BIT_LIKELIHOODS:
-            raise ConfigError(f"--context reads the earlier 8-bit pixels; --likelihood {self.likelihood} has none: use "
-                              f"--likelihood {' or '.join(EIGHT_BIT_LIKELIHOODS)}, or drop --context")
-        if self.context and PRESETS.get(str(self.model), {}).get("architecture") == "hierarchical":
-            raise ConfigError(f"--context is for the flat models (conv, MLP presets), not the hierarchical "
-                              f"{self.model}: drop --context, or choose another --model")
+        why = context_misfit(self.likelihood, PRESETS.get(str(self.model), {}).get("architecture"))
+        if self.context and why:
+            raise ConfigError(why)
 
     def _validate_data(self) -> None:
         if self.data is not None and (self.dataset is not None or self.data_dir is not None):
@@ -460,6 +454,18 @@ def _positive_int(name: str, value: Any, most: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (most is not None and value > most):
         bound = f" up to {most:,}" if most is not None else ""
         raise ConfigError(f"{name} must be a positive integer{bound} (got {_short(value)})")
+
+
+def context_misfit(likelihood: Any, architecture: Any) -> str | None:
+    """Why a causal context does not fit this likelihood and architecture (None: it does). The context reads the
+    earlier pixels' 8-bit values, which only an 8-bit likelihood models, and sits on a flat model's head."""
+    if likelihood not in EIGHT_BIT_LIKELIHOODS:
+        return (f"--context reads the earlier 8-bit pixels; --likelihood {likelihood} has none: use --likelihood "
+                f"{' or '.join(EIGHT_BIT_LIKELIHOODS)}, or drop --context")
+    if architecture == "hierarchical":
+        return ("--context is for the flat models (conv, MLP presets), not the hierarchical one: drop --context, "
+                "or choose another --model")
+    return None
 
 
 def _check_context(value: Any) -> None:
@@ -586,8 +592,8 @@ def recipe_config(name: str | None, given: dict[str, Any] | None = None) -> Trai
     settings = {**RECIPES[name], **given, "recipe": name}
     if settings.get("likelihood") != "logistic-mixture" and "mixtures" not in given:
         settings.pop("mixtures", None)  # the recipe's mixture size goes with its likelihood, not with another
-    if "context" not in given and (settings.get("likelihood") not in EIGHT_BIT_LIKELIHOODS or PRESETS.get(
-            str(settings.get("model")), {}).get("architecture") == "hierarchical"):
+    if "context" not in given and context_misfit(settings.get("likelihood"),
+                                                 PRESETS.get(str(settings.get("model")), {}).get("architecture")):
         settings.pop("context", None)  # so does its causal context, which only a flat model's 8-bit head has
     if "epochs" in given:
         settings["steps"] = None
