@@ -17,6 +17,7 @@ from typing import Any
 from vaekit.data.binarize import bits_per_dim_scale, describe, protocol
 from vaekit.experiments.collect import ComparedRun, Entry, collect
 from vaekit.experiments.stats import Stat, mean_stderr
+from vaekit.run.io import finite_number
 
 # (summary.json key, column name); every one is lower-is-better except the training time, which is not ranked.
 NUMBERS = (("test_loss", "test -ELBO"), ("nll", "-log p(x)"), ("bits_per_dim", "bits/dim"),
@@ -71,16 +72,12 @@ def protocol_name(index: int) -> str:
     return chr(ord("A") + index) if index < 26 else f"P{index + 1}"
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _value(r: ComparedRun, key: str) -> float | None:
     """One number of a run; its training time from metrics.csv when summary.json has none."""
     value = r.summary.get(key)
-    if key == "train_seconds" and not _finite(value) and r.metrics:
+    if key == "train_seconds" and not finite_number(value) and r.metrics:
         value = math.fsum(row.get("seconds", math.nan) for row in r.metrics)
-    return float(value) if _finite(value) else None
+    return float(value) if finite_number(value) else None
 
 
 def entry_numbers(entry: Entry) -> tuple[dict[str, Stat], int | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import stat
@@ -277,3 +278,8 @@ def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pa
     check_state(model.state_dict(), got, path)
     model.load_state_dict(got)
 
+
+def finite_number(value: Any) -> bool:
+    """Whether a value read from a run's JSON is a usable number: an int or float (not a bool), finite. A run folder
+    may come from anyone, so its numbers are checked before they are used."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -9,7 +9,6 @@ silently wrong training.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from vaekit import run as runs
 from vaekit.errors import RunFolderError
 from vaekit.model import VAE
+from vaekit.run.io import finite_number
 
 
 @dataclass
@@ -118,10 +118,6 @@ def _nonnegative_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_train_state(state: Any, path: Path) -> dict[str, Any]:
     """The training position stored in a checkpoint, checked so a tampered one fails here as one line.
 
@@ -138,10 +134,10 @@ def check_train_state(state: Any, path: Path) -> dict[str, Any]:
         if key in state and not _nonnegative_int(state[key]):
             raise bad(f"{key} is {state[key]!r:.40}, expected an integer >= 0")
     for key in ("epoch_loss_sum", "epoch_seconds"):
-        if key in state and not _finite_number(state[key]):
+        if key in state and not finite_number(state[key]):
             raise bad(f"{key} is {state[key]!r:.40}, expected a finite number")
     scaler = state.get("scaler")
-    if scaler is not None and not (isinstance(scaler, dict) and all(_finite_number(v) for v in scaler.values())):
+    if scaler is not None and not (isinstance(scaler, dict) and all(finite_number(v) for v in scaler.values())):
         raise bad("its loss scaler state is not a set of finite numbers")
     if state.get("step_in_epoch", 0) > state.get("global_step", 0):
         raise bad("step_in_epoch is larger than global_step")
@@ -155,7 +151,7 @@ def check_train_state(state: Any, path: Path) -> dict[str, Any]:
         if not isinstance(row, dict) or row.get("epoch") != i:
             raise bad(f"history row {i} is not the metrics of epoch {i}")
         for key in runs.row_required_columns(row):
-            if not _finite_number(row.get(key)):
+            if not finite_number(row.get(key)):
                 raise bad(f"history row {i} has {key} = {row.get(key)!r:.40}")
     return state
 
@@ -165,7 +161,7 @@ def _same_kind(saved: Any, fresh: Any) -> bool:
     if isinstance(fresh, bool) or fresh is None:
         return saved is None or isinstance(saved, bool)
     if isinstance(fresh, (int, float)):
-        return _finite_number(saved)
+        return finite_number(saved)
     if isinstance(fresh, (list, tuple)):
         return isinstance(saved, (list, tuple)) and len(saved) == len(fresh) and all(
             _same_kind(s, f) for s, f in zip(saved, fresh, strict=True))
@@ -177,8 +173,8 @@ def _same_kind(saved: Any, fresh: Any) -> bool:
 def _plain_json(value: Any) -> bool:
     """A flat JSON value (a scalar or a list of scalars): what an optimizer setting can be."""
     if isinstance(value, (list, tuple)):
-        return all(v is None or isinstance(v, (bool, str)) or _finite_number(v) for v in value)
-    return value is None or isinstance(value, (bool, str)) or _finite_number(value)
+        return all(v is None or isinstance(v, (bool, str)) or finite_number(v) for v in value)
+    return value is None or isinstance(value, (bool, str)) or finite_number(value)
 
 
 # Per-parameter state an optimizer cannot step without (others: all parameters alike is checked).
@@ -232,7 +228,7 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, per_param: dict[int,
                               f"{tuple(p.shape)} and {p.dtype}")
                 if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all():
                     raise bad(f"{idx}.{name} contains NaN or infinite values")
-            elif not _finite_number(v):
+            elif not finite_number(v):
                 raise bad(f"{idx}.{name} is {v!r:.40}")
 
 
@@ -241,4 +237,4 @@ def _schedule_ok(schedule: Any) -> bool:
         return False
     lr = schedule["restart_lr"]
     return (_nonnegative_int(schedule["total_steps"]) and _nonnegative_int(schedule["restart_step"])
-            and (lr is None or (_finite_number(lr) and lr >= 0)))
+            and (lr is None or (finite_number(lr) and lr >= 0)))
