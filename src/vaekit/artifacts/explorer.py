@@ -32,12 +32,13 @@ from torch import nn
 
 from vaekit import run as runs
 from vaekit.artifacts import EXPLORER
-from vaekit.artifacts.figures import label_classes, latent_means
+from vaekit.artifacts.figures import label_classes
 from vaekit.config import ModelConfig
 from vaekit.errors import VaekitError
 from vaekit.model import VAE
 from vaekit.model.conv import Residual, ToImage, ToRows
 from vaekit.text import printable
+from vaekit.use.latent import latent_means
 
 MAX_POINTS = 10_000  # test means embedded in the page (MNIST's whole test set)
 DECODE_PATH = "/decode"  # where `vaekit explore --serve` decodes latents in PyTorch for a page that cannot

@@ -25,7 +25,7 @@ from vaekit.artifacts import FIGURES
 from vaekit.data.tensors import to_unit
 from vaekit.model import VAE
 from vaekit.text import printable
-from vaekit.use.latent import decode_images
+from vaekit.use.latent import decode_images, latent_means
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -180,14 +180,6 @@ def latent_grid_figure(model: VAE, n: int = 20, spacing: str = "linear", means: 
 
 
 @torch.no_grad()
-def latent_means(model: VAE, images_u8: np.ndarray, batch_size: int = 2000) -> np.ndarray:
-    """Posterior means of ``images_u8`` (N, H, W[, 3]) as an (N, zdim) array."""
-    device = next(model.parameters()).device
-    x = torch.from_numpy(images_u8.reshape(len(images_u8), -1))
-    out = [model.encode(to_unit(x[i : i + batch_size].to(device)))[0].cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out).numpy()
-
-
 def project_2d(mu: np.ndarray) -> tuple[np.ndarray, str]:
     """The first two latent dimensions when zdim <= 2, else the first two principal components."""
     if mu.shape[1] == 1:

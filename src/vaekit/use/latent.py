@@ -182,3 +182,19 @@ def interpolate(run: TrainedRun, a: Images, b: Images, steps: int = 10, *, spher
     z = torch.from_numpy(path)
     images = np.concatenate([decode_images(run.model, z[i : i + batch_size]) for i in range(0, len(z), batch_size)])
     return (path, images) if latents else images
+
+
+def latent_means(model: VAE, images_u8: np.ndarray, batch_size: int = 2000, progress: str | None = None) -> np.ndarray:
+    """Posterior means of ``images_u8`` (N, H, W[, 3]) as an (N, zdim) float32 array, a batch at a time on the
+    model's device (the figures, the explorer and the sampler's mixture all place images by these).
+    ``progress``: a bar's description, shown while encoding (None: no bar)."""
+    from tqdm import tqdm
+
+    from vaekit.data.tensors import to_unit
+
+    device = next(model.parameters()).device
+    x = torch.from_numpy(images_u8.reshape(len(images_u8), -1))
+    starts = tqdm(range(0, len(x), batch_size), desc=progress, unit="batch", disable=progress is None, leave=False,
+                  dynamic_ncols=True)
+    out = [model.encode(to_unit(x[i : i + batch_size].to(device)))[0].cpu() for i in starts]
+    return torch.cat(out).numpy() if out else np.empty((0, model.zdim), dtype=np.float32)

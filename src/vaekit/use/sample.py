@@ -38,6 +38,7 @@ from vaekit.use.gmm import (
     weights_sha256,
 )
 from vaekit.use.inputs import TrainedRun
+from vaekit.use.latent import latent_means
 from vaekit.use.outputs import to_uint8
 
 SAMPLE_BATCH = 256  # latents drawn and decoded at once: part of what a seed means, so not a user setting
@@ -94,17 +95,9 @@ def training_images(run: TrainedRun) -> np.ndarray:
 
 @torch.no_grad()
 def training_means(run: TrainedRun, progress: bool = False) -> np.ndarray:
-    """Posterior means (N, zdim) of :func:`training_images`, encoded batch by batch on the model's device."""
-    from vaekit.data.tensors import to_unit
-
-    images = training_images(run)
-    flat = torch.from_numpy(images.reshape(len(images), -1))
-    device = next(run.model.parameters()).device
-    out = []
-    for i in tqdm(range(0, len(flat), ENCODE_BATCH), desc="encoding the training set", unit="batch",
-                  disable=not progress, leave=False, dynamic_ncols=True):
-        out.append(run.model.encode(to_unit(flat[i : i + ENCODE_BATCH].to(device)))[0].double().cpu())
-    return torch.cat(out).numpy() if out else np.empty((0, run.model.zdim))
+    """Posterior means (N, zdim), in float64 for the mixture's fit, of :func:`training_images`."""
+    bar = "encoding the training set" if progress else None
+    return latent_means(run.model, training_images(run), ENCODE_BATCH, bar).astype(np.float64)
 
 
 def mixture_for(run: TrainedRun, components: int = DEFAULT_COMPONENTS, *, refit: bool = False, progress: bool = False,
