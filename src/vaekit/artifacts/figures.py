@@ -179,7 +179,6 @@ def latent_grid_figure(model: VAE, n: int = 20, spacing: str = "linear", means: 
     return fig
 
 
-@torch.no_grad()
 def project_2d(mu: np.ndarray) -> tuple[np.ndarray, str]:
     """The first two latent dimensions when zdim <= 2, else the first two principal components."""
     if mu.shape[1] == 1:

@@ -184,6 +184,7 @@ def interpolate(run: TrainedRun, a: Images, b: Images, steps: int = 10, *, spher
     return (path, images) if latents else images
 
 
+@torch.no_grad()
 def latent_means(model: VAE, images_u8: np.ndarray, batch_size: int = 2000, progress: str | None = None) -> np.ndarray:
     """Posterior means of ``images_u8`` (N, H, W[, 3]) as an (N, zdim) float32 array, a batch at a time on the
     model's device (the figures, the explorer and the sampler's mixture all place images by these).
