@@ -86,7 +86,7 @@ def training_images(run: TrainedRun) -> np.ndarray:
     from vaekit.data.validation import carve_validation
     from vaekit.run.dataset import load_run_data
 
-    splits, _ = carve_validation(load_run_data(run), run.data.get("val_fraction") or 0.0)
+    splits, _ = carve_validation(load_run_data(run, binarize="none"), run.data.get("val_fraction") or 0.0)
     images = splits.train_images
     if run.train_config.binarize != "none":
         images = binarize_images(images, run.train_config.binarize_seed + 1)
