@@ -290,3 +290,28 @@ def test_an_interrupted_reconstruct_leaves_no_half_filled_folder(runs: dict[str,
     assert len(written) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["digits.npy"]
     monkeypatch.setattr(outputs, "write_png", real)
     assert main(args) == 0 and len(list((tmp_path / "recs").iterdir())) == 41
+
+
+def test_a_run_still_being_trained_is_used_with_a_warning(runs: dict[str, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The lock of a live training (here a process that holds it as a training would): encode still works, and
+    says the weights it read may change. A lock of a process that has ended says nothing."""
+    import shutil
+    import socket
+    import subprocess
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["seed"], run)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = Path(f"/proc/{holder.pid}/stat").read_text().rpartition(")")[2].split()[19]
+        (run / ".lock").write_text(f"{holder.pid} {socket.gethostname()} {start}\n")
+        capsys.readouterr()
+        assert main(["encode", str(run), "--split", "test", "--out", str(tmp_path / "a.csv")]) == 0
+        err = capsys.readouterr().err
+        assert f"is still being written by process {holder.pid}" in err and "may change" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["encode", str(run), "--split", "test", "--out", str(tmp_path / "b.csv")]) == 0
+    assert "still being written" not in capsys.readouterr().err

@@ -24,10 +24,18 @@ _NUMBERS = re.compile(rf"{_NUMBER}(?:,{_NUMBER})*,?\s*")
 
 
 def load_run_arg(args: argparse.Namespace) -> Any:
+    """The run of RUN, on --device; a warning when a training still writes it (its weights are those of the latest
+    epoch, and will change)."""
+    from vaekit.data.resolve import warn
     from vaekit.devices import resolve_device
-    from vaekit.run import load_run
+    from vaekit.run import load_run, writer_of
 
-    return load_run(args.run, resolve_device(args.device))
+    run = load_run(args.run, resolve_device(args.device))
+    writer = writer_of(run.path)
+    if writer is not None:
+        warn(f"{run.path} is still being written by process {writer} (a training or an evaluation): using the "
+             "weights it holds now, which may change; run again once it has finished for its final ones")
+    return run
 
 
 def check_images(args: argparse.Namespace) -> None:

@@ -41,13 +41,13 @@ from .io import (
     write_json,
     write_tensors,
 )
-from .lock import LOCK, RunLock
+from .lock import LOCK, RunLock, writer_of
 
 __all__ = [
     "CHECKPOINT", "CONFIG", "FORMAT_VERSION", "LOCK", "METRICS", "METRIC_COLUMNS", "REQUIRED_METRIC_COLUMNS",
     "BEST_WEIGHTS", "SUMMARY", "VAL_METRIC_COLUMNS", "WEIGHTS", "Run",
     "RunLock", "atomic_write", "check_path_length", "check_state", "is_complete", "is_temporary", "is_unstarted",
-    "load_model", "metric_columns", "row_required_columns",
+    "load_model", "metric_columns", "row_required_columns", "writer_of",
     "load_run", "load_state_into", "read_config", "read_json", "read_metrics", "read_summary", "read_tensors",
     "remove_run_files", "save_weights", "write_bytes", "write_config", "write_json", "write_metrics",
     "write_tensors",

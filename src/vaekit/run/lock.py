@@ -201,3 +201,8 @@ def _remove_dead_temporaries(folder: Path) -> None:
             with contextlib.suppress(OSError):
                 p.unlink()
 
+
+def writer_of(run_dir: Path) -> int | None:
+    """PID of a live process that holds ``run_dir``'s lock (a training, or an evaluation that writes), else None.
+    Commands that only read a run use this to say that the weights they read may be replaced soon."""
+    return RunLock._owner(Path(run_dir) / LOCK)
