@@ -7,7 +7,7 @@ Each seed keeps its own run. Its trainer, callbacks, checkpoints, generators and
 once. Only the loss and gradients are shared work; Adam, the non-finite guard, evaluation and every file stay per seed.
 
 Whether the stacked step gives the same bits as a seed's own step depends on the kernels. A batched matrix
-product may add in another order than the product a single run makes. :func:`mismatch` runs both on the same
+product may add in another order than the product a single run makes. :func:`probe` runs both on the same
 inputs, at both batch shapes an epoch has, and compares the loss and every gradient bit for bit; it also times
 both. With ``--seeds-together auto`` the seeds are stacked only where all agree and stacking is faster, so every
 seed stays the run it would be alone. ``yes`` stacks them anyway: each seed is then that run within rounding
