@@ -40,6 +40,13 @@ def runs(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return seeds_and_alone(tiny_data, tmp_path_factory, "--seeds-together", "yes")
 
 
+def _order(out: Path, seeds: str) -> str:
+    """summary.json's ``order`` for one group of seeds, without the ``seeds LIST: `` that names them."""
+    order = json.loads((out / "summary.json").read_text())["order"]
+    assert order.startswith(f"seeds {seeds}: ")
+    return order.removeprefix(f"seeds {seeds}: ")
+
+
 def _rows(run: Path) -> list[dict[str, float | None]]:
     """metrics.csv's rows without timings (an empty cell: None)."""
     with open(run / "metrics.csv", newline="") as f:
@@ -70,7 +77,7 @@ def test_the_seeds_stay_different_runs(runs: Path) -> None:
 
 
 def test_the_summary_says_the_seeds_were_stacked_and_how_they_compare(runs: Path) -> None:
-    order = json.loads((runs / "seeds" / "summary.json").read_text())["order"]
+    order = _order(runs / "seeds", "0,1")
     assert order.startswith("together")
     assert "ms a step of all seeds stacked" in order
     exact = order.startswith(seeds_module.ORDER_TOGETHER)
@@ -79,7 +86,7 @@ def test_the_summary_says_the_seeds_were_stacked_and_how_they_compare(runs: Path
 
 def test_auto_says_which_path_ran(tiny_data: Path, tmp_path: Path) -> None:
     assert _train(tiny_data, "--seeds", "0,1", "--out", str(tmp_path / "s"), "--epochs", "1") == 0
-    order = json.loads((tmp_path / "s" / "summary.json").read_text())["order"]
+    order = _order(tmp_path / "s", "0,1")
     stacked = order.startswith(seeds_module.ORDER_TOGETHER)
     assert stacked or order.startswith("sequential: the stacked step does not reproduce") \
         or order.startswith("sequential: stacking is slower")
@@ -124,7 +131,7 @@ def test_a_model_that_cannot_be_stacked_trains_one_seed_after_another_and_says_w
     conv = ["--model", "conv", "--epochs", "1", "--seeds", "0,1"]
     for mode in ("auto", "yes"):
         assert _train(tiny_data, *conv, "--seeds-together", mode, "--out", str(tmp_path / mode)) == 0
-        order = json.loads((tmp_path / mode / "summary.json").read_text())["order"]
+        order = _order(tmp_path / mode, "0,1")
         assert order.startswith("sequential: only the post's MLP objective is stacked")
     for s in (0, 1):  # the same runs either way
         a, b = (load_file(tmp_path / mode / f"seed-{s}" / "model.safetensors") for mode in ("auto", "yes"))
@@ -164,7 +171,7 @@ def test_more_seeds_than_a_group_train_in_groups(tiny_data: Path, tmp_path: Path
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["n"] == 3 and len(summary["metrics"]["test_loss"]["values"]) == 3
     first, second = summary["order"].split("; ", 1)[0], summary["order"].split("; ")[-1]
-    assert first.startswith("together") and second == seeds_module.ORDER_SEQUENTIAL
+    assert first.startswith("seeds 0,1: together") and second == f"seeds 2: {seeds_module.ORDER_SEQUENTIAL}"
 
 
 def test_a_signal_between_two_seeds_steps_stops_them_after_the_same_step() -> None:
@@ -179,3 +186,33 @@ def test_a_signal_between_two_seeds_steps_stops_them_after_the_same_step() -> No
         assert stop.signal == signal.SIGINT and not stop.raised
         stop.latch()  # the next round
         assert stop.raised
+
+
+def test_resume_keeps_the_mode_the_seeds_started_with_and_the_summary_tells_both_calls(tiny_data: Path,
+                                                                                      tmp_path: Path) -> None:
+    """Seeds started with ``--seeds-together yes`` and stopped: ``--resume`` without the flag continues them
+    stacked, bit for bit as if never stopped, and the summary names what each call did."""
+    out, whole = tmp_path / "stopped", tmp_path / "whole"
+    flags = ["--seeds", "0,1", "--epochs", "2"]
+    assert _train(tiny_data, *flags, "--seeds-together", "yes", "--out", str(whole)) == 0
+    assert _train(tiny_data, *flags, "--seeds-together", "yes", "--epochs", "1", "--out", str(out)) == 0
+    (out / "summary.json").unlink()  # as if stopped after the first epoch (the epochs may grow on resume)
+    assert main(["train", "--data-dir", str(tiny_data), *flags, "--resume", "--quiet", "--out", str(out)]) == 0
+    for s in (0, 1):
+        a, b = (load_file(r / f"seed-{s}" / "model.safetensors") for r in (whole, out))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    order = json.loads((out / "summary.json").read_text())["order"]
+    assert order.startswith("seeds 0,1: together") and "; seeds 0,1: resumed: together" in order
+
+
+def test_resume_of_a_folder_without_seeds_is_refused(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    capsys.readouterr()
+    assert _train(tiny_data, "--seeds", "0,1", "--resume", "--out", str(tmp_path / "typo")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nothing to resume" in err and not (tmp_path / "typo").exists()
+
+
+def test_seeds_are_ascii_digits(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--seeds", "\u0663", "--out", str(tmp_path / "x"), "--quiet"])
+    assert "comma list" in capsys.readouterr().err

@@ -321,6 +321,6 @@ def _train_seeds(args: argparse.Namespace, config: TrainConfig, given: dict[str,
 
     seeds = ",".join(map(str, args.seeds))
     summary = train_seeds(config_for, args.seeds, out, resume=args.resume, force=args.force,
-                          again=f"vaekit train --seeds {seeds} --out {out}", together=args.seeds_together or "auto")
+                          again=f"vaekit train --seeds {seeds} --out {out}", together=args.seeds_together)
     print("\n".join(summary_lines(summary)))
     return 0

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import os
 import re
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vaekit import run as runs
-from vaekit.config import MAX_SEED, TrainConfig
+from vaekit.config import MAX_SEED, SEEDS_TOGETHER, TrainConfig
 from vaekit.errors import Interrupted, RunFolderError
 from vaekit.experiments.collect import MAX_RUNS, Entry, read_record
 from vaekit.experiments.compare import NUMBERS, entry_numbers, protocol_label, run_protocol
@@ -35,6 +34,7 @@ from vaekit.text import printable
 from vaekit.training.session import Session, open_session
 
 SEEDS_SUMMARY = "summary.json"  # DIR/summary.json, beside the seed folders
+SEEDS_PROGRESS = "seeds.json"  # DIR/seeds.json: how the seeds train, kept while they do (read_progress)
 # How the seeds were trained, as summary.json's "order" says it.
 ORDER_SEQUENTIAL = "sequential: one seed after another in one process"
 ORDER_TOGETHER = ("together: the seeds' steps stacked in one vmapped computation, each seed bit for bit its own "
@@ -42,7 +42,7 @@ ORDER_TOGETHER = ("together: the seeds' steps stacked in one vmapped computation
 # Seeds opened at once to train together (each holds its own data and model): more train in groups of this many.
 GROUP = 8
 ORDER_ROUNDING = "together (--seeds-together yes): each seed within rounding of its own run, not bit for bit"
-_ITEM = re.compile(r"^(\d{1,19})(?:-(\d{1,19}))?$")  # "3" or "0-4"
+_ITEM = re.compile(r"^([0-9]{1,19})(?:-([0-9]{1,19}))?$")  # "3" or "0-4", ASCII digits only
 
 # (seed, its run folder, the run folder whose stored settings it continues or None) -> the config to train that seed
 # with: its own folder when resuming a started seed, a started sibling's for a seed not started yet (so it trains
@@ -114,17 +114,22 @@ class Todo:
 
 
 def train_seeds(config_for: ConfigFor, seeds: list[int], out: Path, *, resume: bool = False,
-                force: bool = False, again: str = "", together: str = "auto") -> dict[str, Any]:
+                force: bool = False, again: str = "", together: str | None = None) -> dict[str, Any]:
     """Train each seed into ``out/seed-N``, then write and return ``out/summary.json``.
 
     ``together`` (``--seeds-together``): ``auto`` computes the seeds' steps together where that reproduces each
     seed's own run bit for bit (:mod:`vaekit.experiments.together`), else trains them one after another;
-    ``yes`` stacks them wherever the model allows; ``no`` never does. An interrupted seed stops the whole:
-    its checkpoint is saved as a single run's is, and the error says how to continue every seed (``again``:
-    the command line that does, without ``--resume``).
+    ``yes`` stacks them wherever the model allows; ``no`` never does; None: ``auto``, or when resuming, what the
+    seeds were started with. An interrupted seed stops the whole: its checkpoint is saved as a single run's is,
+    and the error says how to continue every seed (``again``: the command line that does, without ``--resume``).
     """
     check_out(out, seeds, resume, force)
     started = [seed_folder(out, s) for s in seeds if resume and (seed_folder(out, s) / runs.CONFIG).exists()]
+    if resume and not started:
+        raise RunFolderError(f"nothing to resume at {printable(out)}: none of its seed folders (seed-N) holds a run; "
+                             "check --out, or train the seeds without --resume")
+    stored = read_progress(out) if resume else {}
+    together = together or stored.get("together") or "auto"
     todo = []
     for seed in seeds:
         run_dir = seed_folder(out, seed)
@@ -135,13 +140,35 @@ def train_seeds(config_for: ConfigFor, seeds: list[int], out: Path, *, resume: b
                 print(f"seed {seed}: {printable(run_dir)} is finished; left as it is", flush=True)
             continue
         todo.append(Todo(seed, run_dir, own, config))
+    if todo:
+        write_progress(out, {"together": together, "orders": stored.get("orders", []), "resumed": resume})
     hint = f"; to continue every seed: {again} --resume" if again else ""
     try:
-        orders = [_train(todo[i:i + GROUP], together, force and not resume) for i in range(0, len(todo), GROUP)]
-        order = "; ".join(dict.fromkeys(orders)) if todo else _stored_order(out)
+        for i in range(0, len(todo), GROUP):
+            _train(todo[i:i + GROUP], together, force and not resume)
     except Interrupted as e:
         raise Interrupted(f"{e}{hint}", e.exit_code - 128) from e
-    return write_summary(out, seeds, order)
+    orders = read_progress(out).get("orders") or [_stored_order(out)]
+    return write_summary(out, seeds, "; ".join(dict.fromkeys(orders)))
+
+
+def read_progress(out: Path) -> dict[str, Any]:
+    """``OUT/seeds.json``: how the seeds are being trained (``together``) and how each group was (``orders``),
+    kept while they train so that ``--resume`` continues as they started and the summary tells the whole story.
+    A record that is missing or not what vaekit writes counts as none."""
+    try:
+        record = runs.read_json(out / SEEDS_PROGRESS)
+    except (OSError, RunFolderError):
+        return {}
+    if not isinstance(record, dict) or record.get("together") not in SEEDS_TOGETHER or not (
+            isinstance(record.get("orders"), list) and all(isinstance(o, str) for o in record["orders"])):
+        return {}
+    return record
+
+
+def write_progress(out: Path, record: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    runs.write_json(out / SEEDS_PROGRESS, record)
 
 
 def _train(todo: list[Todo], together: str, force: bool) -> str:
@@ -157,10 +184,8 @@ def _train(todo: list[Todo], together: str, force: bool) -> str:
             sessions = [first, *open_sessions(held, ctx, todo[1:], force)]
             return _fit_sessions(todo, sessions, together)
         order = f"sequential: {blocker}"
-        if together == "yes" and todo[0].config.progress:
-            print(f"--seeds-together yes: the seeds' steps cannot be stacked ({blocker}); training them one after "
-                  "another", file=sys.stderr, flush=True)
         _announce(todo, order)
+        _seed_line(todo, todo[0])
         _fit_one(todo[0], first)
     for item in todo[1:]:
         _seed_line(todo, item)
@@ -229,8 +254,18 @@ def _one_after_another(todo: list[Todo], force: bool, order: str) -> str:
 
 
 def _announce(todo: list[Todo], order: str) -> None:
+    """Say how these seeds train, and record it for the summary."""
     if todo[0].config.progress:
-        print(f"seeds {','.join(str(i.seed) for i in todo)}: {order}", flush=True)
+        print(f"seeds {_seed_list(todo)}: {order}", flush=True)
+    out = todo[0].run_dir.parent
+    record = read_progress(out)
+    if record:
+        said = f"resumed: {order}" if record.get("resumed") else order
+        write_progress(out, {**record, "orders": [*record["orders"], f"seeds {_seed_list(todo)}: {said}"]})
+
+
+def _seed_list(todo: list[Todo]) -> str:
+    return ",".join(str(i.seed) for i in todo)
 
 
 def _seed_line(todo: list[Todo], item: Todo) -> None:

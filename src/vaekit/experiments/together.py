@@ -164,11 +164,18 @@ def _differs(stacked: StackedStep, inputs: list[StepInputs]) -> str | None:
     for i, t in enumerate(stacked.trainers):
         own = t.step.gradients(inputs[i].x, inputs[i].noise, 1.0)
         if not torch.equal(own, losses[i]):
-            return f"the loss of a batch of {n} differs by {abs(own.item() - losses[i].item()):.3g}"
+            return f"the loss of a batch of {n} differs by {_relative(own, losses[i]):.2g} of its size"
         for name, p, q in zip(stacked.names, t.model.parameters(), together[i], strict=True):
             if not torch.equal(p.grad, q):
-                return f"the gradient of {name} for a batch of {n} differs by up to {(p.grad - q).abs().max():.3g}"
+                return (f"the gradient of {name} for a batch of {n} differs by up to {_relative(p.grad, q):.2g} of "
+                        "its size")
     return None
+
+
+def _relative(a: Tensor, b: Tensor) -> float:
+    """The largest difference between ``a`` and ``b`` over the largest magnitude in ``a``: rounding shows as
+    about 1e-7 in float32, whatever the scale of the numbers compared."""
+    return ((a - b).abs().max() / a.abs().max().clamp_min(torch.finfo(a.dtype).tiny)).item()
 
 
 def _sync(device: torch.device) -> None:
