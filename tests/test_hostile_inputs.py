@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 import vaekit
+from vaekit.cli import main
 from vaekit.config import TrainConfig
+from vaekit.data import resolve
 
 from .conftest import hermetic_env, write_dataset
 
@@ -165,6 +167,28 @@ def test_bad_arguments_are_one_line_and_exit_2_before_anything_is_written(
     args = [str(finished) if a == "RUN" else a for a in args]
     _one_line_exit_2(_run(args, capsys), needle)
     assert list(tmp_path.iterdir()) == []  # no run folder left behind
+
+
+def test_ctrl_c_while_the_data_loads_stops_a_command_started_with_sigint_ignored(data: Path, tmp_path: Path,
+                                                                                capsys) -> None:
+    """A background job inherits an ignored SIGINT; a Ctrl-C that comes before training has its own handler
+    (here: as the data start loading) still stops the command with 130, instead of training to the end."""
+    def ctrl_c_as_the_data_load(frame: object, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code is resolve.load_splits.__code__:
+            sys.setprofile(None)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.setprofile(ctrl_c_as_the_data_load)
+    try:
+        code = main(["train", "--dataset", "mnist", "--data-dir", str(data), "--epochs", "1", "--device", "cpu",
+                     "--quiet", "--no-artifacts", "--out", str(tmp_path / "run")])
+    finally:
+        sys.setprofile(None)
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130 and "vaekit train: interrupted" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert signal.getsignal(signal.SIGINT) is previous  # the command leaves the process as it found it
 
 
 @pytest.mark.slow  # a real training process, stopped by a real signal

@@ -27,6 +27,7 @@ from vaekit.cli.train import add_train_parser
 from vaekit.cli.use import add_use_parsers
 from vaekit.config import ConfigError
 from vaekit.errors import VaekitError
+from vaekit.interrupt import ctrl_c_raises
 from vaekit.text import printable
 
 # Images larger than this a side (set by --image-size) are what runs out of memory first: the data, not the
@@ -59,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     prog = f"vaekit {args.command}"
     try:
-        return int(args.func(args) or 0)
+        with ctrl_c_raises():  # also when started with SIGINT ignored (a background job)
+            return int(args.func(args) or 0)
     except (ConfigError, VaekitError, *_data_errors()) as e:
         code = getattr(e, "exit_code", 2)
         message = " ".join(printable(e).split())  # always one line, file names that are not UTF-8 as \xNN

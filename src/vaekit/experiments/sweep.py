@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from vaekit import run as runs
 from vaekit.config import ConfigError, TrainConfig
 from vaekit.errors import Interrupted, NonFiniteError, VaekitError
 from vaekit.experiments.space import PRUNERS, SAMPLERS, Param, Space
+from vaekit.interrupt import ctrl_c_raises
 from vaekit.text import printable
 from vaekit.training.callbacks import Callback
 from vaekit.training.trainer import Trainer
@@ -230,21 +229,6 @@ def run_sweep(sweep: Sweep, trials: int, url: str, heartbeat: int, say: Callable
         raise Interrupted(f"interrupted; the current trial is marked failed in study {sweep.study_name!r}; run the "
                           "same command again to continue the sweep", signum) from None
     return write_best(study, sweep, url)
-
-
-@contextlib.contextmanager
-def ctrl_c_raises() -> Iterator[None]:
-    """Ctrl-C raises KeyboardInterrupt however the process started: a sweep started from a background shell
-    inherits an ignored SIGINT, and would then run its trial on through a Ctrl-C that came while a trial was
-    being set up (training itself turns the signal into a checkpoint and a stop: vaekit.training.signals)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def write_best(study: Any, sweep: Sweep, url: str) -> dict[str, Any]:
