@@ -29,12 +29,13 @@ from PIL import Image
 from vaekit.config import ENCODING_FORMATS, ConfigError
 from vaekit.data.images import IMAGE_EXTENSIONS
 from vaekit.errors import VaekitError, WriteError
+from vaekit.run.folder import CONFIG
 from vaekit.run.io import atomic_write, write_bytes
 from vaekit.text import printable
 from vaekit.use.latent import Encoding
 
-__all__ = ["OutputExistsError", "PngWriter", "check_output", "encoding_format", "image_stem", "make_folder",
-           "staged_folder", "to_uint8", "write_encoding", "write_png"]
+__all__ = ["OutputExistsError", "PngWriter", "check_output", "enclosing_run", "encoding_format", "image_stem",
+           "make_folder", "staged_folder", "to_uint8", "write_encoding", "write_png"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _STEM_CHARS = 60
@@ -64,6 +65,9 @@ def check_output(path: Path, force: bool, *, folder: bool = False, files: str = 
                           f"without an image extension{files}")
     if not folder and path.is_dir():
         raise OutputExistsError(f"{path} is a folder; give a file name for --out")
+    if not folder and path.exists() and not path.is_file():
+        raise OutputExistsError(f"{path} is not a regular file (a device, pipe or socket, or a link to one), which "
+                                "--force never replaces; choose a file name for --out")
     taken = path.is_dir() and any(path.iterdir()) if folder else path.exists()
     if taken and not force:
         what = "folder already holds files; pass --force to replace them" if folder else \
@@ -122,12 +126,22 @@ def _replace_images(staging: Path, out: Path) -> None:
 
 
 def _check_outside_run(path: Path, run: Path) -> None:
+    """A run's folder and the files in it (at any depth: ``RUN/tensorboard/...`` too) are never replaced."""
     target, run = path.resolve(), run.resolve()
     if target == run:
         raise ConfigError(f"--out {path} is the run folder itself; choose a new name (inside it or elsewhere)")
-    if target.parent == run and target.exists():
-        raise ConfigError(f"--out {path} would replace {target.name} in the run folder, which --force never does to "
-                          "a run's files; choose a new name, or delete that file first")
+    if run in target.parents and target.exists():
+        raise ConfigError(f"--out {path} would replace {target.relative_to(run)} in the run folder, which --force "
+                          "never does to a run's files; choose a new name, or delete that file first")
+
+
+def enclosing_run(path: Path) -> Path | None:
+    """The nearest folder above ``path`` (its links resolved) that holds a ``config.json``, as a run folder does,
+    or None. For a command that reads many runs, whose output must not replace any run's file either."""
+    for folder in path.resolve().parents:
+        if os.path.lexists(folder / CONFIG):
+            return folder
+    return None
 
 
 def encoding_format(path: Path) -> str:
