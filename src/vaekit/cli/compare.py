@@ -36,7 +36,8 @@ def _check_out(out: str | None, force: bool) -> None:
     folder holding a config.json above it is a run): checked before any work, as every command checks its --out."""
     if out is None:
         return
-    from vaekit.use.outputs import check_output, enclosing_run
+    from vaekit.experiments.collect import enclosing_run
+    from vaekit.use.outputs import check_output
 
     path = Path(out)
     check_output(path, force, run=enclosing_run(path))

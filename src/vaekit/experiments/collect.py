@@ -4,7 +4,9 @@ A path is a run folder when it holds ``config.json``. Any other folder stands fo
 it; when every one of those is named ``seed-N`` the folder is a seed group, shown as one entry with the mean and
 standard error of its seeds (a subfolder that is itself a seed group is one too, so ``DIR/beta1/seed-0`` and
 ``DIR/beta4/seed-0`` compare as two groups). A run folder that cannot be read is skipped with a warning naming it;
-only when nothing readable is left does collecting fail.
+only when nothing readable is left does collecting fail. A group's seed-N folder that holds no run is left out of it,
+and one whose run has no summary yet stays in it, each with a warning; runs that differ in another setting, or two
+that record the same seed (a copied folder), are shown run by run instead, with a warning saying why.
 """
 
 from __future__ import annotations
@@ -91,6 +93,12 @@ def read_record(path: Path) -> ComparedRun:
 
 def is_run_folder(path: Path) -> bool:
     return os.path.lexists(path / CONFIG)
+
+
+def enclosing_run(path: Path) -> Path | None:
+    """The nearest folder above ``path`` (its links resolved) that is a run folder, or None: an output of a command
+    that reads many runs must not replace any run's file, named on the command line or not."""
+    return next((folder for folder in path.resolve().parents if is_run_folder(folder)), None)
 
 
 def _is_folder(entry: os.DirEntry) -> bool:

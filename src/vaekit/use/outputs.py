@@ -29,13 +29,12 @@ from PIL import Image
 from vaekit.config import ENCODING_FORMATS, ConfigError
 from vaekit.data.images import IMAGE_EXTENSIONS
 from vaekit.errors import VaekitError, WriteError
-from vaekit.run.folder import CONFIG
 from vaekit.run.io import atomic_write, write_bytes
 from vaekit.text import printable
 from vaekit.use.latent import Encoding
 
-__all__ = ["OutputExistsError", "PngWriter", "check_output", "enclosing_run", "encoding_format", "image_stem",
-           "make_folder", "staged_folder", "to_uint8", "write_encoding", "write_png"]
+__all__ = ["OutputExistsError", "PngWriter", "check_output", "encoding_format", "image_stem", "make_folder",
+           "staged_folder", "to_uint8", "write_encoding", "write_png"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _STEM_CHARS = 60
@@ -133,15 +132,6 @@ def _check_outside_run(path: Path, run: Path) -> None:
     if run in target.parents and target.exists():
         raise ConfigError(f"--out {path} would replace {target.relative_to(run)} in the run folder, which --force "
                           "never does to a run's files; choose a new name, or delete that file first")
-
-
-def enclosing_run(path: Path) -> Path | None:
-    """The nearest folder above ``path`` (its links resolved) that holds a ``config.json``, as a run folder does,
-    or None. For a command that reads many runs, whose output must not replace any run's file either."""
-    for folder in path.resolve().parents:
-        if os.path.lexists(folder / CONFIG):
-            return folder
-    return None
 
 
 def encoding_format(path: Path) -> str:
