@@ -7,7 +7,9 @@ three, one run that differs from its seed 0 in zdim only (with its figures), and
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +179,103 @@ def test_seed_folders_that_differ_in_more_than_the_seed_are_not_averaged(runs: P
     entries = json.loads(out)["entries"]
     assert code == 0 and [e["kind"] for e in entries] == ["run", "run"]
     assert len(err.splitlines()) == 1 and "model.zdim" in err
+
+
+def _seed_group(runs: Path, folder: Path, *seeds: int) -> Path:
+    for s in seeds:
+        shutil.copytree(runs / "grey" / f"seed-{s}", folder / f"seed-{s}")
+    return folder
+
+
+def test_an_out_that_is_not_a_regular_file_is_never_replaced(runs: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "link").symlink_to(fifo)
+    specials = [fifo, tmp_path / "link"]
+    if os.geteuid() == 0:  # a copy of /dev/null, which --force must not turn into a file
+        os.mknod(tmp_path / "nulldev", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        specials.append(tmp_path / "nulldev")
+    for out in specials:
+        for force in ((), ("--force",)):
+            code, stdout, err = _compare(capsys, runs / "zdim4", "--out", out, *force)
+            assert code == 2 and stdout == "" and len(err.splitlines()) == 1 and "not a regular file" in err
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and (tmp_path / "link").is_symlink()
+    if os.geteuid() == 0:
+        assert stat.S_ISCHR((tmp_path / "nulldev").stat().st_mode)
+
+
+def test_out_never_replaces_a_file_of_a_run(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = shutil.copytree(runs / "zdim4", tmp_path / "run")
+    group = _seed_group(runs, tmp_path / "group", 0, 1)
+    other = shutil.copytree(runs / "binarized", tmp_path / "other")  # a run not named on the command line
+    (run / "notes").mkdir()
+    (run / "notes" / "mine.txt").write_text("mine")
+    targets = [(run, run / "config.json"), (group, group / "seed-1" / "summary.json"), (run, other / "metrics.csv"),
+               (run, run / "notes" / "mine.txt")]
+    before = {out: out.read_bytes() for _, out in targets}
+    for arg, out in targets:
+        code, stdout, err = _compare(capsys, arg, "--out", out, "--force")
+        assert code == 2 and stdout == "" and len(err.splitlines()) == 1 and "in the run folder" in err
+    assert {out: out.read_bytes() for _, out in targets} == before
+    code, _, _ = _compare(capsys, run, "--out", run / "compare.html")  # a new file beside a run's own is fine
+    assert code == 0 and Html((run / "compare.html").read_text()).title == "vaekit comparison"
+
+
+def test_two_seed_folders_with_the_same_seed_are_not_a_seed_group(runs: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    group = _seed_group(runs, tmp_path / "group", 0, 1, 2)
+    shutil.copytree(group / "seed-0", group / "seed-07")  # a copy: it records seed 0 too
+    code, out, err = _compare(capsys, group, "--json")
+    entries = json.loads(out)["entries"]
+    assert code == 0 and [e["kind"] for e in entries] == ["run"] * 4
+    assert len(err.splitlines()) == 1 and "seed-07" in err and "seed-0 " in err and "train.seed 0" in err
+
+
+def test_a_seed_left_out_or_unfinished_is_one_warning_each(runs: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    group = _seed_group(runs, tmp_path / "group", 0, 2)
+    (group / "seed-1").mkdir()  # an empty seed folder: no run in it
+    (group / "seed-2" / "summary.json").unlink()  # a run whose training did not finish
+    code, out, err = _compare(capsys, group)
+    assert code == 0 and "(2 seeds)" in out
+    lines = err.splitlines()
+    assert len(lines) == 2 and all("warning" in line for line in lines)
+    assert str(group / "seed-1") in lines[0] and "config.json" in lines[0]
+    assert str(group / "seed-2") in lines[1] and "summary.json" in lines[1] and "--resume" in lines[1]
+    (entry,) = _json(capsys, group)["entries"]
+    assert "test_loss" not in entry["numbers"] and "train_seconds" in entry["numbers"]
+
+
+def test_where_the_data_is_is_no_setting_but_what_it_is_is(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from .conftest import make_digits
+
+    images = make_digits(300, seed=5)[0]
+    for name, pixels in (("a", images), ("b", images), ("c", images[::-1].copy())):  # c: other images, same name
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "digits.npy", pixels)
+    for run, data in (("here", "a"), ("there", "b"), ("other", "c")):
+        args = ["--data", str(tmp_path / data / "digits.npy"), "--out", str(tmp_path / run), "--no-artifacts", *TRAIN]
+        assert main(["train", *args, "--epochs", "1"]) == 0
+    same = _json(capsys, tmp_path / "here", tmp_path / "there")
+    assert same["settings_that_differ"] == [] and len(same["protocols"]) == 1  # one test set, ranked together
+    differ = _json(capsys, tmp_path / "here", tmp_path / "other")["settings_that_differ"]
+    assert set(differ) == {"data.own.digest", "data.own.test_indices_sha256"}  # what the images are, not where
+    assert len(_json(capsys, tmp_path / "here", tmp_path / "other")["protocols"]) == 2
+
+
+def test_each_figure_left_out_of_the_page_is_one_warning(runs: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    run = shutil.copytree(runs / "zdim4", tmp_path / "run")
+    (run / "samples.png").write_text("not an image")
+    (run / "latent_grid.png").unlink()
+    os.mkfifo(run / "latent_grid.png")
+    (run / "reconstructions.png").unlink()
+    (run / "reconstructions.png").symlink_to(tmp_path / "gone.png")
+    (run / "latent_scatter.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(5 * 2**20))
+    code, _, err = _compare(capsys, run, "--out", tmp_path / "compare.html")
+    lines = err.splitlines()
+    assert code == 0 and len(lines) == 4 and all("warning" in line and "left out" in line for line in lines)
+    for name in ("samples.png", "latent_grid.png", "reconstructions.png", "latent_scatter.png"):
+        assert sum(str(run / name) in line for line in lines) == 1

@@ -32,15 +32,15 @@ def add_compare_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _check_out(out: str | None, force: bool) -> None:
-    """--out names a file to write, and one that exists only with --force (checked before any work)."""
+    """--out names a regular file to write, one that exists only with --force, and never a run's own file (any
+    folder holding a config.json above it is a run): checked before any work, as every command checks its --out."""
     if out is None:
         return
+    from vaekit.experiments.collect import enclosing_run
+    from vaekit.use.outputs import check_output
+
     path = Path(out)
-    if path.is_dir():
-        raise RunFolderError(f"--out {printable(path)} is a folder; name the HTML file to write, such as "
-                             f"{printable(path / 'compare.html')}")
-    if path.exists() and not force:
-        raise RunFolderError(f"--out {printable(path)} exists; pass --force to overwrite it or choose another file")
+    check_output(path, force, run=enclosing_run(path))
     if not path.parent.is_dir():
         raise RunFolderError(f"--out {printable(path)}: its folder does not exist; create it or choose another file")
 
@@ -60,6 +60,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.out is not None:
         from vaekit.experiments.page import write_page
 
-        path = write_page(comparison, args.out)
+        left_out: list[str] = []
+        path = write_page(comparison, args.out, left_out)
+        for warning in left_out:
+            print(f"vaekit compare: warning: {warning}", file=sys.stderr)
         print(f"page: {printable(path)}", file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -49,13 +49,16 @@ class Comparison:
 
 
 def run_protocol(r: ComparedRun) -> dict[str, Any]:
-    """How a run's test numbers were measured: its data protocol and its test set."""
+    """How a run's test numbers were measured: its data protocol and its test set.
+
+    Your own images are told apart by what they are (the SHA-256 of their pixels and labels, and of the images held
+    out for testing), not where they were read from: the same file copied elsewhere is the same test set."""
     t, m = r.train, r.model
     p = protocol(t.binarize, t.binarize_seed, t.likelihood, t.learn_sigma, t.sigma, m.head, m.mixtures)
     test: dict[str, Any] = {"dataset": r.data.get("dataset"), "n_test": r.data.get("n_test")}
     own = r.data.get("own")
     if isinstance(own, dict):
-        test["own"] = own.get("path") or own.get("name")
+        test["own"] = {"digest": own.get("digest"), "test_indices_sha256": own.get("test_indices_sha256")}
     return {**p, "test_set": test, "bits_per_dim": bits_per_dim_scale(t.binarize, t.likelihood)}
 
 
@@ -63,8 +66,9 @@ def protocol_label(p: dict[str, Any]) -> str:
     """A protocol in words, one line: data protocol, test set, and what its bits/dim measure."""
     test = p["test_set"]
     size = f", {test['n_test']:,} images" if isinstance(test.get("n_test"), int) else ""
-    own = f" ({test['own']})" if test.get("own") else ""
-    return f"{describe(p)}; test set {test.get('dataset')}{own}{size}; bits/dim: {p['bits_per_dim']}"
+    images = test.get("own")
+    which = f" (SHA-256 {str(images.get('digest'))[:12]}...)" if isinstance(images, dict) else ""
+    return f"{describe(p)}; test set {test.get('dataset')}{which}{size}; bits/dim: {p['bits_per_dim']}"
 
 
 def protocol_name(index: int) -> str:

@@ -126,21 +126,25 @@ def _spread(c: Comparison) -> str:
             "run: its value alone). Lower is better.</p>" + "".join(out))
 
 
-def _png_uri(path: Path, budget: list[int]) -> str:
-    """A figure as a data URI, or a note saying why it is left out (unreadable, not a PNG, too large)."""
+def _png_uri(path: Path, budget: list[int], left_out: list[str]) -> str:
+    """A figure as a data URI, or a note saying why it is left out (unreadable, not a PNG, too large), that reason
+    also added to ``left_out`` as one line naming the figure."""
     try:
         data = read_bytes(path, MAX_FIGURE_BYTES, "a figure vaekit draws")
+        if not data.startswith(PNG_MAGIC):
+            raise VaekitError(f"{printable(path.name)} is not a PNG image")
+        if len(data) > budget[0]:
+            raise VaekitError(f"{printable(path.name)}: the page holds {MAX_PAGE_FIGURE_BYTES // 2**20} MB of figures "
+                              "already")
     except VaekitError as e:
-        return f'<span class="muted">{_e(" ".join(str(e).split()))}</span>'
-    if not data.startswith(PNG_MAGIC):
-        return f'<span class="muted">{_e(printable(path.name))} is not a PNG image; left out</span>'
-    if len(data) > budget[0]:
-        return f'<span class="muted">{_e(printable(path.name))} left out: the page holds enough figures</span>'
+        why = " ".join(str(e).split())
+        left_out.append(f"figure {printable(path)} left out of the page: {why}")
+        return f'<span class="muted">{_e(why)}; left out</span>'
     budget[0] -= len(data)
     return f'<img src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}" alt="{_e(path.name)}">'
 
 
-def _figures(c: Comparison) -> str:
+def _figures(c: Comparison, left_out: list[str]) -> str:
     """The runs' figures side by side, a row per figure and a column per entry (a group: its first seed's)."""
     budget = [MAX_PAGE_FIGURE_BYTES]
     rows = []
@@ -148,7 +152,7 @@ def _figures(c: Comparison) -> str:
         present = [os.path.lexists(row.entry.runs[0].path / name) for row in c.rows]
         if not any(present):
             continue
-        cells = "".join(f"<td>{_png_uri(row.entry.runs[0].path / name, budget) if has else '-'}</td>"
+        cells = "".join(f"<td>{_png_uri(row.entry.runs[0].path / name, budget, left_out) if has else '-'}</td>"
                         for row, has in zip(c.rows, present, strict=True))
         rows.append(f'<tr><th title="{_e(CAPTIONS.get(name, ""))}">{_e(name)}</th>{cells}</tr>')
     if not rows:
@@ -163,8 +167,8 @@ def _entry_title(row: Row) -> str:
     return f"{e.name} (seed {e.runs[0].seed})" if e.group else e.name
 
 
-def build_page(c: Comparison) -> str:
-    """The comparison page as HTML text."""
+def build_page(c: Comparison, left_out: list[str] | None = None) -> str:
+    """The comparison page as HTML text; ``left_out`` receives a line for each figure it could not embed."""
     n = sum(len(row.entry.runs) for row in c.rows)
     skipped = "".join(f'<p class="note">{_e(w)}</p>' for w in c.warnings)
     sections = [
@@ -172,7 +176,7 @@ def build_page(c: Comparison) -> str:
         f'<p class="muted">written {_e(time.strftime("%Y-%m-%d %H:%M"))} by vaekit {_e(__version__)}</p>', skipped,
         "<h2>Runs</h2>", _table(c), _spread(c),
         "<h2>Loss curves</h2>", _curves(c),
-        "<h2>Figures</h2>", _figures(c),
+        "<h2>Figures</h2>", _figures(c, [] if left_out is None else left_out),
     ]
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
@@ -180,8 +184,8 @@ def build_page(c: Comparison) -> str:
             + "\n".join(sections) + "\n</body></html>\n")
 
 
-def write_page(c: Comparison, out: str | os.PathLike) -> Path:
-    """Write the page to ``out`` atomically; returns its path."""
+def write_page(c: Comparison, out: str | os.PathLike, left_out: list[str] | None = None) -> Path:
+    """Write the page to ``out`` atomically; returns its path. ``left_out``: as for :func:`build_page`."""
     path = Path(out)
-    write_bytes(path, build_page(c).encode("utf-8"))
+    write_bytes(path, build_page(c, left_out).encode("utf-8"))
     return path

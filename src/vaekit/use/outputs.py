@@ -64,6 +64,9 @@ def check_output(path: Path, force: bool, *, folder: bool = False, files: str = 
                           f"without an image extension{files}")
     if not folder and path.is_dir():
         raise OutputExistsError(f"{path} is a folder; give a file name for --out")
+    if not folder and path.exists() and not path.is_file():
+        raise OutputExistsError(f"{path} is not a regular file (a device, pipe or socket, or a link to one), which "
+                                "--force never replaces; choose a file name for --out")
     taken = path.is_dir() and any(path.iterdir()) if folder else path.exists()
     if taken and not force:
         what = "folder already holds files; pass --force to replace them" if folder else \
@@ -122,12 +125,13 @@ def _replace_images(staging: Path, out: Path) -> None:
 
 
 def _check_outside_run(path: Path, run: Path) -> None:
+    """A run's folder and the files in it (at any depth: ``RUN/tensorboard/...`` too) are never replaced."""
     target, run = path.resolve(), run.resolve()
     if target == run:
         raise ConfigError(f"--out {path} is the run folder itself; choose a new name (inside it or elsewhere)")
-    if target.parent == run and target.exists():
-        raise ConfigError(f"--out {path} would replace {target.name} in the run folder, which --force never does to "
-                          "a run's files; choose a new name, or delete that file first")
+    if run in target.parents and target.exists():
+        raise ConfigError(f"--out {path} would replace {target.relative_to(run)} in the run folder, which --force "
+                          "never does to a run's files; choose a new name, or delete that file first")
 
 
 def encoding_format(path: Path) -> str:
