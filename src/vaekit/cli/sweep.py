@@ -90,13 +90,14 @@ class TrainFlags:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from vaekit.experiments.space import read_space
-    from vaekit.experiments.sweep import STUDY_DB, Sweep, optuna, run_sweep
+    from vaekit.experiments.sweep import STUDY_DB, Sweep, build, check_out, optuna, run_sweep
 
     optuna()  # the missing extra is the first thing said, before the space file is read
     flags = TrainFlags()
     space_path = Path(args.space)
-    space = read_space(space_path, flags.config, set(flags.actions))
+    space = read_space(space_path, flags.config, set(flags.actions), build)
     folder = Path(args.out or Path("sweeps") / space_path.stem)
+    check_out(folder)  # before anything is said or written (run_sweep checks it again, for its other callers)
     url = args.storage or f"sqlite:///{(folder / STUDY_DB).resolve()}"
     if "://" not in url:
         raise ConfigError(f"--storage {printable(url)} is not a URL; give an Optuna RDB URL such as "

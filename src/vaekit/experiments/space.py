@@ -33,10 +33,12 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from vaekit.config import ConfigError
+from vaekit.run.io import read_regular
 from vaekit.text import printable
 
 if sys.version_info >= (3, 11):
@@ -88,17 +90,22 @@ class Space:
     raw: dict[str, Any] = field(default_factory=dict)  # the file as read, to tell whether a joined study matches
 
 
-def read_space(path: Path, check: Callable[[dict[str, Any]], None], flags: set[str]) -> Space:
+# A space file is a few hundred bytes; one far larger is not a space file, and is never read whole.
+MAX_SPACE_BYTES = 2**20
+# Builds the pruner or sampler a space file names from its options: (section, name, options) -> the object, or a
+# ConfigError saying in the file's terms what is wrong with them.
+Build = Callable[[str, str, dict[str, Any]], Any]
+
+
+def read_space(path: Path, check: Callable[[dict[str, Any]], None], flags: set[str], build: Build) -> Space:
     """Read and check ``path``. ``flags`` are the train command's option names (``lr``, ``batch-size``);
-    ``check`` raises ConfigError for a set of flag values the train command would refuse."""
+    ``check`` raises ConfigError for a set of flag values the train command would refuse; ``build`` makes the
+    pruner and sampler, so that their options are checked too.
+
+    The whole file is checked before its emptiness is: a file that searches nothing hears first of any other
+    mistake in it, so fixing the one reported never uncovers another that was there all along."""
     where = printable(path)
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"space file {where} does not exist; pass the TOML file that names the flags to search")\
-            from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"space file {where} cannot be read as TOML: {' '.join(str(e).split())}") from None
+    raw = _load(Path(path), where)
     for key in sorted(set(raw) - set(SECTIONS)):
         if not isinstance(raw[key], dict):
             raise ConfigError(f"space file {where}: {key!r} is outside any section; put flags under [fixed] or "
@@ -108,22 +115,40 @@ def read_space(path: Path, check: Callable[[dict[str, Any]], None], flags: set[s
     search = {name: _param(name, spec, where) for name, spec in _table(raw, "search", where).items()}
     for name in [*fixed, *search]:
         _check_name(name, flags, where)
-    if not search:
-        raise ConfigError(f"space file {where} searches nothing; add a [search.FLAG] table such as "
-                          "[search.lr] with low and high")
+    pruner, sampler = _named(raw, "pruner", PRUNERS, where, build), _named(raw, "sampler", SAMPLERS, where, build)
     for name in search:
         if name in NOT_SEARCHED:
             raise ConfigError(f"space file {where}: --{name} cannot be searched, it changes what the validation "
                               f"loss is measured on; set it under [fixed] instead")
         if name in fixed:
             raise ConfigError(f"space file {where}: --{name} is both fixed and searched; keep one")
-    for name, param in search.items():  # every value a trial can get passes the train command's own checks
-        for value in param.candidates():
-            try:
-                check({**fixed, name: value})
-            except ConfigError as e:
-                raise ConfigError(f"space file {where}: {e}") from None
-    return Space(fixed, search, _named(raw, "pruner", PRUNERS, where), _named(raw, "sampler", SAMPLERS, where), raw)
+    # every value a trial can get passes the train command's own checks (with nothing searched: the fixed ones)
+    for values in [{**fixed, name: v} for name, p in search.items() for v in p.candidates()] or [fixed]:
+        try:
+            check(values)
+        except ConfigError as e:
+            raise ConfigError(f"space file {where}: {e}") from None
+    if not search:
+        raise ConfigError(f"space file {where} searches nothing; add a [search.FLAG] table such as "
+                          "[search.lr] with low and high")
+    return Space(fixed, search, pruner, sampler, raw)
+
+
+def _load(path: Path, where: str) -> dict[str, Any]:
+    """The file's TOML: read as run folders' files are, a regular file of bounded size (a FIFO would block the
+    read, a device such as /dev/zero would never end), every failure one line."""
+    try:
+        data = read_regular(path, MAX_SPACE_BYTES, "any space file",
+                            "a space file is a TOML file of flags, so pass one (docs/experiments.md)")
+    except FileNotFoundError:
+        raise ConfigError(f"space file {where} does not exist; pass the TOML file that names the flags to search")\
+            from None
+    except OSError as e:
+        raise ConfigError(f"space file {where} cannot be read: {e.strerror or e}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"space file {where} cannot be read as TOML: {' '.join(str(e).split())}") from None
 
 
 def _table(raw: dict[str, Any], name: str, where: str) -> dict[str, Any]:
@@ -165,15 +190,47 @@ def _param(name: str, spec: Any, where: str) -> Param:
         raise ConfigError(f"space file {where}: search.{name}: low ({low}) must be below high ({high})")
     if log and (low <= 0 or step is not None):
         raise ConfigError(f"space file {where}: search.{name}: a log range needs low > 0 and no step")
-    if step is not None and step <= 0:
-        raise ConfigError(f"space file {where}: search.{name}: step must be positive")
+    if step is not None:
+        _check_step(name, low, high, step, where)
     return Param(name, low, high, log, step)
 
 
-def _named(raw: dict[str, Any], section: str, known: dict[str, str], where: str) -> tuple[str, dict[str, Any]]:
-    """[pruner] or [sampler]: its name (one of ``known``) and the remaining keys as the class's arguments."""
+def _check_step(name: str, low: float, high: float, step: float, where: str) -> None:
+    """A step that divides the range: Optuna would otherwise move ``high`` down to the last whole step (with a
+    warning of its own), so the range searched would not be the one the file says, or collapse to ``low``.
+
+    The remainder is taken in decimal, as Optuna takes it, so the refusals are exactly the ranges it would
+    move; an int range (integer bounds) needs an integer step, since its values are integers."""
+    where = f"space file {where}: search.{name} (--{name})"
+    if step <= 0:
+        raise ConfigError(f"{where}: step must be positive")
+    if isinstance(low, int) and isinstance(high, int) and not isinstance(step, int):
+        raise ConfigError(f"{where}: low and high are integers, so the values are integers and step must be one "
+                          f"too, not {step}; write low = {float(low)} for a range of floats")
+    width = Decimal(str(high)) - Decimal(str(low))
+    if Decimal(str(step)) > width:
+        raise ConfigError(f"{where}: step {step} is larger than the range {low}..{high}, which would hold only "
+                          f"low; give a step of at most {width}")
+    try:
+        rest = width % Decimal(str(step))
+    except InvalidOperation:  # more steps than decimal's 28 digits count: no sampler could tell them apart
+        raise ConfigError(f"{where}: step {step} is too small for the range {low}..{high}; give a larger step, "
+                          "or none for a continuous range") from None
+    if rest:
+        raise ConfigError(f"{where}: step {step} does not divide the range {low}..{high} (high - low = {width}); "
+                          "give a step that does, or move high to low plus a whole number of steps")
+
+
+def _named(raw: dict[str, Any], section: str, known: dict[str, str], where: str,
+           build: Build) -> tuple[str, dict[str, Any]]:
+    """[pruner] or [sampler]: its name (one of ``known``) and the remaining keys as the class's arguments,
+    which ``build`` checks by making it."""
     table = dict(_table(raw, section, where))
     name = table.pop("name", next(iter(known)))
-    if name not in known:
+    if not isinstance(name, str) or name not in known:
         raise ConfigError(f"space file {where}: [{section}] name {name!r} is not one of {', '.join(known)}")
+    try:
+        build(section, name, table)
+    except ConfigError as e:
+        raise ConfigError(f"space file {where}: {e}") from None
     return name, table

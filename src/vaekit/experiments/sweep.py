@@ -11,6 +11,7 @@ trial, and trials send heartbeats, so a worker that dies leaves a trial that the
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import socket
@@ -22,7 +23,8 @@ from typing import Any
 
 from vaekit import run as runs
 from vaekit.config import ConfigError, TrainConfig
-from vaekit.errors import Interrupted, NonFiniteError, VaekitError
+from vaekit.errors import Interrupted, NonFiniteError, RunFolderError, VaekitError
+from vaekit.experiments.seeds import SEEDS_SUMMARY, seed_folder
 from vaekit.experiments.space import PRUNERS, SAMPLERS, Param, Space
 from vaekit.interrupt import ctrl_c_raises
 from vaekit.text import printable
@@ -33,6 +35,7 @@ STUDY_DB = "study.db"
 BEST = "best.json"
 TRIAL = "trial.json"  # in each trial's run folder: its study, number, parameters, state and value
 SWEEP = "sweep.json"  # in the sweep folder: the study and storage it belongs to
+LOCK = ".sweep.lock"  # in the sweep folder: held while a worker creates or joins the study
 METRIC = "best validation loss: negative ELBO per validation image in nats (lowest over the epochs)"
 INSTALL = 'vaekit sweep needs Optuna: pip install "vaekit[sweep]"'
 
@@ -83,10 +86,9 @@ class Sweep:
     sampler: Any = field(init=False)
 
     def __post_init__(self) -> None:
-        """Build the pruner and sampler now, so that bad arguments for them fail before anything is written."""
-        opt = optuna()
-        self.pruner = build(opt, "pruner", *self.space.pruner)
-        self.sampler = build(opt, "sampler", *self.space.sampler)
+        """Build the pruner and sampler (read_space has checked their options by building them once already)."""
+        self.pruner = build("pruner", *self.space.pruner)
+        self.sampler = build("sampler", *self.space.sampler)
 
     def objective(self, trial: Any) -> float:
         """Train one trial's run folder and return its best validation loss (pruned: raise TrialPruned)."""
@@ -150,13 +152,54 @@ def open_storage(url: str, heartbeat: int) -> Any:
         raise ConfigError(f"--storage {shown_url(url)}: cannot open it ({' '.join(str(e).split())})") from None
 
 
-def build(opt: Any, kind: str, name: str, kwargs: dict[str, Any]) -> Any:
-    """An Optuna pruner or sampler from its space-file name and arguments (bad arguments: one line)."""
+# The option types a space file (TOML) can write, by the names Optuna's signatures give them.
+_TOML_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def build(kind: str, name: str, options: dict[str, Any]) -> Any:
+    """An Optuna pruner or sampler from its space-file name and options; a bad option is one line in the space
+    file's terms (the option, the type it takes, the options there are), never Optuna's or Python's words."""
+    opt = optuna()
     module, names = (opt.pruners, PRUNERS) if kind == "pruner" else (opt.samplers, SAMPLERS)
+    cls = getattr(module, names[name])
+    known = settable(cls)
+    listed = f"{kind} {name}'s options are {', '.join(known) or 'none'}"
+    for key, value in options.items():
+        if key not in known:
+            raise ConfigError(f"[{kind}]: unknown option {key!r} for {kind} {name}; {listed}")
+        types = known[key]
+        if types and (not isinstance(value, sum((_TOML_TYPES[t] for t in types), ()))
+                      or (isinstance(value, bool) and "bool" not in types)):
+            words = " or ".join(_TYPE_WORDS[t] for t in types)
+            raise ConfigError(f"[{kind}]: option {key!r} of {kind} {name} must be {words}, not {value!r}")
+    needed = [k for k, p in inspect.signature(cls).parameters.items()
+              if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and k not in options]
+    if needed:
+        raise ConfigError(f"[{kind}]: {kind} {name} needs option {needed[0]!r}; {listed}")
     try:
-        return getattr(module, names[name])(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"space file [{kind}] {name}: {' '.join(str(e).split())}") from None
+        return cls(**options)
+    except (TypeError, ValueError, OverflowError) as e:  # a value of the right type that Optuna refuses
+        raise ConfigError(f"[{kind}]: Optuna refuses these options for {kind} {name}: {' '.join(str(e).split())} "
+                          f"({listed})") from None
+
+
+def settable(cls: type) -> dict[str, tuple[str, ...]]:
+    """The options a space file can give ``cls``: its parameters, each with the TOML types it takes (none listed:
+    unannotated, any). A parameter that takes only a Python object (a function, a sampler) is left out: a TOML
+    file cannot write one."""
+    options: dict[str, tuple[str, ...]] = {}
+    for key, p in inspect.signature(cls).parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.annotation is p.empty:
+            options[key] = ()
+            continue
+        text = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
+        types = tuple(t for t in (part.strip() for part in text.split("|")) if t in _TOML_TYPES)
+        if types:
+            options[key] = types
+    return options
 
 
 @contextlib.contextmanager
@@ -168,7 +211,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
     except ImportError:  # Windows: no advisory locks; workers there should start one after the other
         yield
         return
-    with open(folder / ".sweep.lock", "a") as f:
+    with open(folder / LOCK, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -207,13 +250,53 @@ def check_folder(folder: Path, study_name: str, url: str) -> dict[str, str] | No
     return None
 
 
+def check_out(folder: Path) -> None:
+    """Refuse, before anything is written, an --out whose files the sweep's would be mixed into: a file, a run
+    folder, or the seed group of ``vaekit train --seeds`` (as that command refuses a run folder)."""
+    runs.check_path_length(folder, "--out")
+    shown = printable(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"--out {shown} exists and is not a folder; give the sweep a folder of its own")
+    if (folder / runs.CONFIG).exists():
+        raise RunFolderError(f"--out {shown} is a run folder; a sweep needs a folder of its own: choose another "
+                             "--out")
+    seeds = [p for p in folder.glob("seed-*") if p.name[5:].isascii() and p.name[5:].isdigit()
+             and seed_folder(folder, int(p.name[5:])) == p and (p / runs.CONFIG).exists()]
+    if seeds or (folder / SEEDS_SUMMARY).is_file():
+        raise RunFolderError(f"--out {shown} holds the seeds of vaekit train --seeds; a sweep needs a folder of "
+                             "its own: choose another --out")
+
+
+def start(sweep: Sweep, url: str, heartbeat: int) -> Any:
+    """The checked sweep folder, made if new, and its study created or joined. A start that fails in a folder it
+    made removes it again (the lock, then the folders made, if empty): a sweep that never ran leaves nothing."""
+    from vaekit.training.setup import remove_created
+
+    check_out(sweep.folder)
+    record = check_folder(sweep.folder, sweep.study_name, url)
+    made = [p for p in [sweep.folder, *sweep.folder.parents] if not p.exists()][::-1]
+    try:
+        sweep.folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        remove_created(made)
+        raise RunFolderError(f"cannot create sweep folder {printable(sweep.folder)}: {e.strerror or e}; choose "
+                             "another --out") from None
+    try:
+        study = open_study(sweep, url, heartbeat)
+        if record is not None:
+            runs.write_json(sweep.folder / SWEEP, record)
+    except BaseException:
+        if made:
+            with contextlib.suppress(FileNotFoundError):
+                (sweep.folder / LOCK).unlink()
+            remove_created(made)
+        raise
+    return study
+
+
 def run_sweep(sweep: Sweep, trials: int, url: str, heartbeat: int, say: Callable[[str], None]) -> dict[str, Any]:
     """Run ``trials`` more trials of the study (joining it if it exists); write and return the best trial."""
-    record = check_folder(sweep.folder, sweep.study_name, url)
-    sweep.folder.mkdir(parents=True, exist_ok=True)
-    study = open_study(sweep, url, heartbeat)
-    if record is not None:
-        runs.write_json(sweep.folder / SWEEP, record)
+    study = start(sweep, url, heartbeat)
 
     def line(study: Any, t: Any) -> None:
         value = "" if t.value is None else f" value {t.value:.4f}"

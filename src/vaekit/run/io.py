@@ -133,27 +133,26 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-def check_regular(path: Path, mode: int) -> None:
+RUN_FILES_ONLY = "a run folder holds only regular files, so replace it with the run's own file"
+
+
+def check_regular(path: Path, mode: int, why: str = RUN_FILES_ONLY) -> None:
     """A run folder holds only regular files: anything else (a FIFO, a device) could block or never end."""
     if not stat.S_ISREG(mode):
-        raise RunFolderError(f"{path} is a {_kind(mode)}, not a regular file; a run folder holds only regular "
-                             "files, so replace it with the run's own file")
+        raise RunFolderError(f"{path} is a {_kind(mode)}, not a regular file; {why}")
 
 
-def read_bytes(path: Path, limit: int, what: str = "any vaekit run file") -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes; anything else is one line naming the file.
+def read_regular(path: Path, limit: int, what: str, why: str = RUN_FILES_ONLY) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (``what`` and ``why`` word the refusals).
 
     The file is opened without blocking (a FIFO cannot stall the open) and its type checked on the open
-    descriptor, so it cannot be swapped between the check and the read.
+    descriptor, so it cannot be swapped between the check and the read; only ``limit`` + 1 bytes are read, so
+    a link to a device that never ends cannot exhaust memory. A failure to open or read it is the OSError
+    itself, for the caller to word.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise RunFolderError(f"{path} is missing; is {path.parent} a vaekit run folder?") from None
-    except OSError as e:
-        raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from e
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:  # checked before fdopen, which refuses a folder's descriptor with an IsADirectoryError of its own
-        check_regular(path, os.fstat(fd).st_mode)
+        check_regular(path, os.fstat(fd).st_mode, why)
     except RunFolderError:
         os.close(fd)
         raise
@@ -163,6 +162,17 @@ def read_bytes(path: Path, limit: int, what: str = "any vaekit run file") -> byt
         raise RunFolderError(f"{path} is larger than {limit / 2**20:g} MB, far more than {what}; it is "
                              "not one of them, so replace it")
     return data
+
+
+def read_bytes(path: Path, limit: int, what: str = "any vaekit run file") -> bytes:
+    """The bytes of a run folder's regular file of at most ``limit`` bytes; anything else is one line naming the
+    file (see :func:`read_regular`)."""
+    try:
+        return read_regular(path, limit, what)
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} is missing; is {path.parent} a vaekit run folder?") from None
+    except OSError as e:
+        raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from e
 
 
 def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
