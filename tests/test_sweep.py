@@ -121,6 +121,8 @@ BAD = {
     "toml": ("[search.lr\n", "cannot be read as TOML"),
     "pruner": ("[pruner]\nname = \"median\"\nbogus = 1\n[search.lr]\nlow = 0.1\nhigh = 0.2\n", "'bogus'"),
     "section": ("[serach.lr]\nlow = 0.1\nhigh = 0.2\n", "unknown section [serach]"),
+    "nested": ("[search.zdim]\nchoices = [[3], 4]\n", "each choice must be one value"),
+    "twice": ("[search.zdim]\nchoices = [2, 4, 2]\n", "the choice 2 is given twice"),
 }
 
 

@@ -175,6 +175,13 @@ def _param(name: str, spec: Any, where: str) -> Param:
         choices = spec["choices"]
         if set(spec) != {"choices"} or not isinstance(choices, list) or not choices:
             raise ConfigError(f"space file {where}: search.{name}: choices must be a non-empty list, alone")
+        if not all(isinstance(c, (str, int, float, bool)) for c in choices):
+            raise ConfigError(f"space file {where}: search.{name}: each choice must be one value (a number, a string "
+                              "or true/false), not a list or a table")
+        twice = [c for i, c in enumerate(choices) if c in choices[:i]]
+        if twice:
+            raise ConfigError(f"space file {where}: search.{name}: the choice {twice[0]!r} is given twice; list each "
+                              "value once")
         return Param(name, choices=tuple(choices))
     extra = sorted(set(spec) - _RANGE_KEYS)
     if extra or "low" not in spec or "high" not in spec:
