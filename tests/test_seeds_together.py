@@ -216,3 +216,49 @@ def test_seeds_are_ascii_digits(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--seeds", "\u0663", "--out", str(tmp_path / "x"), "--quiet"])
     assert "comma list" in capsys.readouterr().err
+
+
+@pytest.fixture
+def stopped(tiny_data: Path, tmp_path: Path) -> Path:
+    """Seeds 0,1 trained one epoch with ``--seeds-together yes``, then their summary removed: seeds to resume."""
+    out = tmp_path / "stopped"
+    assert _train(tiny_data, "--seeds", "0,1", "--seeds-together", "yes", "--out", str(out), "--epochs", "1") == 0
+    (out / "summary.json").unlink()
+    return out
+
+
+def _resume(data: Path, out: Path, seeds: str = "0,1") -> int:
+    return main(["train", "--data-dir", str(data), "--seeds", seeds, "--epochs", "2", "--resume", "--quiet",
+                 "--out", str(out)])
+
+
+def test_resume_must_name_the_seeds_the_folder_holds(tiny_data: Path, stopped: Path, capsys) -> None:
+    capsys.readouterr()
+    assert _resume(tiny_data, stopped, "0") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds the seeds 0,1; resume them all with --seeds 0,1" in err
+    assert not (stopped / "summary.json").exists()
+
+
+def test_a_damaged_record_is_said_and_what_is_usable_in_it_kept(tiny_data: Path, stopped: Path, capsys) -> None:
+    record = json.loads((stopped / "seeds.json").read_text())
+    (stopped / "seeds.json").write_text(json.dumps({**record, "orders": ["a\u0000b", 3]}))
+    capsys.readouterr()
+    assert _resume(tiny_data, stopped) == 0
+    err = capsys.readouterr().err
+    assert "seeds.json has no usable orders" in err
+    order = json.loads((stopped / "summary.json").read_text())["order"]
+    assert order.startswith("seeds 0,1: resumed: together") and "\u0000" not in order  # the mode kept: yes
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_record_that_is_not_a_file_is_refused(tiny_data: Path, stopped: Path, kind: str, capsys) -> None:
+    (stopped / "seeds.json").unlink()
+    if kind == "folder":
+        (stopped / "seeds.json").mkdir()
+    else:
+        os.mkfifo(stopped / "seeds.json")
+    capsys.readouterr()
+    assert _resume(tiny_data, stopped) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "seeds.json is not a regular file" in err

@@ -24,6 +24,7 @@ from typing import Any
 
 from vaekit import run as runs
 from vaekit.config import MAX_SEED, SEEDS_TOGETHER, TrainConfig
+from vaekit.data.resolve import warn
 from vaekit.errors import Interrupted, RunFolderError
 from vaekit.experiments.collect import MAX_RUNS, Entry, read_record
 from vaekit.experiments.compare import NUMBERS, entry_numbers, protocol_label, run_protocol
@@ -87,6 +88,10 @@ def check_out(out: Path, seeds: list[int], resume: bool, force: bool) -> None:
     if (out / runs.CONFIG).exists():
         raise RunFolderError(f"--out {printable(out)} is a run folder; seeds need a folder of their own: choose "
                              "another --out")
+    record = out / SEEDS_PROGRESS
+    if (record.exists() or record.is_symlink()) and (record.is_symlink() or not record.is_file()):
+        raise RunFolderError(f"{printable(record)} is not a regular file; vaekit keeps the record of the seeds "
+                             "there: move it away, or choose another --out")
     if resume:
         return
     if (out / SEEDS_SUMMARY).exists() and not force:
@@ -128,7 +133,7 @@ def train_seeds(config_for: ConfigFor, seeds: list[int], out: Path, *, resume: b
     if resume and not started:
         raise RunFolderError(f"nothing to resume at {printable(out)}: none of its seed folders (seed-N) holds a run; "
                              "check --out, or train the seeds without --resume")
-    stored = read_progress(out) if resume else {}
+    stored = _stored_progress(out, seeds) if resume else {}
     together = together or stored.get("together") or "auto"
     todo = []
     for seed in seeds:
@@ -141,29 +146,58 @@ def train_seeds(config_for: ConfigFor, seeds: list[int], out: Path, *, resume: b
             continue
         todo.append(Todo(seed, run_dir, own, config))
     if todo:
-        write_progress(out, {"together": together, "orders": stored.get("orders", []), "resumed": resume})
+        write_progress(out, {"together": together, "seeds": sorted(seeds), "orders": stored.get("orders", []),
+                             "resumed": resume})
     hint = f"; to continue every seed: {again} --resume" if again else ""
     try:
         for i in range(0, len(todo), GROUP):
             _train(todo[i:i + GROUP], together, force and not resume)
     except Interrupted as e:
         raise Interrupted(f"{e}{hint}", e.exit_code - 128) from e
-    orders = read_progress(out).get("orders") or [_stored_order(out)]
+    orders = read_progress(out)[0].get("orders") or [_stored_order(out)]
     return write_summary(out, seeds, "; ".join(dict.fromkeys(orders)))
 
 
-def read_progress(out: Path) -> dict[str, Any]:
-    """``OUT/seeds.json``: how the seeds are being trained (``together``) and how each group was (``orders``),
-    kept while they train so that ``--resume`` continues as they started and the summary tells the whole story.
-    A record that is missing or not what vaekit writes counts as none."""
+def read_progress(out: Path) -> tuple[dict[str, Any], str | None]:
+    """``OUT/seeds.json``: how the seeds are being trained (``together``), which (``seeds``) and how each group
+    was (``orders``), kept while they train so that ``--resume`` continues as they started and the summary tells
+    the whole story; and what was wrong with it (None: nothing, or no file). The folder may come from anyone:
+    each field is kept only if it is what vaekit writes."""
+    path = out / SEEDS_PROGRESS
+    if not path.exists() and not path.is_symlink():
+        return {}, None
     try:
-        record = runs.read_json(out / SEEDS_PROGRESS)
-    except (OSError, RunFolderError):
-        return {}
-    if not isinstance(record, dict) or record.get("together") not in SEEDS_TOGETHER or not (
-            isinstance(record.get("orders"), list) and all(isinstance(o, str) for o in record["orders"])):
-        return {}
-    return record
+        record = runs.read_json(path)
+    except (OSError, RunFolderError) as e:
+        return {}, " ".join(str(e).split())
+    if not isinstance(record, dict):
+        return {}, f"{printable(path)} is not a vaekit record of seeds"
+    kept: dict[str, Any] = {}
+    if record.get("together") in SEEDS_TOGETHER:
+        kept["together"] = record["together"]
+    orders = record.get("orders")
+    if isinstance(orders, list) and all(isinstance(o, str) and o.isprintable() and len(o) < 2000 for o in orders):
+        kept["orders"] = orders
+    seeds = record.get("seeds")
+    if isinstance(seeds, list) and all(type(v) is int and 0 <= v <= MAX_SEED for v in seeds):
+        kept["seeds"] = seeds
+    kept["resumed"] = record.get("resumed") is True
+    lost = sorted({"together", "orders", "seeds"} - set(kept))
+    return kept, (f"{printable(path)} has no usable {', '.join(lost)}" if lost else None)
+
+
+def _stored_progress(out: Path, seeds: list[int]) -> dict[str, Any]:
+    """The record of the seeds being resumed: refused when it names other seeds, a warning when it is damaged
+    (the mode is then ``auto`` unless given, and the summary tells of this call only)."""
+    stored, problem = read_progress(out)
+    if "seeds" in stored and sorted(stored["seeds"]) != sorted(seeds):
+        listed = ",".join(map(str, stored["seeds"]))
+        raise RunFolderError(f"{printable(out)} holds the seeds {listed}; resume them all with --seeds {listed}, or "
+                             "train other seeds into another --out")
+    if problem is not None:
+        warn(f"{problem}; resuming with --seeds-together as given (else auto), and the summary's order tells of "
+             "this call only")
+    return stored
 
 
 def write_progress(out: Path, record: dict[str, Any]) -> None:
@@ -258,8 +292,8 @@ def _announce(todo: list[Todo], order: str) -> None:
     if todo[0].config.progress:
         print(f"seeds {_seed_list(todo)}: {order}", flush=True)
     out = todo[0].run_dir.parent
-    record = read_progress(out)
-    if record:
+    record = read_progress(out)[0]
+    if "orders" in record:
         said = f"resumed: {order}" if record.get("resumed") else order
         write_progress(out, {**record, "orders": [*record["orders"], f"seeds {_seed_list(todo)}: {said}"]})
 
