@@ -222,6 +222,23 @@ def test_out_never_replaces_a_file_of_a_run(runs: Path, tmp_path: Path, capsys: 
     assert code == 0 and Html((run / "compare.html").read_text()).title == "vaekit comparison"
 
 
+def test_out_never_replaces_the_record_of_a_seed_group_or_a_sweep(runs: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    group = _seed_group(runs, tmp_path / "group", 0, 1)
+    (group / "summary.json").write_text("{}")
+    (group / "seeds.json").write_text("{}")
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    for name in ("sweep.json", "best.json", "study.db"):
+        (sweep / name).write_text("kept")
+    targets = [group / "summary.json", group / "seeds.json", sweep / "sweep.json", sweep / "best.json",
+               sweep / "study.db"]
+    for out in targets:
+        code, stdout, err = _compare(capsys, group, "--out", out, "--force")
+        assert code == 2 and len(err.splitlines()) == 1 and "is the record of the" in err, err
+    assert [p.read_text() for p in targets] == ["{}", "{}", "kept", "kept", "kept"]
+
+
 def test_two_seed_folders_with_the_same_seed_are_not_a_seed_group(runs: Path, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     group = _seed_group(runs, tmp_path / "group", 0, 1, 2)
