@@ -169,6 +169,7 @@ def test_a_storage_that_cannot_be_opened_leaves_no_folder_behind(tmp_path: Path,
     err = _refused(capsys, tmp_path / "space.toml", "--out", str(tmp_path / "new" / "sweep"), "--storage", storage)
     assert "--storage" in err and "cannot open it" in err
     assert _listing(tmp_path) == ["space.toml"]  # neither the sweep folder nor its lock, nor the folder above it
-    (tmp_path / "mine").mkdir()  # a folder the user had stays
+    (tmp_path / "mine").mkdir()  # a folder the user had stays, as it was: no lock left in it
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
     _refused(capsys, tmp_path / "space.toml", "--out", str(tmp_path / "mine"), "--storage", storage)
-    assert (tmp_path / "mine").is_dir()
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]

@@ -269,7 +269,8 @@ def check_out(folder: Path) -> None:
 
 def start(sweep: Sweep, url: str, heartbeat: int) -> Any:
     """The checked sweep folder, made if new, and its study created or joined. A start that fails in a folder it
-    made removes it again (the lock, then the folders made, if empty): a sweep that never ran leaves nothing."""
+    made removes it again (the lock, then the folders made, if empty), and one in a folder of the user's new to
+    sweeps removes its lock: a sweep that never ran leaves nothing."""
     from vaekit.training.setup import remove_created
 
     check_out(sweep.folder)
@@ -286,7 +287,7 @@ def start(sweep: Sweep, url: str, heartbeat: int) -> Any:
         if record is not None:
             runs.write_json(sweep.folder / SWEEP, record)
     except BaseException:
-        if made:
+        if made or record is not None:  # a folder new to sweeps: the lock is this start's, nothing else uses it
             with contextlib.suppress(FileNotFoundError):
                 (sweep.folder / LOCK).unlink()
             remove_created(made)
