@@ -262,6 +262,9 @@ def test_a_seed_left_out_or_unfinished_is_one_warning_each(runs: Path, tmp_path:
     assert str(group / "seed-2") in lines[1] and "summary.json" in lines[1] and "--resume" in lines[1]
     (entry,) = _json(capsys, group)["entries"]
     assert "test_loss" not in entry["numbers"] and "train_seconds" in entry["numbers"]
+    shutil.copytree(group / "seed-0", group / "seed-3")  # now shown run by run: the empty seed-1 is still said
+    code, out, err = _compare(capsys, group)
+    assert code == 0 and "shown run by run" in err and str(group / "seed-1") in err
 
 
 def test_where_the_data_is_is_no_setting_but_what_it_is_is(tmp_path: Path,

@@ -216,8 +216,9 @@ def _entries(item: _Planned, records: list[ComparedRun], warnings: list[str]) ->
     if not item.group:
         return [Entry(printable(item.name), records)]
     why = _not_a_group(records)
-    if why is not None:
+    if why is not None:  # the empty seed folders are still left out, and said to be
         warnings.append(f"{printable(item.name)} is shown run by run, not as a seed group: {why}")
+        _unfinished(item, [], warnings)
         return [Entry(printable(x.path), [x]) for x in records]
     _unfinished(item, records, warnings)
     return [Entry(printable(item.name), records, group=True)]
