@@ -141,7 +141,7 @@ def test_a_model_that_cannot_be_stacked_trains_one_seed_after_another_and_says_w
 @pytest.mark.slow
 def test_ctrl_c_saves_every_seed_and_resume_finishes_them_as_if_never_stopped(tiny_data: Path,
                                                                              tmp_path: Path) -> None:
-    flags = ["--data-dir", str(tiny_data), "--epochs", "30", "--batch-size", "64", "--val-fraction", "0.2",
+    flags = ["--data-dir", str(tiny_data), "--epochs", "8", "--batch-size", "64", "--val-fraction", "0.2",
              "--no-artifacts", "--quiet", "--seeds", "0,1", "--seeds-together", "yes"]
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     assert main(["train", *flags, "--out", str(whole)]) == 0
@@ -155,7 +155,7 @@ def test_ctrl_c_saves_every_seed_and_resume_finishes_them_as_if_never_stopped(ti
     assert child.returncode == 130, err
     assert "every seed's checkpoint is saved" in err and "--resume" in err
     epochs = [len(_rows(stopped / f"seed-{s}")) for s in (0, 1)]
-    assert epochs[0] == epochs[1] < 30  # stopped together, before the end
+    assert epochs[0] == epochs[1] < 8  # stopped together, before the end
     assert main(["train", *flags, "--resume", "--out", str(stopped)]) == 0
     for s in (0, 1):
         a, b = (load_file(r / f"seed-{s}" / "model.safetensors") for r in (whole, stopped))
