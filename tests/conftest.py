@@ -189,3 +189,16 @@ def http_server(root: Path, handler: type) -> Iterator[tuple[str, list[str]]]:
         httpd.shutdown()
         httpd.server_close()
 
+
+def peak_allocations(code: str, *args: str) -> int:
+    """The peak of Python and NumPy allocations (tracemalloc) while ``code`` runs, in a Python process of its own
+    (``args`` as its ``sys.argv[1:]``). tracemalloc counts every thread's allocations, and threads that other tests
+    leave in the test process (a tracker's, a server's) would count too. ``code`` runs after vaekit is imported."""
+    import subprocess
+    import sys
+
+    program = ("import sys, tracemalloc\nimport vaekit\ntracemalloc.start()\n" + code +
+               "\nprint(tracemalloc.get_traced_memory()[1])\n")
+    done = subprocess.run([sys.executable, "-c", program, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1])

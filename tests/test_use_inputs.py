@@ -6,7 +6,6 @@ on a folder of images with --image-size, trained for one epoch on 60 small image
 
 from __future__ import annotations
 
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from vaekit.run.dataset import load_run_data
 from vaekit.use.inputs import open_inputs
 
 from .artifact_runs import make_run
-from .conftest import make_digits
+from .conftest import make_digits, peak_allocations
 
 
 @pytest.fixture(scope="module")
@@ -173,14 +172,10 @@ def test_a_run_with_image_size_and_channels_converts_as_training_did(tmp_path: P
 
 
 def _peak_bytes(run: vaekit.Run, folder: Path) -> int:
-    """Peak of Python and NumPy allocations while ``folder`` is opened and read batch by batch."""
-    tracemalloc.start()
-    try:
-        for _ in open_inputs(run, folder).batches(128):
-            pass
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    """Peak allocations while ``folder`` is opened and read batch by batch (the run loaded before counting)."""
+    code = ("tracemalloc.stop()\nfrom vaekit.use.inputs import open_inputs\nrun = vaekit.load_run(sys.argv[1])\n"
+            "tracemalloc.start()\nfor _ in open_inputs(run, sys.argv[2]).batches(128):\n    pass")
+    return peak_allocations(code, str(run.path), str(folder))
 
 
 def test_memory_grows_by_the_pixels_alone(mnist_run: vaekit.Run, tmp_path: Path) -> None:
