@@ -49,12 +49,12 @@ def _check_out(out: str | None, force: bool) -> None:
 def _check_not_a_record(path: Path) -> None:
     """Never replace, --force or not, the record a seed group or a sweep keeps beside its runs (its summary, its
     progress, its study): the group or sweep could no longer be read or resumed."""
-    from vaekit import run as runs
+    from vaekit.experiments.collect import holds_seed_runs
     from vaekit.experiments.seeds import SEEDS_PROGRESS, SEEDS_SUMMARY
     from vaekit.experiments.sweep import BEST, STUDY_DB, SWEEP
 
     folder = path.resolve().parent
-    seeds = any(p.is_dir() and (p / runs.CONFIG).exists() for p in folder.glob("seed-*"))
+    seeds = holds_seed_runs(folder)
     sweep = (folder / SWEEP).exists()
     if (seeds and path.name in (SEEDS_SUMMARY, SEEDS_PROGRESS)) or (sweep and path.name in (SWEEP, BEST, STUDY_DB)):
         raise RunFolderError(f"--out {printable(path)} is the record of the {'seeds' if seeds else 'sweep'} in "

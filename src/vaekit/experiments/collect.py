@@ -95,6 +95,16 @@ def is_run_folder(path: Path) -> bool:
     return os.path.lexists(path / CONFIG)
 
 
+def holds_seed_runs(folder: Path) -> bool:
+    """Whether ``folder`` holds the run of a seed (a seed-N folder that is a run folder), as the seed groups of
+    ``vaekit train --seeds`` do: a folder no other command mixes its files into, nor replaces its records."""
+    try:
+        with os.scandir(folder) as it:
+            return any(SEED_FOLDER.match(e.name) and is_run_folder(folder / e.name) for e in it)
+    except OSError:  # no such folder, or not one
+        return False
+
+
 def enclosing_run(path: Path) -> Path | None:
     """The nearest folder above ``path`` (its links resolved) that is a run folder, or None: an output of a command
     that reads many runs must not replace any run's file, named on the command line or not."""

@@ -24,7 +24,8 @@ from typing import Any
 from vaekit import run as runs
 from vaekit.config import ConfigError, TrainConfig
 from vaekit.errors import Interrupted, NonFiniteError, RunFolderError, VaekitError
-from vaekit.experiments.seeds import SEEDS_SUMMARY, seed_folder
+from vaekit.experiments.collect import holds_seed_runs
+from vaekit.experiments.seeds import SEEDS_SUMMARY
 from vaekit.experiments.space import PRUNERS, SAMPLERS, Param, Space
 from vaekit.interrupt import ctrl_c_raises
 from vaekit.text import printable
@@ -260,9 +261,7 @@ def check_out(folder: Path) -> None:
     if (folder / runs.CONFIG).exists():
         raise RunFolderError(f"--out {shown} is a run folder; a sweep needs a folder of its own: choose another "
                              "--out")
-    seeds = [p for p in folder.glob("seed-*") if p.name[5:].isascii() and p.name[5:].isdigit()
-             and seed_folder(folder, int(p.name[5:])) == p and (p / runs.CONFIG).exists()]
-    if seeds or (folder / SEEDS_SUMMARY).is_file():
+    if holds_seed_runs(folder) or (folder / SEEDS_SUMMARY).is_file():
         raise RunFolderError(f"--out {shown} holds the seeds of vaekit train --seeds; a sweep needs a folder of "
                              "its own: choose another --out")
 
