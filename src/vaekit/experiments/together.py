@@ -69,8 +69,9 @@ class StackedStep:
         self.objective = Objective(first.model, first.config)
         self.names = [name for name, _ in first.model.named_parameters()]
         self.stacked: dict[str, Tensor] = {}
+        params = [dict(t.model.named_parameters()) for t in trainers]
         for name in self.names:
-            own = [dict(t.model.named_parameters())[name] for t in trainers]
+            own = [p[name] for p in params]
             self.stacked[name] = torch.stack([p.detach() for p in own])
             for i, p in enumerate(own):
                 p.data = self.stacked[name][i]
