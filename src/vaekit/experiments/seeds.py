@@ -205,29 +205,36 @@ def write_progress(out: Path, record: dict[str, Any]) -> None:
     runs.write_json(out / SEEDS_PROGRESS, record)
 
 
-def _train(todo: list[Todo], together: str, force: bool) -> str:
-    """Train the seeds of ``todo`` as ``together`` says; how they were trained, in words."""
-    from vaekit.training import distributed, train
+def _train(todo: list[Todo], together: str, force: bool) -> None:
+    """Train the seeds of ``todo`` as ``together`` says (and say how, :func:`_announce`)."""
+    from vaekit.training import distributed
 
     if together == "no" or len(todo) == 1:
-        return _one_after_another(todo, force, ORDER_SEQUENTIAL)
+        _announce(todo, ORDER_SEQUENTIAL)
+        _train_each(todo, todo, force)
+        return
     with distributed.session(todo[0].config.device) as ctx, contextlib.ExitStack() as held:
         first = open_sessions(held, ctx, todo[:1], force)[0]
         blocker = together_blocker([first.trainer] * len(todo))
         if blocker is None:
-            sessions = [first, *open_sessions(held, ctx, todo[1:], force)]
-            return _fit_sessions(todo, sessions, together)
-        order = f"sequential: {blocker}"
-        _announce(todo, order)
+            _fit_sessions(todo, [first, *open_sessions(held, ctx, todo[1:], force)], together)
+            return
+        _announce(todo, f"sequential: {blocker}")
         _seed_line(todo, todo[0])
         _fit_one(todo[0], first)
-    for item in todo[1:]:
+    _train_each(todo, todo[1:], force)
+
+
+def _train_each(todo: list[Todo], items: list[Todo], force: bool) -> None:
+    """Train ``items`` (of the group ``todo``) one after another, each as ``vaekit train`` would."""
+    from vaekit.training import train
+
+    for item in items:
         _seed_line(todo, item)
         _seed_errors(item.seed, lambda item=item: train(item.config, item.run_dir, resume=item.own, force=force))
-    return order
 
 
-def _fit_sessions(todo: list[Todo], sessions: list[Session], together: str) -> str:
+def _fit_sessions(todo: list[Todo], sessions: list[Session], together: str) -> None:
     """Stack the opened seeds' steps if ``together`` and the probe allow, else fit them one after another."""
     trainers = [s.trainer for s in sessions]
     blocker = together_blocker(trainers)
@@ -239,19 +246,16 @@ def _fit_sessions(todo: list[Todo], sessions: list[Session], together: str) -> s
     if stacked is None or found is None or (together == "auto" and (found.differs is not None or not found.faster)):
         why = blocker or (f"the stacked step does not reproduce each seed's own step here ({found.differs})"
                           if found.differs else f"stacking is slower here ({found.times()})")
-        order = f"sequential: {why}"
-        _announce(todo, order)
+        _announce(todo, f"sequential: {why}")
         for item, session in zip(todo, sessions, strict=True):
             _seed_line(todo, item)
             _fit_one(item, session)
-        return order
-    order = (f"{ORDER_TOGETHER} ({found.times()})" if found.differs is None
-             else f"{ORDER_ROUNDING}: {found.differs} ({found.times()})")
-    _announce(todo, order)
+        return
+    _announce(todo, f"{ORDER_TOGETHER} ({found.times()})" if found.differs is None
+              else f"{ORDER_ROUNDING}: {found.differs} ({found.times()})")
     fit_together(sessions, stacked)
     for session in sessions:
         session.finish()
-    return order
 
 
 def _fit_one(item: Todo, session: Session) -> None:
@@ -275,16 +279,6 @@ def _seed_errors(seed: int, run: Callable[[], object]) -> None:
 def open_sessions(held: contextlib.ExitStack, ctx: Any, todo: list[Todo], force: bool) -> list[Session]:
     """Each seed's run opened for fitting (folder locked, data read, model built or restored)."""
     return [open_session(held, ctx, item.config, item.run_dir, resume=item.own, force=force) for item in todo]
-
-
-def _one_after_another(todo: list[Todo], force: bool, order: str) -> str:
-    from vaekit.training import train
-
-    _announce(todo, order)
-    for item in todo:
-        _seed_line(todo, item)
-        _seed_errors(item.seed, lambda item=item: train(item.config, item.run_dir, resume=item.own, force=force))
-    return order
 
 
 def _announce(todo: list[Todo], order: str) -> None:
