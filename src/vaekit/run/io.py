@@ -26,6 +26,12 @@ from ..errors import RunFolderError, WriteError
 # ---------------------------------------------------------------------------------------------- writing
 
 
+def temporary_path(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: ``.<name>.tmp-<pid>`` beside it (the name
+    :func:`is_temporary` knows, so a killed process's leftovers can be told apart and cleared)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Write ``path`` through ``write(tmp)`` then rename, so readers never see a partial file.
 
@@ -33,7 +39,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     left untouched and a one-line :class:`WriteError` says so.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

@@ -29,7 +29,7 @@ from PIL import Image
 from vaekit.config import ENCODING_FORMATS, ConfigError
 from vaekit.data.images import IMAGE_EXTENSIONS
 from vaekit.errors import VaekitError, WriteError
-from vaekit.run.io import atomic_write, write_bytes
+from vaekit.run.io import atomic_write, temporary_path, write_bytes
 from vaekit.text import printable
 from vaekit.use.latent import Encoding
 
@@ -94,12 +94,12 @@ def staged_folder(out: Path) -> Iterator[Path]:
 
     Files written one by one (thousands of reconstructions) would leave a half-filled folder after Ctrl-C or a
     failed write, which the next call then refuses to replace without ``--force``. The files are written into a
-    temporary folder beside ``out`` (``.NAME.tmp-PID``, as :func:`vaekit.run.io.atomic_write` names its files).
+    temporary folder beside ``out`` (:func:`vaekit.run.io.temporary_path`, as atomic writes name their files).
     A new ``out`` is that folder renamed when complete. An existing one (empty, or replaced into with ``--force``)
     receives the new files by rename once all are written, and loses the images an earlier call wrote that this
     one did not (``-n 8`` after ``-n 64``): other files in it are the user's and stay.
     """
-    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    staging = temporary_path(out)
     make_folder(out.parent)
     make_folder(staging, out)
     try:
